@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf modules of the Smalltown node API (see ``protos/``)."""

@@ -1,0 +1,108 @@
+"""Content-addressed build cache for images.
+
+An artifact lives in ``<cache_root>/<name>-<hash>/`` where the hash covers
+every input of its build (source files, package versions, build flags). A
+build runs in a sibling temporary directory that is renamed into place only
+when it succeeded, so an interrupted build never leaves a half-made image that
+looks complete. A file lock serialises concurrent builders of the same
+artifact (two pytest sessions, or pytest and ``smalltown image build``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+CACHE_ENV = "SMALLTOWN_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """The user's cache directory for pytest-smalltown (created on demand).
+
+    ``$SMALLTOWN_CACHE_DIR`` wins, then ``$XDG_CACHE_HOME/pytest-smalltown``,
+    then ``~/.cache/pytest-smalltown``.
+    """
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        root = Path(explicit)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = Path(base) / "pytest-smalltown"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def hash_inputs(parts: Iterable[str | bytes | Path]) -> str:
+    """A short stable hash over strings, bytes and file or directory contents.
+
+    Directories are walked in sorted order and both relative names and
+    contents are hashed, so renaming a file changes the hash too.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            if part.is_dir():
+                for file in sorted(p for p in part.rglob("*") if p.is_file()):
+                    if "__pycache__" in file.parts:
+                        continue
+                    digest.update(b"F" + str(file.relative_to(part)).encode() + b"\0")
+                    digest.update(file.read_bytes())
+            else:
+                digest.update(b"F" + part.name.encode() + b"\0" + part.read_bytes())
+        elif isinstance(part, bytes):
+            digest.update(b"B" + part)
+        else:
+            digest.update(b"S" + part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    """Default progress reporter: one line on stderr, visible under pytest -s too."""
+    print(f"[smalltown] {message}", file=sys.stderr, flush=True)
+
+
+def cached_build(
+    name: str,
+    key: str,
+    build: Callable[[Path], None],
+    progress: Progress = stderr_progress,
+) -> Path:
+    """Return the directory of artifact ``name`` for input hash ``key``, building it if missing.
+
+    ``build`` receives an empty directory to fill. It is only called when no
+    complete artifact exists for ``key``.
+    """
+    root = cache_root()
+    final = root / f"{name}-{key}"
+    if (final / ".complete").exists():
+        return final
+    lock_path = root / f".{name}-{key}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").exists():
+            return final
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))
+        started = time.monotonic()
+        progress(f"building {name} ({key}) ...")
+        try:
+            build(work)
+            (work / ".complete").write_text(f"{time.time():.0f}\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        progress(f"built {name} in {time.monotonic() - started:.1f}s -> {final}")
+    return final
