@@ -1,0 +1,70 @@
+"""The Smalltown node contract, shared by the launcher, the reference image and the tests.
+
+Everything a harness may rely on about a node lives here: ports, fw_cfg names,
+RPC-visible component and condition names, and the reference image's
+preloaded container images. Values follow DESIGN section 3 (facts from the
+original Smalltown); reference-only additions are marked as such.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class NodePort(IntEnum):
+    """TCP/UDP ports a Smalltown node listens on."""
+
+    MASTER_SERVICE = 7833
+    CONSENSUS = 7834
+    NODE_SERVICE = 7835
+    EXTERNAL_SERVICE = 7836
+    DEBUG_SERVICE = 7837
+    WIREGUARD = 7838
+    KUBERNETES_API = 6443
+    DEBUGGER = 2345
+
+
+#: Ports the Nanoswitch forwards from the host to node 0 by default.
+SWITCH_FORWARDED_PORTS: tuple[NodePort, ...] = (
+    NodePort.EXTERNAL_SERVICE,
+    NodePort.DEBUG_SERVICE,
+    NodePort.KUBERNETES_API,
+)
+
+#: fw_cfg entry carrying a binary EnrolmentConfig; absent means "bootstrap".
+ENROLMENT_FW_CFG_NAME = "com.nexantic.smalltown/enrolment.pb"
+ENROLMENT_SYSFS_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{ENROLMENT_FW_CFG_NAME}/raw"
+
+#: Identity the tests use for debug credentials.
+DEBUG_USER = "debug-user"
+DEBUG_GROUPS: tuple[str, ...] = ("system:masters",)
+
+#: Component log paths every node serves through GetComponentLogs/GetLogs.
+COMPONENTS: tuple[str, ...] = (
+    "containerd",
+    "kube.apiserver",
+    "kube.controller-manager",
+    "kube.scheduler",
+    "kube.kubelet",
+)
+
+#: Conditions every node answers through GetCondition.
+CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
+
+# --- Reference image only -------------------------------------------------
+
+#: Container images preloaded into containerd's k8s.io namespace at boot.
+#: Tags are not "latest", so the default pull policy IfNotPresent never pulls.
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+TEST_IMAGE = "smalltown.local/busybox:1.35"
+
+#: Networks inside a reference cluster.
+NODE_NETWORK = "10.1.0.0/24"
+POD_NETWORK = "10.244.0.0/16"  # node i gets 10.244.i.0/24
+SERVICE_NETWORK = "10.96.0.0/12"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+CLUSTER_DNS_IP = "10.96.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+
+#: Serial console line the reference node agent prints once its debug service listens.
+DEBUG_SERVICE_READY_LINE = "smalltown: debug service listening"
