@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// The switch's fixed addressing. The bridge side is a /24 that the launcher
+// plans node addresses in (node i -> 10.1.0.(2+i)); the uplink side is QEMU
+// user networking (SLIRP), whose layout is fixed: guest 10.0.2.15, gateway
+// 10.0.2.2, DNS 10.0.2.3. Hard-coding the SLIRP layout avoids running a DHCP
+// client on the uplink, which would cost boot time under emulation.
+var (
+	bridgeIP    = net.IPv4(10, 1, 0, 1).To4()
+	bridgeNet   = net.IPNet{IP: net.IPv4(10, 1, 0, 0).To4(), Mask: net.CIDRMask(24, 32)}
+	uplinkIP    = net.IPv4(10, 0, 2, 15).To4()
+	uplinkNet   = net.IPNet{IP: uplinkIP, Mask: net.CIDRMask(24, 32)}
+	uplinkGW    = net.IPv4(10, 0, 2, 2).To4()
+	slirpDNS    = net.IPv4(10, 0, 2, 3).To4()
+	poolFirst   = 200 // unknown MACs get 10.1.0.200 .. 10.1.0.254
+	poolLast    = 254
+	defaultMAC  = "02:72:82:bf:c3:56"
+	paramPrefix = "nanoswitch."
+)
+
+// Config is everything the launcher tells the switch, all of it taken from
+// the kernel command line so that one cached image serves every cluster shape.
+//
+// Syntax (every key optional, order irrelevant, unknown nanoswitch.* keys are
+// an error so that a launcher/image mismatch fails loudly instead of silently):
+//
+//	nanoswitch.nodes=N                   node NICs to wait for before "forwarding"
+//	nanoswitch.forward=P[,P...]          TCP ports forwarded from the uplink ...
+//	nanoswitch.target=A.B.C.D            ... to this bridge address (node 0)
+//	nanoswitch.lease=MAC=IP[,MAC=IP...]  fixed DHCP leases
+//	nanoswitch.uplink=MAC                uplink NIC (default 02:72:82:bf:c3:56)
+type Config struct {
+	Nodes     int
+	Ports     []int
+	Target    net.IP
+	Leases    map[string]net.IP // canonical lower-case MAC -> address
+	UplinkMAC net.HardwareAddr
+}
+
+// parseCmdline extracts the nanoswitch.* parameters from a kernel command line.
+func parseCmdline(cmdline string) (*Config, error) {
+	mac, _ := net.ParseMAC(defaultMAC)
+	cfg := &Config{Leases: map[string]net.IP{}, UplinkMAC: mac}
+	for _, token := range strings.Fields(cmdline) {
+		if !strings.HasPrefix(token, paramPrefix) {
+			continue
+		}
+		key, value, _ := strings.Cut(strings.TrimPrefix(token, paramPrefix), "=")
+		var err error
+		switch key {
+		case "nodes":
+			cfg.Nodes, err = strconv.Atoi(value)
+			if err == nil && (cfg.Nodes < 0 || cfg.Nodes > 64) {
+				err = fmt.Errorf("out of range 0..64")
+			}
+		case "forward":
+			cfg.Ports, err = parsePorts(value)
+		case "target":
+			cfg.Target, err = parseBridgeIP(value)
+		case "lease":
+			err = parseLeases(value, cfg.Leases)
+		case "uplink":
+			cfg.UplinkMAC, err = net.ParseMAC(value)
+		default:
+			err = fmt.Errorf("unknown parameter")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bad kernel parameter %q: %v", token, err)
+		}
+	}
+	if len(cfg.Ports) > 0 && cfg.Target == nil {
+		return nil, fmt.Errorf("nanoswitch.forward given without nanoswitch.target")
+	}
+	return cfg, nil
+}
+
+func parsePorts(value string) ([]int, error) {
+	var ports []int
+	seen := map[int]bool{}
+	if value == "" {
+		return nil, nil
+	}
+	for _, item := range strings.Split(value, ",") {
+		port, err := strconv.Atoi(item)
+		if err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("%q is not a TCP port", item)
+		}
+		if seen[port] {
+			return nil, fmt.Errorf("port %d given twice", port)
+		}
+		seen[port] = true
+		ports = append(ports, port)
+	}
+	return ports, nil
+}
+
+// parseBridgeIP accepts a host address inside the bridge network that is
+// neither the network, broadcast nor the switch's own address.
+func parseBridgeIP(value string) (net.IP, error) {
+	ip := net.ParseIP(value).To4()
+	if ip == nil {
+		return nil, fmt.Errorf("%q is not an IPv4 address", value)
+	}
+	if !bridgeNet.Contains(ip) || ip[3] == 0 || ip[3] == 255 || ip.Equal(bridgeIP) {
+		return nil, fmt.Errorf("%s is not a node address in %s", ip, bridgeNet.String())
+	}
+	return ip, nil
+}
+
+func parseLeases(value string, into map[string]net.IP) error {
+	if value == "" {
+		return nil
+	}
+	used := map[string]string{}
+	for mac, ip := range into {
+		used[ip.String()] = mac
+	}
+	for _, item := range strings.Split(value, ",") {
+		// A MAC contains no '=', so the last '=' separates it from the address.
+		i := strings.LastIndex(item, "=")
+		if i < 0 {
+			return fmt.Errorf("%q is not MAC=IP", item)
+		}
+		hw, err := net.ParseMAC(item[:i])
+		if err != nil || len(hw) != 6 {
+			return fmt.Errorf("%q is not an Ethernet MAC", item[:i])
+		}
+		ip, err := parseBridgeIP(item[i+1:])
+		if err != nil {
+			return err
+		}
+		if int(ip[3]) >= poolFirst {
+			return fmt.Errorf("%s is inside the pool for unknown MACs (.%d-.%d)", ip, poolFirst, poolLast)
+		}
+		mac := hw.String()
+		if _, dup := into[mac]; dup {
+			return fmt.Errorf("MAC %s leased twice", mac)
+		}
+		if other, dup := used[ip.String()]; dup {
+			return fmt.Errorf("%s leased to both %s and %s", ip, other, mac)
+		}
+		into[mac] = ip
+		used[ip.String()] = mac
+	}
+	return nil
+}
+
+// portList renders ports the way the ready line and the launcher spell them.
+func portList(ports []int) string {
+	if len(ports) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		parts[i] = strconv.Itoa(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+// moduleParams returns the "key=value ..." string for a module from
+// "module.key=value" tokens on the command line. The kernel itself only applies
+// such tokens to built-in code; for loadable modules it is modprobe's job, and
+// we are our own modprobe. QEMU's microvm relies on this for virtio_mmio.device=.
+func moduleParams(cmdline, module string) string {
+	module = strings.ReplaceAll(module, "-", "_")
+	var params []string
+	for _, token := range strings.Fields(cmdline) {
+		name, rest, ok := strings.Cut(token, ".")
+		if ok && strings.ReplaceAll(name, "-", "_") == module && rest != "" {
+			params = append(params, rest)
+		}
+	}
+	return strings.Join(params, " ")
+}
+
+// sortedMACs gives a stable order for logging the lease table.
+func sortedMACs(leases map[string]net.IP) []string {
+	macs := make([]string, 0, len(leases))
+	for mac := range leases {
+		macs = append(macs, mac)
+	}
+	sort.Strings(macs)
+	return macs
+}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// ifname is an interface name as nftables compares it: NUL-padded to IFNAMSIZ.
+func ifname(name string) []byte {
+	b := make([]byte, 16)
+	copy(b, name)
+	return b
+}
+
+// setupNAT masquerades traffic from the bridge network leaving by the uplink,
+// so that nodes reach whatever the host's user networking reaches (the SLIRP
+// DNS, the host at 10.0.2.2) with the uplink's address. The equivalent nft
+// ruleset is:
+//
+//	table ip nanoswitch {
+//	  chain postrouting {
+//	    type nat hook postrouting priority srcnat;
+//	    ip saddr 10.1.0.0/24 oifname "uplink" masquerade
+//	  }
+//	}
+func setupNAT(uplink string) error {
+	conn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	table := conn.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "nanoswitch"})
+	chain := conn.AddChain(&nftables.Chain{
+		Name:     "postrouting",
+		Table:    table,
+		Type:     nftables.ChainTypeNAT,
+		Hooknum:  nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource,
+	})
+	conn.AddRule(&nftables.Rule{
+		Table: table,
+		Chain: chain,
+		Exprs: []expr.Any{
+			// ip saddr & 255.255.255.0 == 10.1.0.0
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte(bridgeNet.Mask), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(bridgeNet.IP.To4())},
+			// oifname "uplink"
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(uplink)},
+			&expr.Masq{},
+		},
+	})
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: installing masquerade rule: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,568 @@
+"""The reference node image: Debian bookworm, upstream Kubernetes, our agent as init.
+
+A node boots by direct kernel boot (q35): Debian's kernel, a small initramfs
+that loads the modules a Kubernetes node needs and switches root to the disk,
+and a raw ext4 disk used as a throw-away snapshot. The build has stages, each
+cached on its own (:func:`cache.cached_build`) so that a change only redoes
+what depends on it:
+
+1. ``node-rootfs``: ``mmdebstrap`` of bookworm with containerd, runc, the CNI
+   plugins, iptables/nftables, Python 3 and the exact host versions of our
+   agent's wheels (gRPC, protobuf, cryptography). Slow (downloads), rarely
+   changes: keyed by the package list, the versions apt resolves for it and
+   the wheel versions.
+2. Go programs (:mod:`gobuild`) and preloaded container images (:mod:`oci`).
+3. ``node-image``: the rootfs plus the Go binaries, image archives and our
+   Python packages, packed with ``mke2fs -d`` (no mounts, no root needed for
+   this step), and the initramfs. Cheap; keyed by everything above plus our
+   Python sources, so editing the agent rebuilds only this.
+
+In-image layout the node agent relies on (keep in sync with ``node/``):
+
+* ``/usr/local/bin/{kube,etcd,coredns}`` and ``kube`` symlinks named
+  ``kubectl``, ``kubelet``, ``kube-apiserver``, ``kube-controller-manager``,
+  ``kube-scheduler``, ``kube-proxy``;
+* ``/opt/smalltown/images/*.tar`` (``docker save`` archives) and
+  ``/opt/smalltown/images/images.json`` (``{image name: file name}``);
+* ``/opt/smalltown/lib/pytest_smalltown`` (our code), ``/opt/smalltown/site``
+  (wheels), ``/opt/smalltown/bin/smalltown-agent`` (the init);
+* ``/opt/smalltown/image.json``: versions and the build key;
+  ``/opt/smalltown/packages.txt``: every Debian package in the rootfs;
+* ``/lib/modules/<release>``: the network/filesystem module subset with
+  ``modules.dep``, so ``modprobe`` (and the kernel's on-demand loading) works
+  after the initramfs is gone; the initramfs already loaded :data:`BOOT_MODULES`.
+* At the agent's start ``/`` is the ext4 disk mounted read-write, ``/dev``
+  (devtmpfs), ``/proc`` and ``/sys`` are mounted; PID 1 is ``tini``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pytest_smalltown.images import debian, gobuild, oci
+from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.initramfs import Initramfs
+from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
+
+SUITE = "bookworm"
+
+#: Debian packages of the node rootfs (on top of the Essential set).
+ROOTFS_PACKAGES: tuple[str, ...] = (
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+    "nftables",
+    "iproute2",
+    "kmod",
+    "conntrack",
+    "socat",
+    "util-linux",
+    "mount",
+    "procps",
+    "ca-certificates",
+    "python3",
+    "libstdc++6",  # grpcio's wheel links against it
+    "tini",
+    "busybox-static",
+    "ethtool",
+)
+
+#: dpkg filters: documentation, manuals and translations are dead weight on a
+#: test node (copyright files stay, they are the licences).
+DPKG_OPTIONS: tuple[str, ...] = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/lintian/*",
+)
+
+#: Python distributions of the agent, installed as wheels at the host's versions
+#: (with their dependencies): the generated gRPC modules must match them.
+AGENT_WHEELS: tuple[str, ...] = ("grpcio", "protobuf", "cryptography")
+
+#: glibc of bookworm (2.36); wheels are picked for it, not for whatever the host
+#: runs. pip does not widen an explicit ``--platform`` to older glibc tags, so
+#: every compatible tag is listed, newest first.
+WHEEL_PLATFORMS: tuple[str, ...] = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)),
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64",
+)
+PYTHON_VERSION = "3.11"
+
+#: Bumped when the rootfs recipe changes in a way the other inputs don't show.
+ROOTFS_RECIPE = "node-rootfs-v2"
+
+#: Modules the initramfs loads before switching root. Beyond booting (virtio,
+#: ext4 and the crc32c it needs, fw_cfg for the enrolment file) these are what
+#: containerd (overlayfs), the bridge CNI plugin (bridge, veth, br_netfilter),
+#: kube-proxy in iptables or nftables mode (with Debian's iptables-nft: the
+#: nf_tables core, nft_compat for the xt_* matches and targets it uses) and
+#: the NAT of pod traffic need. Loaded up front because kube-proxy and the CNI
+#: plugins check for them rather than load them.
+BOOT_MODULES: tuple[str, ...] = (
+    "virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "virtio_console",
+    "crc32c_generic", "ext4", "qemu_fw_cfg",
+    "overlay", "bridge", "br_netfilter", "veth", "tun",
+    "nf_conntrack", "nf_nat", "nf_tables", "nft_compat", "nft_chain_nat", "nft_ct",
+    "nft_masq", "nft_nat", "nft_reject_inet", "nft_fib_inet", "nft_numgen",
+    "ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle", "iptable_raw",
+    "ip6_tables", "ip6table_nat", "ip6table_filter", "ip6table_mangle", "ip6table_raw",
+    "xt_conntrack", "xt_MASQUERADE", "xt_comment", "xt_mark", "xt_addrtype", "xt_multiport",
+    "xt_statistic", "xt_nat", "xt_tcpudp", "xt_set", "ipt_REJECT", "ip6t_REJECT", "nf_reject_ipv4",
+    "sch_htb", "sch_ingress",
+)
+
+#: Module directories copied into the rootfs for on-demand loading after boot.
+ROOTFS_MODULE_DIRS: tuple[str, ...] = (
+    "kernel/net", "kernel/crypto", "kernel/lib", "kernel/fs/overlayfs",
+    "kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko", "kernel/drivers/net/dummy.ko",
+    "kernel/drivers/net/vxlan", "kernel/drivers/net/wireguard", "kernel/drivers/net/macvlan.ko",
+    "kernel/drivers/net/ipvlan",
+)
+
+KUBE_LINKS: tuple[str, ...] = (
+    "kubectl", "kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
+)
+
+#: Our Python that runs in the node (only these; the rest is host-side).
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+NODE_PYTHON: tuple[str, ...] = ("__init__.py", "contract.py", "api", "node")
+
+AGENT_PATH = "/opt/smalltown/bin/smalltown-agent"
+AGENT_SCRIPT = """#!/bin/sh
+# The reference node's init (started by tini as PID 1's only child).
+PYTHONPATH=/opt/smalltown/lib:/opt/smalltown/site
+export PYTHONPATH
+exec python3 -m pytest_smalltown.node "$@"
+"""
+
+#: Free space on the disk beyond the rootfs, for containerd's content and
+#: snapshots and etcd's data. The file is sparse: it costs only what is written.
+DISK_FREE_BYTES = 6 << 30
+
+#: Kernel command line of a node. ``panic=-1`` plus QEMU's ``-no-reboot`` turns a
+#: dead init into a QEMU exit instead of a hang.
+CMDLINE = "console=ttyS0 panic=-1 loglevel=4 mitigations=off"
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# smalltown node initramfs: load modules, mount the disk, switch to the agent.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /newroot
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+fail() {
+    echo "smalltown-init: $*" >/dev/console
+    if grep -q smalltown.debug_shell /proc/cmdline; then exec sh; fi
+    exit 1  # panic=-1 and -no-reboot: QEMU exits instead of hanging
+}
+
+while read -r module; do
+    insmod "$module" 2>/dev/null || echo "smalltown-init: insmod $module failed" >/dev/console
+done < /etc/modules-load-order
+
+root=/dev/vda
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in smalltown.root=*) root="${arg#smalltown.root=}" ;; esac
+done
+i=0
+while [ ! -b "$root" ]; do
+    i=$((i + 1))
+    [ "$i" -gt 100 ] && fail "no root disk $root after 10s"
+    sleep 0.1
+done
+mount -t ext4 -o rw,noatime "$root" /newroot || fail "cannot mount $root"
+[ -x /newroot/AGENT ] || fail "$root has no AGENT"
+for fs in dev proc sys; do
+    mkdir -p "/newroot/$fs"
+    mount --move "/$fs" "/newroot/$fs" || fail "cannot move /$fs"
+done
+echo "smalltown-init: switching root to $root" >/newroot/dev/console
+exec switch_root /newroot /usr/bin/tini -s -- AGENT
+""".replace("AGENT", AGENT_PATH)
+
+
+T = TypeVar("T")
+
+
+class NodeImageError(RuntimeError):
+    """A step of the node image build failed (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class NodeImage:
+    """A bootable reference node: direct kernel boot of ``kernel`` + ``initramfs``, root on ``disk``."""
+
+    kernel: Path
+    initramfs: Path
+    disk: Path
+    cmdline: str
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise NodeImageError(f"'{tool}' is not installed; {hint}")
+    return path
+
+
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise NodeImageError(f"{what} failed (exit {proc.returncode}): {' '.join(argv[:3])} ...\n"
+                             f"{(proc.stderr or proc.stdout)[-4000:]}")
+    return proc
+
+
+# --- stage 1: the Debian rootfs -------------------------------------------------
+
+def wheel_requirements(roots: tuple[str, ...] = AGENT_WHEELS) -> list[str]:
+    """``name==version`` pins for ``roots`` and their runtime dependencies, as installed on the host.
+
+    The host is where the gRPC modules were generated and the tests run, so the
+    node gets exactly the same versions. Dependencies are followed through the
+    installed metadata (markers evaluated for a CPython 3.11 Linux target).
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    environment = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".2",
+                   "platform_python_implementation": "CPython", "implementation_name": "cpython",
+                   "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                   "os_name": "posix", "extra": ""}
+    pins: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in pins:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise NodeImageError(
+                f"Python package {name!r} is not installed on this host; the node image installs the "
+                f"host's versions of {', '.join(AGENT_WHEELS)} (pip install pytest-smalltown)"
+            ) from None
+        pins[name] = dist.version
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate(environment):
+                todo.append(req.name)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def host_debian_sources() -> list[str]:
+    """The host's apt source files for :data:`SUITE`, passed to mmdebstrap as its mirrors.
+
+    Our machines reach Debian only through their configured mirrors, so the
+    rootfs uses exactly those. On a host without bookworm sources mmdebstrap
+    falls back to its default (deb.debian.org plus updates and security).
+    """
+    candidates = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    found: list[str] = []
+    for path in candidates:
+        if path.suffix not in (".list", ".sources") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        if any(SUITE in line for line in lines):
+            found.append(str(path))
+    return found
+
+
+def parse_apt_versions(show_output: str) -> dict[str, str]:
+    """``{package: version}`` from ``apt-cache show --no-all-versions`` output (paragraphs)."""
+    versions: dict[str, str] = {}
+    for paragraph in show_output.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and not line.startswith(" ")
+        )
+        if "Package" in fields and "Version" in fields:
+            versions.setdefault(fields["Package"], fields["Version"])
+    return versions
+
+
+def resolved_versions(packages: tuple[str, ...] = ROOTFS_PACKAGES) -> list[str]:
+    """``name=version`` as apt on this host resolves each package (part of the rootfs key).
+
+    One ``apt-cache`` call for all of them: this runs on every cache lookup.
+    """
+    _require("apt-cache", "the node rootfs is made of Debian packages")
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
+    versions = parse_apt_versions(proc.stdout)
+    missing = [name for name in packages if name not in versions]
+    if missing:
+        raise debian.PackageError(
+            f"apt knows no {', '.join(missing)}; run 'apt-get update' (as root). apt said: {proc.stderr.strip()}"
+        )
+    return [f"{name}={versions[name]}" for name in packages]
+
+
+def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str:
+    """Cache key of the rootfs: the recipe and every resolved input version."""
+    return hash_inputs([ROOTFS_RECIPE, SUITE, *versions, *DPKG_OPTIONS, *wheels, *WHEEL_PLATFORMS,
+                        PYTHON_VERSION, sources_text])
+
+
+def mmdebstrap_argv(target: Path, sources: list[str]) -> list[str]:
+    """The mmdebstrap command line that makes the rootfs directory ``target``."""
+    argv = ["mmdebstrap", "--mode=root", "--variant=essential", "--format=directory",
+            "--include=" + ",".join(ROOTFS_PACKAGES)]
+    argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTIONS]
+    argv += ["--aptopt=Acquire::Languages \"none\""]
+    return argv + [SUITE, str(target), *sources]
+
+
+def build_rootfs(progress: Progress = stderr_progress) -> Path:
+    """Return the cached bookworm rootfs directory (stage 1), building it if needed."""
+    _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
+    if os.geteuid() != 0:
+        raise NodeImageError("building the node rootfs needs root (mmdebstrap --mode=root)")
+    versions = resolved_versions()
+    wheels = wheel_requirements()
+    sources = host_debian_sources()
+    sources_text = "".join(Path(s).read_text() for s in sources)
+    key = rootfs_key(versions, wheels, sources_text)
+
+    def build(out: Path) -> None:
+        root = out / "rootfs"
+        progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
+        started = time.monotonic()
+        _run(mmdebstrap_argv(root, sources), "mmdebstrap")
+        progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
+        inside = _run(["chroot", str(root), "python3", "-c",
+                       "import sys; print('%d.%d' % sys.version_info[:2])"], "python3 in rootfs").stdout.strip()
+        if inside != PYTHON_VERSION:
+            raise NodeImageError(f"rootfs python3 is {inside}, wheels are picked for {PYTHON_VERSION}")
+        progress(f"pip install --target /opt/smalltown/site {' '.join(wheels)}")
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+              "--no-deps", "--only-binary=:all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
+              "--python-version", PYTHON_VERSION, "--implementation", "cp",
+              "--target", str(root / "opt/smalltown/site"), *wheels], "pip install of the agent's wheels")
+        (out / "versions.txt").write_text("".join(line + "\n" for line in versions + wheels))
+        # The key covers the requested packages only; record the whole resolved
+        # set so that what a given image contains can always be looked up.
+        packages = _run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"],
+                        "listing the rootfs packages").stdout
+        (out / "packages.txt").write_text(packages)
+
+    return cached_build("node-rootfs", key, build, progress) / "rootfs"
+
+
+# --- stage 3: the disk and the initramfs ----------------------------------------
+
+def python_sources(package_root: Path = PACKAGE_ROOT) -> dict[str, bytes]:
+    """Our in-node Python files, ``{path relative to the package: contents}``.
+
+    ``node/`` may not exist yet in a checkout; whatever is there is copied and hashed.
+    """
+    files: dict[str, bytes] = {}
+    for name in NODE_PYTHON:
+        path = package_root / name
+        if path.is_file():
+            files[name] = path.read_bytes()
+        elif path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts and file.suffix in (".py", ".pyi"):
+                    files[str(file.relative_to(package_root))] = file.read_bytes()
+    return files
+
+
+def _sources_digest(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+def build_initramfs(kernel: Kernel, busybox: Path, modules: tuple[str, ...] = BOOT_MODULES) -> Initramfs:
+    """The node's initramfs: busybox, :data:`BOOT_MODULES` in load order and :data:`INIT_SCRIPT`."""
+    image = Initramfs()
+    image.copy("/bin/busybox", busybox, 0o755)
+    image.file("/init", INIT_SCRIPT.encode(), 0o755)
+    for directory in ("/dev", "/proc", "/sys", "/newroot", "/etc"):
+        image.directory(directory)
+    add_modules(image, kernel, list(modules))
+    return image
+
+
+def _copy_rootfs_modules(kernel: Kernel, root: Path) -> None:
+    dest = root / "lib/modules" / kernel.release
+    for rel in ROOTFS_MODULE_DIRS:
+        source = kernel.modules_dir / rel
+        if not source.exists():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (kernel.modules_dir / meta).exists():
+            shutil.copy2(kernel.modules_dir / meta, dest / meta)
+    _run(["depmod", "-b", str(root), kernel.release], "depmod in the rootfs")
+
+
+def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None:
+    """Pack directory ``root`` into a sparse raw ext4 image ``disk`` with ``free_bytes`` to spare.
+
+    ``mke2fs -d`` copies a tree into a new filesystem without mounting it,
+    keeping owners, modes and symlinks. No journal: the disk is a throw-away
+    snapshot, and journalling only costs writes under emulation.
+    """
+    mke2fs = _require("mke2fs", "the node disk is made with it (apt-get install e2fsprogs)")
+    used = int(_run(["du", "-s", "--block-size=1", str(root)], "du").stdout.split()[0])
+    size_mib = (used * 13 // 10 + free_bytes) >> 20
+    disk.unlink(missing_ok=True)
+    # The host's mke2fs.conf is ignored and every ext4 feature named, so that the
+    # disk is the same whatever distribution builds it (and the 6.1 kernel reads it).
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "MKE2FS_CONFIG": "/dev/null"}
+    _run([mke2fs, "-q", "-F", "-O", "^has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
+          "-b", "4096", "-I", "256", "-i", "16384", "-L", "smalltown-root",
+          "-U", "5a11c0de-0000-4000-8000-000000000001",
+          "-E", "root_owner=0:0,hash_seed=5a11c0de-0000-4000-8000-000000000002,nodiscard",
+          "-d", str(root), str(disk), f"{size_mib}M"], "mke2fs", env=env)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image_key(rootfs: Path, kernel: Kernel, binaries: dict[str, Path], archives: dict[str, Path],
+              sources: dict[str, bytes], busybox_version: str) -> str:
+    """Cache key of the final image: every stage's identity plus our code and recipe."""
+    return hash_inputs([
+        rootfs.parent.name,  # "node-rootfs-<its key>": the rootfs's identity, not where the cache lives
+        kernel.cache_key, busybox_version,
+        *(f"{name}:{_file_digest(path)}" for name, path in sorted(binaries.items())),
+        *(f"{name}:{_file_digest(path)}" for name, path in sorted(archives.items())),
+        _sources_digest(sources), INIT_SCRIPT, AGENT_SCRIPT, CMDLINE, repr(BOOT_MODULES),
+        repr(ROOTFS_MODULE_DIRS), str(DISK_FREE_BYTES), Path(__file__),
+    ])
+
+
+def _assemble(staging: Path, kernel: Kernel, binaries: dict[str, Path], archives: dict[str, Path],
+              sources: dict[str, bytes], info: dict[str, object], rootfs_packages: Path) -> None:
+    """Add our parts to ``staging`` (a hard-linked copy of the rootfs: never modify existing files)."""
+    bin_dir = staging / "usr/local/bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in binaries.items():
+        shutil.copyfile(path, bin_dir / name)
+        (bin_dir / name).chmod(0o755)
+    for link in KUBE_LINKS:
+        (bin_dir / link).symlink_to("kube")
+    images_dir = staging / "opt/smalltown/images"
+    images_dir.mkdir(parents=True)
+    index: dict[str, str] = {}
+    for name, path in sorted(archives.items()):
+        shutil.copyfile(path, images_dir / path.name)
+        index[name] = path.name
+    (images_dir / "images.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    lib = staging / "opt/smalltown/lib/pytest_smalltown"
+    for rel, data in sources.items():
+        (lib / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lib / rel).write_bytes(data)
+    agent = staging / AGENT_PATH.lstrip("/")
+    agent.parent.mkdir(parents=True, exist_ok=True)
+    agent.write_text(AGENT_SCRIPT)
+    agent.chmod(0o755)
+    (staging / "opt/smalltown/image.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(rootfs_packages, staging / "opt/smalltown/packages.txt")
+    # Byte-compile with the node's own interpreter now: the disk is a throw-away
+    # snapshot, so .pyc files written at boot would be lost and the agent's
+    # imports recompiled under emulation on every boot.
+    _run(["chroot", str(staging), "python3", "-m", "compileall", "-q", "/opt/smalltown/lib"],
+         "byte-compiling the agent")
+    _copy_rootfs_modules(kernel, staging)
+
+
+def build_node_image(progress: Progress = stderr_progress, timings: dict[str, float] | None = None) -> NodeImage:
+    """Build (or find in the cache) the reference node image and everything it is made of.
+
+    ``timings``, if given, receives the seconds each step took (cache hits are fast).
+    """
+    steps: dict[str, float] = {} if timings is None else timings
+
+    def step(name: str, fn: Callable[[], T]) -> T:
+        started = time.monotonic()
+        result = fn()
+        steps[name] = time.monotonic() - started
+        progress(f"step {name}: {steps[name]:.1f}s")
+        return result
+
+    kernel: Kernel = step("kernel", lambda: get_kernel(progress))
+    binaries: dict[str, Path] = {}
+    for program in gobuild.PROGRAMS:
+        binaries[program] = step(f"go-{program}", functools.partial(gobuild.build_program, program, progress))
+    archives: dict[str, Path] = step("oci-images", lambda: oci.build_images(progress))
+    rootfs: Path = step("rootfs", lambda: build_rootfs(progress))
+    busybox_version, _ = debian.candidate("busybox-static")
+    sources = python_sources()
+    if not any(rel.startswith("node/") for rel in sources):
+        progress("warning: pytest_smalltown/node/ is missing; the image has no agent to run")
+    key = image_key(rootfs, kernel, binaries, archives, sources, busybox_version)
+    info: dict[str, object] = {
+        "key": key, "kubernetes": gobuild.KUBERNETES_VERSION, "kernel": kernel.release,
+        "go": gobuild.go_version(), "rootfs": (rootfs.parent / "versions.txt").read_text().split(),
+        "images": sorted(archives),
+    }
+
+    def build(out: Path) -> None:
+        staging = out / "staging"
+        progress("assembling the node tree (hard-linked copy of the rootfs)")
+        _run(["cp", "-al", str(rootfs), str(staging)], "copying the rootfs")
+        _assemble(staging, kernel, binaries, archives, sources, info, rootfs.parent / "packages.txt")
+        progress("mke2fs -d (packing the disk image)")
+        make_disk(staging, out / "disk.raw")
+        shutil.rmtree(staging)
+        progress("writing the initramfs")
+        with tempfile.TemporaryDirectory() as tmp:
+            (deb,) = debian.download(["busybox-static"], Path(tmp) / "debs")
+            debian.extract(deb, Path(tmp) / "root")
+            build_initramfs(kernel, Path(tmp) / "root/bin/busybox").write(out / "initramfs.gz")
+        shutil.copyfile(kernel.vmlinuz, out / "vmlinuz")
+        (out / "cmdline").write_text(CMDLINE + "\n")
+        (out / "image.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        shutil.copyfile(rootfs.parent / "packages.txt", out / "packages.txt")
+
+    root: Path = step("node-image", lambda: cached_build("node-image", key, build, progress))
+    return NodeImage(kernel=root / "vmlinuz", initramfs=root / "initramfs.gz", disk=root / "disk.raw",
+                     cmdline=(root / "cmdline").read_text().strip())
+
+
+def build_all_images(progress: Progress = stderr_progress) -> dict[str, Path]:
+    """What ``smalltown image build`` runs for the node: every artifact, with per-step timings.
+
+    Returns the node image's files by role (``kernel``, ``initramfs``, ``disk``).
+    """
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    image = build_node_image(progress, timings)
+    total = time.monotonic() - started
+    progress("node image timings: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in timings.items())
+             + f"; total {total:.1f}s")
+    return {"kernel": image.kernel, "initramfs": image.initramfs, "disk": image.disk}

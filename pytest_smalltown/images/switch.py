@@ -1,0 +1,116 @@
+"""Builder for the Nanoswitch image: Debian's kernel plus a one-program initramfs.
+
+The switch microVM's /init is ``go/nanoswitch`` (bridge, DHCP, NAT and TCP
+forwarding in one static Go binary, ~3.5 MB). A single program instead of
+busybox + iproute2 + nft + dnsmasq keeps the initramfs small and the boot short
+under TCG emulation, and the kernel modules it needs come from the same
+Debian kernel every other image uses.
+
+Nothing cluster-specific is baked in: ports, target and leases come from the
+kernel command line (see ``pytest_smalltown.launch.switch``), so one cached
+image serves every cluster shape and is rebuilt only when its inputs change.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.gobuild import GO_ENV, GoBuildError, GoProgram, go_version
+from pytest_smalltown.images.initramfs import Initramfs
+from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
+
+# Everything the switch needs that Debian builds as modules; add_modules puts
+# each module's modules.dep dependencies before it. virtio_mmio serves QEMU's
+# microvm transport, virtio_pci its pcie=on variant. crc32c_generic must come
+# first although no modules.dep line says so: libcrc32c (a dependency of nf_tables) asks the crypto API for
+# "crc32c" at load time, and with no modprobe in the image nothing would load
+# the implementation on demand (finit_module then fails with ENOENT).
+MODULES = [
+    "crc32c_generic",
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_net",
+    "bridge",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+    "nft_masq",
+    "nft_chain_nat",
+]
+
+# Bump when the layout of the image changes in a way the hashed inputs miss.
+BUILDER_VERSION = "nanoswitch-image-v1"
+
+#: The nanoswitch program as gobuild sees it (module dir images/go/nanoswitch).
+#: Building through the same argv and environment as the node's Go programs
+#: keeps Go's build cache warm across all of them.
+PROGRAM = GoProgram("nanoswitch", "-s -w")
+GO_DIR = PROGRAM.module_dir
+
+
+@dataclass(frozen=True)
+class SwitchImage:
+    """What QEMU needs to boot the switch: ``-kernel`` and ``-initrd``."""
+
+    kernel: Path
+    initramfs: Path
+
+
+def source_files() -> list[Path]:
+    """The files whose contents determine the binary (Go tests excluded on purpose)."""
+    files = sorted(p for p in GO_DIR.glob("*.go") if not p.name.endswith("_test.go"))
+    return [*files, GO_DIR / "go.mod", GO_DIR / "go.sum"]
+
+
+def cache_key(kernel: Kernel, toolchain: str) -> str:
+    """Hash of every input of the image: sources, module list, kernel, flags and Go toolchain."""
+    env = " ".join(f"{k}={v}" for k, v in sorted(GO_ENV.items()))
+    return hash_inputs(
+        [BUILDER_VERSION, *source_files(), "\n".join(MODULES), kernel.cache_key, PROGRAM.ldflags, env, toolchain]
+    )
+
+
+def go_build_env() -> dict[str, str]:
+    """gobuild's environment plus ``-mod=readonly``: a build never edits go.mod/go.sum behind the cache key."""
+    env = {**os.environ, **GO_ENV}
+    env["GOFLAGS"] = " ".join(filter(None, [env.get("GOFLAGS", ""), "-mod=readonly"]))
+    return env
+
+
+def build_nanoswitch(dest: Path, progress: Progress = stderr_progress) -> None:
+    """Compile the nanoswitch program to ``dest`` (static, ``-trimpath``), niced for the busy host."""
+    progress("compiling nanoswitch (go build)")
+    proc = subprocess.run(
+        ["nice", "-n", "10", *PROGRAM.build_args(dest)],
+        cwd=PROGRAM.module_dir,
+        env=go_build_env(),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise GoBuildError(f"go build of {PROGRAM.module_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def build_switch_image(progress: Progress = stderr_progress) -> SwitchImage:
+    """Return the switch's kernel and initramfs, building the initramfs if its inputs changed."""
+    kernel = get_kernel(progress)
+    key = cache_key(kernel, go_version())  # go_version() also checks that Go is installed
+
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="nanoswitch-") as tmp:
+            binary = Path(tmp) / "nanoswitch"
+            build_nanoswitch(binary, progress)
+            image = Initramfs()
+            image.copy("/init", binary, 0o755)
+            for directory in ("/proc", "/sys", "/dev", "/tmp"):
+                image.directory(directory)
+            add_modules(image, kernel, MODULES)
+            image.write(out / "initramfs.gz")
+
+    root = cached_build("nanoswitch", key, build, progress)
+    return SwitchImage(kernel=kernel.vmlinuz, initramfs=root / "initramfs.gz")

@@ -1,0 +1,107 @@
+"""Choosing the accelerator: prove KVM works before trusting it.
+
+``/dev/kvm`` existing is not enough: on our CI machines it is a nested PVM
+hypervisor on which a stock kernel hangs right after decompression. So
+``auto`` boots the tiny VM under KVM with a short deadline and only picks KVM
+if the guest reached init; otherwise TCG. The verdict is cached per host
+(QEMU version, host kernel, CPU model), because the probe costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pytest_smalltown.images.cache import cache_root
+from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, VMConfig
+
+AccelMode = Literal["auto", "kvm", "tcg"]
+ACCEL_MODES: tuple[str, ...] = ("auto", "kvm", "tcg")
+PROBE_DEADLINE = 20.0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    accel: Accel
+    reason: str
+    seconds: float
+    host: str
+
+
+def _host_fingerprint(qemu: str) -> str:
+    try:
+        version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        version = "unknown-qemu"
+    cpu = "unknown-cpu"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{version} | {platform.release()} | {cpu}"
+
+
+def probe_kvm(qemu: str = QEMU_BINARY, deadline: float = PROBE_DEADLINE) -> ProbeResult:
+    """Boot the tiny VM under KVM; KVM only if it reaches init within ``deadline``."""
+    from pytest_smalltown.images.tinyvm import HELLO_LINE, TinyImage, build_tiny_image
+    from pytest_smalltown.launch.vm import LaunchError, VMExitedError, make_workdir, remove_workdir, start_vm
+
+    host = _host_fingerprint(qemu)
+    started = time.monotonic()
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return ProbeResult("tcg", "/dev/kvm is missing or not accessible", 0.0, host)
+    image = build_tiny_image()
+    config = VMConfig(
+        name="accel-probe",
+        boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline("tiny.poweroff=1")),
+        accel="kvm",
+        memory_mib=256,
+        rng=False,
+    )
+    workdir = make_workdir("st-probe-")
+    vm = start_vm(config, workdir, qemu)
+    try:
+        vm.wait_for_console(HELLO_LINE, deadline, what="init under KVM")
+        return ProbeResult("kvm", "tiny VM reached init under KVM", time.monotonic() - started, host)
+    except VMExitedError as error:
+        detail = (error.stderr.strip().splitlines() or [f"exit status {error.returncode}"])[-1]
+        return ProbeResult("tcg", f"KVM unusable, QEMU exited: {detail}", time.monotonic() - started, host)
+    except LaunchError as error:
+        first = str(error).splitlines()[0]
+        return ProbeResult("tcg", f"KVM unusable: {first}", time.monotonic() - started, host)
+    finally:
+        vm.stop(grace=1)
+        remove_workdir(workdir)
+
+
+def _cache_file() -> str:
+    return str(cache_root() / "accel-probe.json")
+
+
+def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
+    """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
+    if mode not in ACCEL_MODES:
+        raise ValueError(f"accelerator must be one of {', '.join(ACCEL_MODES)}, not {mode!r}")
+    if mode != "auto":
+        return ProbeResult(mode, "chosen explicitly", 0.0, "")  # type: ignore[arg-type]
+    host = _host_fingerprint(qemu)
+    try:
+        with open(_cache_file()) as cached:
+            data = json.load(cached)
+        if data.get("host") == host:
+            return ProbeResult(**data)
+    except (OSError, ValueError, TypeError):
+        pass
+    result = probe_kvm(qemu)
+    with open(_cache_file(), "w") as out:
+        json.dump(asdict(result), out)
+    return result

@@ -1,0 +1,496 @@
+"""The Nanoswitch: the microVM that is a test cluster's only network.
+
+Node VMs have no network but a socket NIC whose other end is a NIC of the
+switch. The switch bridges them all as 10.1.0.1/24, hands node ``i`` the fixed
+address ``10.1.0.(2+i)`` by DHCP (the launcher chooses each node's MAC, so
+addresses are known before anything boots), masquerades the nodes out of its
+QEMU user-mode uplink, and proxies the host's forwarded ports (127.0.0.1 only)
+to node 0. The program inside is ``images/go/nanoswitch``; everything
+cluster-specific reaches it on the kernel command line, built here.
+
+Typical use::
+
+    with launch_switch(nodes=2) as switch:
+        node0 = VMConfig(..., nics=(switch.node_nic(0),))
+        ...
+        grpc.insecure_channel(switch.ports.address(7837))
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort
+from pytest_smalltown.images.cache import Progress, stderr_progress
+from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
+from pytest_smalltown.launch.qemu import Accel, DirectBoot, SocketNic, UserNic, VMConfig
+
+if TYPE_CHECKING:
+    from pytest_smalltown.images.switch import SwitchImage
+    from pytest_smalltown.launch.vm import VM
+
+#: MAC of the switch's uplink NIC; the switch tells its uplink from node NICs by it.
+UPLINK_MAC = "02:72:82:bf:c3:56"
+#: Address of the switch on the node network (nodes' router).
+SWITCH_ADDRESS = "10.1.0.1"
+
+EXTERNAL_SERVICE_PORT = int(NodePort.EXTERNAL_SERVICE)  # 7836
+DEBUG_SERVICE_PORT = int(NodePort.DEBUG_SERVICE)  # 7837
+KUBERNETES_API_PORT = int(NodePort.KUBERNETES_API)  # 6443
+#: Guest ports forwarded from 127.0.0.1 on the host to node 0 unless told otherwise.
+DEFAULT_PORTS: tuple[int, ...] = tuple(int(p) for p in SWITCH_FORWARDED_PORTS)
+
+#: Most nodes one switch serves. The bounds that matter: QEMU's microvm has 24
+#: virtio-mmio slots (one is the uplink), and every lease costs ~27 bytes of the
+#: kernel's 2048-byte command line. 16 leaves room on both.
+MAX_NODES = 16
+
+#: Memory for the switch VM. The switch is one Go program; 128 MiB is plenty
+#: and keeps the host free for the nodes.
+SWITCH_MEMORY_MIB = 128
+#: Default deadline for "forwarding". The switch gets there in a few seconds
+#: under TCG on an idle host; the margin is for a host busy with node VMs.
+READY_TIMEOUT = 120.0
+
+#: The switch prints exactly one of these once it has started (or failed to).
+READY_PATTERN = r"nanoswitch: (forwarding .*|fatal: .*)"
+
+
+class SwitchError(RuntimeError):
+    """The switch failed to start, or was not ready before its deadline."""
+
+
+def _check_node_index(i: int) -> None:
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < MAX_NODES:
+        raise ValueError(f"node index must be an int in 0..{MAX_NODES - 1}, got {i!r}")
+
+
+def node_mac(i: int) -> str:
+    """The MAC the launcher gives node ``i``; the switch's fixed lease is keyed by it."""
+    _check_node_index(i)
+    return "02:53:4d:01:00:%02x" % (2 + i)
+
+
+def node_address(i: int) -> str:
+    """The address node ``i`` gets by DHCP from the switch: 10.1.0.(2+i)."""
+    _check_node_index(i)
+    return "10.1.0.%d" % (2 + i)
+
+
+def check_node_count(nodes: object) -> int:
+    """Return ``nodes`` if it is a valid node count (1..MAX_NODES), else raise ValueError."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int):
+        raise ValueError(f"node count must be an int, got {nodes!r} ({type(nodes).__name__})")
+    if not 1 <= nodes <= MAX_NODES:
+        raise ValueError(f"a switch serves 1 to {MAX_NODES} nodes, got {nodes}")
+    return nodes
+
+
+def check_ports(ports: Iterable[int]) -> tuple[int, ...]:
+    """Validate guest ports to forward: ints in 1..65535, no duplicates, order kept."""
+    result: list[int] = []
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"not a TCP port: {port!r}")
+        if int(port) in result:
+            raise ValueError(f"port {int(port)} given twice")
+        result.append(int(port))
+    return tuple(result)
+
+
+def switch_cmdline(
+    nodes: int,
+    ports: Sequence[int] = DEFAULT_PORTS,
+    target: int = 0,
+    extra: Sequence[str] = (),
+) -> str:
+    """The switch's kernel command line: console plus the ``nanoswitch.*`` parameters.
+
+    ``target`` is the index of the node that forwarded ports lead to (node 0 in
+    a Smalltown cluster). Syntax, parsed by ``images/go/nanoswitch/config.go``::
+
+        nanoswitch.nodes=N nanoswitch.forward=P,P nanoswitch.target=IP
+        nanoswitch.lease=MAC=IP,MAC=IP
+
+    ``extra`` are further kernel parameters (e.g. :func:`tcg_kernel_args`).
+    """
+    check_node_count(nodes)
+    ports = check_ports(ports)
+    if not 0 <= target < nodes:
+        raise ValueError(f"forwarding target node {target} is not among the {nodes} nodes")
+    leases = ",".join(f"{node_mac(i)}={node_address(i)}" for i in range(nodes))
+    params = [
+        # quiet: every console byte is a trapped I/O write under TCG.
+        "console=ttyS0",
+        "panic=-1",
+        "quiet",
+        f"nanoswitch.nodes={nodes}",
+        f"nanoswitch.lease={leases}",
+    ]
+    if ports:
+        params += [f"nanoswitch.forward={','.join(map(str, ports))}", f"nanoswitch.target={node_address(target)}"]
+    return " ".join([*params, *extra])
+
+
+def tcg_kernel_args(cpuinfo: str | None = None) -> list[str]:
+    """Kernel parameters that make a microVM boot reliably under TCG on a busy host.
+
+    The microvm machine has no HPET or ACPI PM timer, so the kernel calibrates
+    the TSC against the PIT in a tight loop. When the host is loaded (other
+    VMs, a Go build) that loop is preempted, calibration fails ("tsc: Unable to
+    calibrate against PIT") and the boot was seen to hang right after it,
+    for minutes, in about 4 boots out of 5. Under TCG the guest's TSC runs at
+    the host's TSC rate, so telling the kernel that rate (``tsc_early_khz``)
+    skips calibration entirely. The clocksource watchdog stays on, so a wrong
+    value (a host whose "cpu MHz" is not its TSC rate) only costs the TSC as
+    clocksource, not correctness.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.MULTILINE)
+    if match is None:
+        return []
+    return [f"tsc_early_khz={round(float(match.group(1)) * 1000)}"]
+
+
+def switch_vm_config(
+    image: SwitchImage,
+    nodes: int,
+    switch_fds: Sequence[int],
+    port_map: PortMap,
+    accel: Accel = "tcg",
+    name: str = "nanoswitch",
+    extra_kernel_args: Sequence[str] = (),
+) -> VMConfig:
+    """The switch's VM: microvm, uplink first, then one socket NIC per node end.
+
+    The switch's own NIC MACs do not matter (nodes are told apart by theirs);
+    they are made distinct and recognisable: 02:72:82:00:00:<node index>.
+    """
+    check_node_count(nodes)
+    if len(switch_fds) != nodes:
+        raise ValueError(f"{nodes} nodes need {nodes} switch ends, got {len(switch_fds)}")
+    nics: list[SocketNic | UserNic] = [UserNic(UPLINK_MAC, port_map)]
+    nics += [SocketNic(fd, "02:72:82:00:00:%02x" % i) for i, fd in enumerate(switch_fds)]
+    return VMConfig(
+        name=name,
+        boot=DirectBoot(image.kernel, image.initramfs, switch_cmdline(nodes, tuple(port_map), extra=extra_kernel_args)),
+        machine="microvm",
+        accel=accel,
+        memory_mib=SWITCH_MEMORY_MIB,
+        cpus=1,
+        nics=tuple(nics),
+        rng=False,  # the switch needs no entropy beyond what the kernel has
+    )
+
+
+class Switch:
+    """A running (or starting) Nanoswitch and the node ends of its NICs.
+
+    Create it with :func:`launch_switch`. It owns the switch VM, every
+    socketpair and (when it made it) its work directory; :meth:`close` frees
+    all of them and is safe to call twice.
+    """
+
+    def __init__(
+        self,
+        nodes: int,
+        vm: VM,
+        node_ends: list[socket.socket],
+        ports: PortMap,
+        workdir: Path,
+        owns_workdir: bool,
+        started: float,
+    ) -> None:
+        self.nodes = nodes
+        self.vm = vm
+        self.ports = ports
+        self.workdir = workdir
+        self.started = started
+        #: Seconds from starting QEMU to the "forwarding" line (None until ready).
+        self.ready_after: float | None = None
+        #: The switch's "nanoswitch: forwarding ..." console line.
+        self.ready_line: str | None = None
+        self._node_ends = node_ends
+        self._owns_workdir = owns_workdir
+        self._closed = False
+
+    def node_fd(self, i: int) -> int:
+        """The file descriptor a node VM's ``-netdev socket,fd=`` must inherit for node ``i``."""
+        self._check_node(i)
+        return self._node_ends[i].fileno()
+
+    def node_nic(self, i: int) -> SocketNic:
+        """Node ``i``'s NIC: the switch's socket end and the MAC its fixed lease is for."""
+        return SocketNic(fd=self.node_fd(i), mac=node_mac(i))
+
+    def node_address(self, i: int) -> str:
+        """The address node ``i`` will get (10.1.0.(2+i))."""
+        self._check_node(i)
+        return node_address(i)
+
+    def _check_node(self, i: int) -> None:
+        if self._closed:
+            raise SwitchError("the switch is closed")
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.nodes:
+            raise ValueError(f"this switch has nodes 0..{self.nodes - 1}, not {i!r}")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> str:
+        """Block until the switch says it is forwarding; return that console line.
+
+        Raises :class:`SwitchError` with the console tail when the switch
+        reports a fatal error, exits, or says nothing within ``timeout``.
+        """
+        if self.ready_line is not None:
+            return self.ready_line
+        line = _wait_for_line(self.vm, READY_PATTERN, timeout)
+        if "nanoswitch: fatal:" in line:
+            raise SwitchError(f"the switch failed to start: {line.strip()}\n--- console tail ---\n{self.console_tail()}")
+        self.ready_after = time.monotonic() - self.started
+        self.ready_line = line.strip()
+        return self.ready_line
+
+    def console_tail(self, n: int = 40) -> str:
+        """The last ``n`` lines of the switch's serial console (for error messages)."""
+        return _console_tail(self.vm, n)
+
+    def close(self) -> None:
+        """Stop the VM, close every socket end and remove the work directory if we made it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.vm.stop()
+        finally:
+            for end in self._node_ends:
+                end.close()
+            if self._owns_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Switch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("ready" if self.ready_line else "starting")
+        return f"<Switch nodes={self.nodes} {state} {self.ports!r}>"
+
+
+def launch_switch(
+    nodes: int,
+    ports: Iterable[int] = DEFAULT_PORTS,
+    workdir: Path | None = None,
+    accel: str = "auto",
+    image: SwitchImage | None = None,
+    ready_timeout: float | None = READY_TIMEOUT,
+    progress: Progress = stderr_progress,
+) -> Switch:
+    """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0.
+
+    Arguments are validated before anything is built or started. Unless
+    ``ready_timeout`` is None, this waits for the switch's "forwarding" line,
+    so the returned switch is ready for nodes (nodes may also be started
+    before it is ready: their DHCP client retries). On any failure everything
+    started so far is torn down before the error propagates.
+    """
+    check_node_count(nodes)
+    port_tuple = check_ports(ports)
+    if image is None:
+        from pytest_smalltown.images.switch import build_switch_image
+
+        image = build_switch_image(progress)
+    resolved = _resolve_accel(accel)
+    owns_workdir = workdir is None
+    # Short path: UNIX socket paths (QEMU's, swtpm's) are limited to 108 bytes.
+    work = Path(tempfile.mkdtemp(prefix="smalltown-sw-", dir="/tmp")) if workdir is None else Path(workdir)
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(nodes)]
+        switch_ends = [a for a, _ in pairs]
+        port_map = conflict_free_port_map(port_tuple)
+        extra = tcg_kernel_args() if resolved == "tcg" else []
+        config = switch_vm_config(
+            image, nodes, [end.fileno() for end in switch_ends], port_map, resolved, extra_kernel_args=extra
+        )
+        started = time.monotonic()
+        vm = _start_vm(config, work)
+    except BaseException:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        if owns_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    # QEMU holds its own copies of the switch ends now.
+    for end in switch_ends:
+        end.close()
+    switch = Switch(nodes, vm, [b for _, b in pairs], port_map, work, owns_workdir, started)
+    if ready_timeout is not None:
+        try:
+            switch.wait_ready(ready_timeout)
+        except BaseException:
+            switch.close()
+            raise
+    return switch
+
+
+# --- adapters to launch.vm / launch.accel -------------------------------------
+#
+# launch.vm (VM supervision) and launch.accel (accelerator probe) are written in
+# parallel with this module. Until they exist, a minimal local stand-in keeps
+# the switch usable: same method names (wait_for_console, console_tail, stop),
+# a process group of its own and PDEATHSIG so QEMU dies with us, and TCG when
+# asked for "auto" (DESIGN: stock kernels hang under this host's nested KVM).
+
+
+def _resolve_accel(accel: str) -> Accel:
+    if accel in ("kvm", "tcg"):
+        return accel  # type: ignore[return-value]
+    if accel != "auto":
+        raise ValueError(f"accel must be 'auto', 'kvm' or 'tcg', got {accel!r}")
+    try:
+        from pytest_smalltown.launch.accel import resolve_accel
+    except ImportError:
+        return "tcg"
+    return resolve_accel("auto")
+
+
+def _start_vm(config: VMConfig, workdir: Path) -> VM:
+    try:
+        from pytest_smalltown.launch.vm import start_vm
+    except ImportError:
+        return _LocalVM(config, workdir)  # type: ignore[return-value]
+    return start_vm(config, workdir)
+
+
+def _console_tail(vm: VM, n: int) -> str:
+    return vm.console_tail(n)
+
+
+def _wait_for_line(vm: VM, pattern: str, timeout: float) -> str:
+    """Wait for a console line matching ``pattern``; SwitchError with the tail otherwise."""
+    try:
+        from pytest_smalltown.launch.vm import VMExitedError
+    except ImportError:
+        VMExitedError = _LocalVMExited  # noqa: N806
+    try:
+        found = vm.wait_for_console(pattern, timeout)
+    except VMExitedError as exc:
+        raise SwitchError(
+            f"the switch VM exited before it was ready: {exc}\n--- console tail ---\n{_console_tail(vm, 40)}"
+        ) from exc
+    except TimeoutError as exc:
+        raise SwitchError(
+            f"the switch did not report 'nanoswitch: forwarding' within {timeout:.0f}s\n"
+            f"--- console tail ---\n{_console_tail(vm, 40)}"
+        ) from exc
+    if isinstance(found, re.Match):
+        return found.group(0)
+    return str(found)
+
+
+class _LocalVMExited(RuntimeError):
+    """Stand-in for launch.vm.VMExitedError."""
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL QEMU when the Python process that started it dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _LocalVM:
+    """Minimal QEMU supervision used only while launch.vm is unavailable."""
+
+    def __init__(self, config: VMConfig, workdir: Path) -> None:
+        from pytest_smalltown.launch.qemu import check_paths, inherited_fds, qemu_argv
+
+        check_paths(config)
+        self.name = config.name
+        self.console_log = workdir / f"{config.name}.console.log"
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._log = open(self.console_log, "w")
+        self.process = subprocess.Popen(
+            qemu_argv(config),
+            pass_fds=inherited_fds(config),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.pid = self.process.pid
+        self._reader = threading.Thread(target=self._read, name=f"{config.name}-console", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self._log.write(line + "\n")
+            self._log.flush()
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_console(self, pattern: str, timeout: float) -> str:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self._lines[seen:]:
+                    if regex.search(line):
+                        return line
+                seen = len(self._lines)
+                if not self._reader.is_alive():
+                    raise _LocalVMExited(f"{self.name} exited with status {self.process.poll()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.name}: no console line matching {pattern!r} within {timeout}s")
+                self._cond.wait(min(remaining, 0.5))
+
+    def console_tail(self, n: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self._lines[-n:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self._reader.join(5)
+        self._log.close()

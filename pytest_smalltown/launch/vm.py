@@ -1,0 +1,342 @@
+"""Running QEMU (and swtpm) as supervised child processes.
+
+Every VM process:
+
+* runs in its own process group (``start_new_session``), so a Ctrl-C in the
+  terminal reaches pytest, which then tears the cluster down in order, rather
+  than killing VMs mid-test behind its back;
+* gets ``PR_SET_PDEATHSIG=SIGKILL``, so the kernel kills it if its parent
+  dies without cleaning up, and is registered with the :mod:`reaper`
+  watchdog, which also removes the temporary directories;
+* has its serial console captured to a log file and an in-memory tail that
+  :meth:`VM.wait_for_console` watches without polling.
+
+A VM that exits while someone waits on it raises :class:`VMExitedError` with
+its exit status, stderr and console tail: the three things needed to tell a
+bad QEMU option from a kernel panic from a hanging init.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
+from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, inherited_fds, qemu_argv
+from pytest_smalltown.launch.reaper import reaper
+
+CONSOLE_TAIL_LINES = 2000
+_PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(RuntimeError):
+    """A VM could not be started or did not reach the state asked for."""
+
+
+class VMExitedError(LaunchError):
+    """A VM's QEMU process exited while it was expected to be running."""
+
+    def __init__(self, name: str, returncode: int, stderr: str, console_tail: list[str]) -> None:
+        self.name = name
+        self.returncode = returncode
+        self.stderr = stderr
+        self.console_tail = console_tail
+        tail = "\n".join(f"    {line}" for line in console_tail[-20:]) or "    (no console output)"
+        super().__init__(
+            f"VM {name!r} exited with status {returncode}.\n"
+            f"  QEMU stderr: {stderr.strip()[-2000:] or '(empty)'}\n"
+            f"  last console lines:\n{tail}"
+        )
+
+
+class ConsoleTimeoutError(LaunchError):
+    """A VM did not print what was awaited within the deadline."""
+
+    def __init__(self, name: str, what: str, timeout: float, console_tail: list[str]) -> None:
+        self.name = name
+        self.console_tail = console_tail
+        tail = "\n".join(f"    {line}" for line in console_tail[-30:]) or "    (no console output)"
+        super().__init__(f"VM {name!r}: {what} not seen within {timeout:.0f}s; last console lines:\n{tail}")
+
+
+class QemuNotFoundError(LaunchError):
+    """QEMU is not installed."""
+
+
+def _set_pdeathsig() -> None:
+    # Runs in the child between fork and exec.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def find_binary(name: str, hint: str) -> str:
+    """Absolute path of ``name`` on PATH, or a :class:`QemuNotFoundError` saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        raise QemuNotFoundError(f"{name} was not found on PATH; {hint}")
+    return path
+
+
+def make_workdir(prefix: str = "st-") -> Path:
+    """A private temporary directory under /tmp with a short path.
+
+    UNIX socket paths are limited to 108 bytes, and swtpm's control socket
+    lives here, so it must not sit under a deep pytest tmp_path. The reaper
+    removes it even if this process is SIGKILLed.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    reaper().watch_path(path)
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Remove a directory made by :func:`make_workdir` and stop watching it."""
+    shutil.rmtree(path, ignore_errors=True)
+    reaper().forget_path(path)
+
+
+class Process:
+    """A supervised child process in its own process group (QEMU or swtpm)."""
+
+    def __init__(
+        self, name: str, argv: list[str], workdir: Path, pass_fds: Iterable[int] = (), capture_stdout: bool = False
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self._stderr_path = workdir / f"{name}.stderr"
+        with open(self._stderr_path, "wb") as stderr:
+            self._popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_stdout else stderr,
+                stderr=stderr,
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        reaper().watch_process_group(self._popen.pid)
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def stderr(self) -> str:
+        try:
+            return self._stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL to the whole group after ``grace`` seconds; returns the exit status."""
+        if self._popen.poll() is None:
+            try:
+                self._popen.terminate()
+                self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self._popen.pid, signal.SIGKILL)  # anything it left in its group
+        except (ProcessLookupError, PermissionError):
+            pass
+        returncode = self._popen.wait()
+        reaper().forget_process_group(self._popen.pid)
+        return returncode
+
+
+class VM(Process):
+    """A running QEMU VM with a captured serial console."""
+
+    def __init__(self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY) -> None:
+        binary = find_binary(qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
+        check_paths(config)
+        self.config = config
+        self.console_log = workdir / f"{config.name}.console.log"
+        self._tail: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL_LINES)
+        self._lines_seen = 0
+        self._cond = threading.Condition()
+        self._eof = False
+        argv = qemu_argv(config, binary)
+        super().__init__(config.name, argv, workdir, pass_fds=inherited_fds(config), capture_stdout=True)
+        self._reader = threading.Thread(target=self._read_console, name=f"console-{config.name}", daemon=True)
+        self._reader.start()
+
+    def _read_console(self) -> None:
+        assert self._popen.stdout is not None
+        with open(self.console_log, "wb") as log:
+            for raw in self._popen.stdout:
+                log.write(raw)
+                log.flush()
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                with self._cond:
+                    self._tail.append(line)
+                    self._lines_seen += 1
+                    self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def console_tail(self, lines: int = 50) -> list[str]:
+        """The last ``lines`` console lines (from memory; the full log is :attr:`console_log`)."""
+        with self._cond:
+            return list(self._tail)[-lines:]
+
+    def exited_error(self) -> VMExitedError:
+        returncode = self._popen.wait()
+        self._reader.join(timeout=2)
+        return VMExitedError(self.name, returncode, self.stderr(), self.console_tail(50))
+
+    def check_running(self) -> None:
+        """Raise :class:`VMExitedError` if QEMU has exited."""
+        if self._popen.poll() is not None:
+            raise self.exited_error()
+
+    def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, what: str | None = None) -> re.Match[str]:
+        """Block until a console line (seen at any time since boot) matches ``pattern``.
+
+        Raises :class:`VMExitedError` if QEMU exits first and
+        :class:`ConsoleTimeoutError` (with the console tail) on the deadline.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._cond:
+            while True:
+                lines = list(self._tail)
+                # Only look at lines added since the last pass (all of them the first time).
+                fresh = lines[max(0, len(lines) - (self._lines_seen - checked)) :] if checked else lines
+                for line in fresh:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                checked = self._lines_seen
+                if self._eof:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConsoleTimeoutError(self.name, what or f"/{regex.pattern}/", timeout, list(self._tail))
+                self._cond.wait(min(remaining, 1.0))
+        raise self.exited_error()
+
+
+def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY) -> VM:
+    """Start ``config`` as a supervised QEMU process whose files live in ``workdir``."""
+    return VM(config, workdir, qemu)
+
+
+PORT_RETRIES = 3
+
+
+def start_vm_with_ports(
+    make_config: Callable[[PortMap], VMConfig],
+    guest_ports: Iterable[int],
+    workdir: Path,
+    qemu: str = QEMU_BINARY,
+    settle: float = 5.0,
+) -> tuple[VM, PortMap]:
+    """Start a VM whose user-mode NIC forwards ``guest_ports`` to fresh host ports.
+
+    A free port can be taken by someone else between choosing it and QEMU
+    binding it; QEMU then exits at once ("Could not set up host forwarding
+    rule"). That case is retried with a new port map, up to
+    :data:`PORT_RETRIES` times; any other early exit is raised as is.
+    Returns once every forwarded host port is listening.
+    """
+    ports = list(guest_ports)
+    last_error: VMExitedError | None = None
+    for _ in range(PORT_RETRIES):
+        port_map = conflict_free_port_map(ports)
+        vm = start_vm(make_config(port_map), workdir, qemu)
+        try:
+            wait_listening(vm, port_map.values(), settle)
+            return vm, port_map
+        except VMExitedError as error:
+            vm.stop()
+            if "host forwarding rule" not in error.stderr:
+                raise
+            last_error = error
+    assert last_error is not None
+    raise LaunchError(f"could not bind forwarded ports after {PORT_RETRIES} attempts: {last_error}")
+
+
+def listening_sockets(pid: int) -> set[tuple[str, int]]:
+    """TCP sockets in LISTEN state owned by process ``pid``, as (address, port)."""
+    inodes: set[str] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found: set[tuple[str, int]] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A = LISTEN
+                continue
+            address_hex, port_hex = local.split(":")
+            if len(address_hex) == 8:
+                address = ".".join(str(b) for b in reversed(bytes.fromhex(address_hex)))
+            else:
+                address = address_hex
+            found.add((address, int(port_hex, 16)))
+    return found
+
+
+def wait_listening(vm: VM, host_ports: Iterable[int], timeout: float) -> None:
+    """Wait until the VM's QEMU process listens on every one of ``host_ports``."""
+    wanted = set(host_ports)
+    deadline = time.monotonic() + timeout
+    while True:
+        vm.check_running()
+        have = {port for _, port in listening_sockets(vm.pid)}
+        if wanted <= have:
+            return
+        if time.monotonic() > deadline:
+            raise LaunchError(f"VM {vm.name!r}: host ports {sorted(wanted - have)} not listening after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
+    """Start a TPM 2.0 emulator for one VM; returns it and the socket QEMU connects to.
+
+    ``--terminate`` makes swtpm exit when QEMU disconnects, and the process is
+    supervised like a VM in case QEMU never connects.
+    """
+    binary = find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or disable the TPM")
+    state = workdir / f"{name}-state"
+    state.mkdir(exist_ok=True)
+    sock = workdir / f"{name}.sock"
+    argv = [binary, "socket", "--tpm2", "--tpmstate", f"dir={state}",
+            "--ctrl", f"type=unixio,path={sock}", "--terminate", "--flags", "not-need-init,startup-clear"]  # fmt: skip
+    process = Process(name, argv, workdir)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if process.returncode is not None:
+            raise LaunchError(f"swtpm exited with status {process.returncode}: {process.stderr()}")
+        if time.monotonic() > deadline:
+            process.stop()
+            raise LaunchError(f"swtpm did not create {sock} within 10s: {process.stderr()}")
+        time.sleep(0.02)
+    return process, sock

@@ -1,0 +1,339 @@
+"""Command lines and configuration files of every Kubernetes-side component.
+
+Pure functions from (config, node facts) to argv lists and file contents, so
+that they are unit-testable and the agent's boot sequence stays readable.
+
+Tuning for emulation (everything runs ~10x slower under TCG than on metal):
+no leader election anywhere (one instance of each controller per cluster),
+etcd without fsync (the disk is a throw-away snapshot anyway), API priority
+and fairness off (a single client population), no profiling endpoints, and
+generous kubelet image-GC thresholds so that preloaded images, which cannot be
+pulled again without network, are never garbage-collected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_smalltown import contract
+from pytest_smalltown.node.config import AgentConfig
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What is known about this node once identity and network are settled."""
+
+    name: str
+    ip: str
+    apiserver_url: str  # as seen from this node's components
+    upstream_dns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where the PKI material and kubeconfigs of one node live."""
+
+    cfg: AgentConfig
+
+    def p(self, name: str) -> Path:
+        return self.cfg.pki / name
+
+    @property
+    def ca(self) -> Path:
+        return self.p("ca.crt")
+
+    def crt(self, name: str) -> Path:
+        return self.p(f"{name}.crt")
+
+    def key(self, name: str) -> Path:
+        return self.p(f"{name}.key")
+
+    def kubeconfig(self, name: str) -> Path:
+        return self.cfg.kube_dir / f"{name}.kubeconfig"
+
+    @property
+    def sa_key(self) -> Path:
+        return self.p("service-account.key")
+
+    @property
+    def sa_pub(self) -> Path:
+        return self.p("service-account.pub")
+
+
+def etcd_argv(cfg: AgentConfig, name: str) -> list[str]:
+    """Single-member etcd on loopback only: workers never talk to etcd."""
+    f = Files(cfg)
+    client = f"https://127.0.0.1:{cfg.ports.etcd_client}"
+    peer = f"https://127.0.0.1:{cfg.ports.etcd_peer}"
+    return [
+        cfg.bins.resolve("etcd"),
+        f"--name={name}",
+        f"--data-dir={cfg.etcd_data}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={name}={peer}",
+        "--initial-cluster-state=new",
+        "--initial-cluster-token=smalltown",
+        f"--cert-file={f.crt('etcd-server')}",
+        f"--key-file={f.key('etcd-server')}",
+        f"--trusted-ca-file={f.ca}",
+        "--client-cert-auth=true",
+        f"--peer-cert-file={f.crt('etcd-peer')}",
+        f"--peer-key-file={f.key('etcd-peer')}",
+        f"--peer-trusted-ca-file={f.ca}",
+        "--peer-client-cert-auth=true",
+        "--unsafe-no-fsync=true",
+        "--listen-metrics-urls=",
+        "--quota-backend-bytes=1073741824",
+        "--snapshot-count=10000",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(cfg: AgentConfig, node: NodeFacts) -> list[str]:
+    f = Files(cfg)
+    return [
+        cfg.bins.resolve("kube"), "apiserver",
+        f"--etcd-servers=https://127.0.0.1:{cfg.ports.etcd_client}",
+        f"--etcd-cafile={f.ca}",
+        f"--etcd-certfile={f.crt('apiserver-etcd-client')}",
+        f"--etcd-keyfile={f.key('apiserver-etcd-client')}",
+        "--bind-address=0.0.0.0",
+        f"--secure-port={cfg.ports.apiserver}",
+        f"--advertise-address={node.ip}",
+        f"--tls-cert-file={f.crt('apiserver')}",
+        f"--tls-private-key-file={f.key('apiserver')}",
+        f"--client-ca-file={f.ca}",
+        f"--kubelet-client-certificate={f.crt('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={f.key('apiserver-kubelet-client')}",
+        f"--kubelet-certificate-authority={f.ca}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--service-cluster-ip-range={contract.SERVICE_NETWORK}",
+        f"--service-account-issuer=https://kubernetes.default.svc.{contract.CLUSTER_DOMAIN}",
+        f"--service-account-key-file={f.sa_pub}",
+        f"--service-account-signing-key-file={f.sa_key}",
+        # Delegated authentication in the controller-manager and scheduler reads
+        # the request-header CA; without one they log errors every few seconds.
+        f"--requestheader-client-ca-file={f.ca}",
+        "--requestheader-allowed-names=smalltown:front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        "--anonymous-auth=false",
+        "--profiling=false",
+        "--enable-priority-and-fairness=false",
+        "--event-ttl=1h",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(cfg: AgentConfig) -> list[str]:
+    f = Files(cfg)
+    kc = f.kubeconfig("controller-manager")
+    return [
+        cfg.bins.resolve("kube"), "controller-manager",
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--leader-elect=false",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={contract.POD_NETWORK}",
+        "--node-cidr-mask-size=24",
+        f"--service-cluster-ip-range={contract.SERVICE_NETWORK}",
+        f"--service-account-private-key-file={f.sa_key}",
+        f"--root-ca-file={f.ca}",
+        "--use-service-account-credentials=true",
+        f"--cluster-signing-cert-file={f.ca}",
+        f"--cluster-signing-key-file={f.key('ca')}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={cfg.ports.controller_manager}",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def scheduler_argv(cfg: AgentConfig) -> list[str]:
+    f = Files(cfg)
+    kc = f.kubeconfig("scheduler")
+    return [
+        cfg.bins.resolve("kube"), "scheduler",
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={cfg.ports.scheduler}",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+CONTAINERD_CONFIG = """\
+# Written by the Smalltown node agent.
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
+"""
+
+
+def containerd_config(cfg: AgentConfig) -> str:
+    return CONTAINERD_CONFIG.format(
+        root=cfg.containerd_root,
+        state=cfg.containerd_state,
+        socket=cfg.containerd_socket,
+        pause=contract.PAUSE_IMAGE,
+        cni_bin=cfg.cni_bin_dir,
+        cni_conf=cfg.cni_conf_dir,
+    )
+
+
+def containerd_argv(cfg: AgentConfig) -> list[str]:
+    return [cfg.bins.resolve("containerd"), "--config", str(cfg.kube_dir / "containerd.toml")]
+
+
+def kubelet_config(cfg: AgentConfig, node: NodeFacts) -> dict[str, object]:
+    """The KubeletConfiguration (JSON; kubelet accepts JSON as YAML)."""
+    f = Files(cfg)
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{cfg.containerd_socket}",
+        "clusterDNS": [contract.CLUSTER_DNS_IP],
+        "clusterDomain": contract.CLUSTER_DOMAIN,
+        "failSwapOn": False,
+        "resolvConf": str(cfg.etc / "resolv.conf"),
+        "tlsCertFile": str(f.crt("kubelet-server")),
+        "tlsPrivateKeyFile": str(f.key("kubelet-server")),
+        "port": cfg.ports.kubelet,
+        "address": "0.0.0.0",
+        "authentication": {
+            "x509": {"clientCAFile": str(f.ca)},
+            "webhook": {"enabled": True},
+            "anonymous": {"enabled": False},
+        },
+        "authorization": {"mode": "Webhook"},
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "hairpinMode": "hairpin-veth",
+        "serializeImagePulls": False,
+        # Preloaded images cannot be re-pulled offline: never garbage-collect them.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "50Mi",
+            "nodefs.available": "2%",
+            "imagefs.available": "2%",
+            "nodefs.inodesFree": "2%",
+        },
+        "evictionPressureTransitionPeriod": "10s",
+        # Status and sync cadence: faster feedback for tests on a tiny cluster.
+        "nodeStatusUpdateFrequency": "5s",
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "20s",
+        "maxPods": 110,
+        "staticPodPath": "",
+        "volumePluginDir": str(cfg.kubelet_root / "volume-plugins"),
+        "protectKernelDefaults": False,
+        "makeIPTablesUtilChains": True,
+        "localStorageCapacityIsolation": True,
+        "runtimeRequestTimeout": "5m",
+        "shutdownGracePeriod": "0s",
+    }
+
+
+def kubelet_argv(cfg: AgentConfig, node: NodeFacts) -> list[str]:
+    f = Files(cfg)
+    return [
+        cfg.bins.resolve("kube"), "kubelet",
+        f"--config={cfg.kube_dir / 'kubelet.json'}",
+        f"--kubeconfig={f.kubeconfig('kubelet')}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+        f"--root-dir={cfg.kubelet_root}",
+        f"--cert-dir={cfg.kubelet_root / 'pki'}",
+        "--v=1",
+    ]
+
+
+def kube_proxy_config(cfg: AgentConfig, node: NodeFacts) -> dict[str, object]:
+    f = Files(cfg)
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clusterCIDR": contract.POD_NETWORK,
+        "hostnameOverride": node.name,
+        "bindAddress": "0.0.0.0",
+        "healthzBindAddress": f"127.0.0.1:{cfg.ports.kube_proxy_health}",
+        "metricsBindAddress": f"127.0.0.1:{cfg.ports.kube_proxy_metrics}",
+        "clientConnection": {"kubeconfig": str(f.kubeconfig("kube-proxy"))},
+        # Do not touch conntrack sysctls: the guest kernel's defaults are fine and
+        # writing nf_conntrack_max needs a writable /sys that a container runtime may hide.
+        "conntrack": {"maxPerCore": 0, "min": 0},
+        "iptables": {"syncPeriod": "30s", "minSyncPeriod": "1s"},
+        "detectLocalMode": "ClusterCIDR",
+    }
+
+
+def kube_proxy_argv(cfg: AgentConfig) -> list[str]:
+    return [cfg.bins.resolve("kube"), "proxy", f"--config={cfg.kube_dir / 'kube-proxy.json'}", "--v=1"]
+
+
+def corefile(cfg: AgentConfig, upstream: tuple[str, ...]) -> str:
+    """CoreDNS serving the cluster domain from the API, forwarding the rest upstream."""
+    f = Files(cfg)
+    forward = " ".join(upstream) if upstream else "/etc/resolv.conf"
+    return f""".:{cfg.ports.dns} {{
+    errors
+    health 127.0.0.1:{cfg.ports.coredns_health}
+    kubernetes {contract.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {f.kubeconfig('coredns')}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . {forward}
+    cache 30
+    loadbalance
+}}
+"""
+
+
+def coredns_argv(cfg: AgentConfig) -> list[str]:
+    return [cfg.bins.resolve("coredns"), "-conf", str(cfg.kube_dir / "Corefile")]
+
+
+def dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=2) + "\n"

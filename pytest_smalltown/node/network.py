@@ -1,0 +1,239 @@
+"""DHCP on the node's NIC (busybox udhcpc) and the host-gw pod network.
+
+udhcpc runs supervised in the foreground so it renews its lease; its event
+script (a few lines of sh, written by the agent) configures the address,
+default route and resolv.conf itself and then drops the lease as KEY=VALUE
+lines into a file the agent reads. Applying the lease in the script, not in
+Python, keeps the address correct across renewals even if the agent is busy.
+
+Pods: every node gets a /24 from the controller-manager's node IPAM
+(``spec.podCIDR``); a bridge + host-local CNI config serves it, and each node
+routes the other nodes' pod CIDRs via their InternalIP ("host-gw"), which
+works because all nodes share one L2 segment (the switch's 10.1.0.0/24).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# udhcpc event script, written by the Smalltown node agent.
+LEASE="@LEASE@"
+RESOLV="@RESOLV@"
+case "$1" in
+deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    [ "$1" = bound ] && ip -4 addr flush dev "$interface"
+    ip addr replace "$ip/${mask:-24}" dev "$interface"
+    if [ -n "$router" ]; then
+        set -- $router
+        ip route replace default via "$1" dev "$interface"
+    fi
+    if [ -n "$dns" ]; then
+        : > "$RESOLV.tmp"
+        [ -n "$domain" ] && echo "search $domain" >> "$RESOLV.tmp"
+        for s in $dns; do echo "nameserver $s" >> "$RESOLV.tmp"; done
+        mv "$RESOLV.tmp" "$RESOLV"
+    fi
+    {
+        echo "interface=$interface"; echo "ip=$ip"; echo "mask=$mask"
+        echo "router=$router"; echo "dns=$dns"; echo "domain=$domain"; echo "lease=$lease"
+    } > "$LEASE.tmp" && mv "$LEASE.tmp" "$LEASE"
+    ;;
+esac
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    interface: str
+    ip: str
+    prefix: int
+    router: str | None
+    dns: tuple[str, ...]
+
+    @property
+    def upstream_dns(self) -> tuple[str, ...]:
+        return self.dns
+
+
+def write_udhcpc_script(path: Path, lease_file: Path, resolv_conf: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = UDHCPC_SCRIPT.replace("@LEASE@", str(lease_file)).replace("@RESOLV@", str(resolv_conf))
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def udhcpc_argv(busybox: str, interface: str, script: Path, hostname: str) -> list[str]:
+    """Foreground udhcpc that retries fast (1 s) and keeps renewing."""
+    return [
+        busybox, "udhcpc", "-f", "-i", interface, "-s", str(script),
+        "-x", f"hostname:{hostname}", "-t", "30", "-T", "1", "-A", "2",
+    ]
+
+
+def parse_lease(text: str) -> Lease | None:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            values[k.strip()] = v.strip()
+    ip = values.get("ip")
+    if not ip:
+        return None
+    try:
+        ipaddress.IPv4Address(ip)
+        prefix = int(values.get("mask") or 24)
+    except ValueError:
+        return None
+    router = (values.get("router") or "").split()
+    return Lease(
+        interface=values.get("interface", ""),
+        ip=ip,
+        prefix=prefix,
+        router=router[0] if router else None,
+        dns=tuple((values.get("dns") or "").split()),
+    )
+
+
+def read_resolv_nameservers(path: Path) -> list[str]:
+    try:
+        return [
+            line.split()[1]
+            for line in path.read_text().splitlines()
+            if line.startswith("nameserver") and len(line.split()) > 1
+        ]
+    except OSError:
+        return []
+
+
+CNI_NETWORK_NAME = "smalltown"
+CNI_CONFIG_FILE = "10-smalltown.conflist"
+
+
+def cni_conflist(pod_cidr: str) -> dict[str, object]:
+    """Bridge + host-local for this node's pod CIDR, and portmap for hostPort.
+
+    ``ipMasq`` is off: the agent adds one MASQUERADE rule for traffic leaving
+    the pod network instead, so pod-to-pod traffic across nodes keeps its
+    source address (the bridge plugin would masquerade everything outside
+    this node's /24).
+    """
+    net = ipaddress.IPv4Network(pod_cidr)
+    return {
+        "cniVersion": "0.4.0",
+        "name": CNI_NETWORK_NAME,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": str(net), "gateway": str(net.network_address + 1)}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def write_cni_config(conf_dir: Path, pod_cidr: str) -> bool:
+    """Write the conflist if it changed; returns True when written."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    path = conf_dir / CNI_CONFIG_FILE
+    text = json.dumps(cni_conflist(pod_cidr), indent=2) + "\n"
+    if path.exists() and path.read_text() == text:
+        return False
+    tmp = conf_dir / (CNI_CONFIG_FILE + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # containerd watches the dir: it must never see half a file
+    return True
+
+
+def desired_pod_routes(nodes: list[Mapping[str, object]], own_name: str) -> dict[str, str]:
+    """podCIDR -> InternalIP of every other node that has both."""
+    routes: dict[str, str] = {}
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        status = node.get("status") or {}
+        if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
+            continue
+        if meta.get("name") == own_name:
+            continue
+        cidr = spec.get("podCIDR")
+        ip = next(
+            (a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"),
+            None,
+        )
+        if cidr and ip:
+            routes[str(cidr)] = str(ip)
+    return routes
+
+
+def pod_cidr_assignments(nodes: list[Mapping[str, Any]], pod_network: str, prefix: int = 24) -> dict[str, str]:
+    """Node name -> free pod CIDR, for every node that has none yet (lowest first, in name order).
+
+    The controller-manager's node IPAM does the same, but under emulation it
+    starts that controller a minute or more after the apiserver is ready, and a
+    node without a pod CIDR cannot become Ready. Node 0's agent therefore
+    assigns first; the two cannot conflict because spec.podCIDR can only be set
+    once (the loser's update fails) and the controller-manager adopts CIDRs it
+    finds already set.
+    """
+    used = {str(n.get("spec", {}).get("podCIDR")) for n in nodes if n.get("spec", {}).get("podCIDR")}
+    free = (str(s) for s in ipaddress.IPv4Network(pod_network).subnets(new_prefix=prefix) if str(s) not in used)
+    out: dict[str, str] = {}
+    for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name"))):
+        if not node.get("spec", {}).get("podCIDR"):
+            cidr = next(free, None)
+            if cidr is None:
+                break
+            out[str(node["metadata"]["name"])] = cidr
+    return out
+
+
+class RouteSync:
+    """Keeps ``ip route`` entries for other nodes' pod CIDRs in line with the API."""
+
+    def __init__(self, ip_bin: str) -> None:
+        self.ip_bin = ip_bin
+        self.installed: dict[str, str] = {}
+
+    def sync(self, desired: dict[str, str]) -> list[str]:
+        changes = []
+        for cidr, via in desired.items():
+            if self.installed.get(cidr) != via:
+                subprocess.run([self.ip_bin, "route", "replace", cidr, "via", via],
+                               check=True, capture_output=True)
+                self.installed[cidr] = via
+                changes.append(f"route {cidr} via {via}")
+        for cidr in list(self.installed):
+            if cidr not in desired:
+                subprocess.run([self.ip_bin, "route", "del", cidr], capture_output=True)
+                del self.installed[cidr]
+                changes.append(f"route {cidr} removed")
+        return changes
+
+
+def ensure_masquerade(iptables: str, pod_network: str) -> None:
+    """SNAT traffic from pods to anything outside the pod network (internet, node IPs)."""
+    rule = ["-t", "nat", "POSTROUTING", "-s", pod_network, "!", "-d", pod_network,
+            "-m", "comment", "--comment", "smalltown pod egress", "-j", "MASQUERADE"]
+    check = [iptables, "-w", "-t", "nat", "-C", *rule[2:]]
+    if subprocess.run(check, capture_output=True).returncode != 0:
+        subprocess.run([iptables, "-w", "-t", "nat", "-A", *rule[2:]], check=True, capture_output=True)

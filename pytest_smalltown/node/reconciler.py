@@ -1,0 +1,97 @@
+"""Built-in Kubernetes objects the cluster needs, kept present like the original's reconciler.
+
+The original Smalltown reconciled a fixed set of objects (a PSP and basic RBAC)
+on a timer, so that a user deleting one by accident gets it back. Ours:
+
+* RBAC: the apiserver's kubelet client (``smalltown:apiserver-kubelet-client``)
+  may use the kubelet API (logs, exec, port-forward need this);
+  CoreDNS (``smalltown:coredns``) may read what the kubernetes plugin watches.
+* RuntimeClass ``runc`` (handler ``runc``), as Smalltown ships.
+* Cluster DNS: a selectorless Service ``kube-system/kube-dns`` at the
+  contract's DNS IP, and an EndpointSlice pointing at CoreDNS, which runs as a
+  supervised host process on node 0 (no image to pull, starts before any pod
+  networking exists, its logs sit in the agent's buffers like every other
+  component's). kube-proxy only reads EndpointSlices, so no Endpoints object.
+
+Every object carries ``smalltown.dev/builtin=true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_smalltown import contract
+
+BUILTIN_LABEL = "smalltown.dev/builtin"
+APISERVER_KUBELET_CLIENT = "smalltown:apiserver-kubelet-client"
+COREDNS_USER = "smalltown:coredns"
+
+
+def _meta(name: str, namespace: str | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    labels = {BUILTIN_LABEL: "true", **(extra_labels or {})}
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def builtin_objects(dns_ip: str, dns_port: int = 53) -> list[dict[str, Any]]:
+    """Everything the reconciler applies; ``dns_ip`` is where CoreDNS listens (node 0)."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        {
+            "apiVersion": rbac, "kind": "ClusterRoleBinding",
+            "metadata": _meta("smalltown:apiserver-kubelet-client"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": APISERVER_KUBELET_CLIENT}],
+        },
+        {
+            "apiVersion": rbac, "kind": "ClusterRole",
+            "metadata": _meta("smalltown:coredns"),
+            "rules": [
+                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                 "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                 "verbs": ["list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": rbac, "kind": "ClusterRoleBinding",
+            "metadata": _meta("smalltown:coredns"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "smalltown:coredns"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+        },
+        {
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": _meta("runc"),
+            "handler": "runc",
+        },
+        {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": _meta("kube-dns", "kube-system", {"k8s-app": "kube-dns",
+                                                         "kubernetes.io/name": "CoreDNS"}),
+            "spec": {
+                "clusterIP": contract.CLUSTER_DNS_IP,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": dns_port, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": dns_port, "protocol": "TCP"},
+                ],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": _meta("kube-dns-smalltown", "kube-system", {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "node-agent.smalltown.dev",
+            }),
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [dns_ip], "conditions": {"ready": True}}],
+            "ports": [
+                {"name": "dns", "port": dns_port, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": dns_port, "protocol": "TCP"},
+            ],
+        },
+    ]

@@ -1,0 +1,286 @@
+"""The Nanoswitch booted for real under TCG, with tiny busybox node VMs on its NICs.
+
+One switch and two tiny nodes per module: node 0 boots first (and pings the
+switch), then node 1 (which pings node 0), both serve the forwarded ports and
+answer with their own name, so a reply on a forwarded 127.0.0.1 port says which
+node it came from. Teardown is checked on switches of their own.
+
+Timings (switch start -> "forwarding", node start -> address) are printed,
+not asserted: run with ``-s`` to see them. They depend on the host's load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown.images.switch import SwitchImage, build_switch_image
+from pytest_smalltown.images.tinyvm import TinyImage, build_tiny_image
+from pytest_smalltown.launch import switch as sw
+from pytest_smalltown.launch.ports import PortNotForwardedError
+from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
+
+pytestmark = pytest.mark.integration
+
+NODE_BOOT_TIMEOUT = 180.0
+ACCEL = "tcg"  # the switch's own tests pin TCG: this host's KVM cannot boot stock kernels
+
+
+@dataclass
+class TinyNode:
+    index: int
+    vm: object
+    started: float
+    init_after: float = 0.0
+    ip_after: float = 0.0
+    ip_line: str = ""
+    lines: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Net:
+    switch: sw.Switch
+    nodes: list[TinyNode]
+
+
+def vm_pid(vm: object) -> int:
+    """The QEMU pid of a VM from launch.vm or the switch module's local stand-in."""
+    pid = getattr(vm, "pid", None)
+    if pid is None:
+        pid = vm.process.pid  # type: ignore[attr-defined]
+    return int(pid)
+
+
+def wait_line(vm: object, pattern: str, timeout: float = NODE_BOOT_TIMEOUT) -> str:
+    found = vm.wait_for_console(pattern, timeout)  # type: ignore[attr-defined]
+    return found.group(0) if isinstance(found, re.Match) else str(found)
+
+
+def start_tiny(switch: sw.Switch, image: TinyImage, index: int, workdir: Path, *options: str) -> TinyNode:
+    """Start tiny VM ``index`` on the switch's NIC for that node and wait until it has an address."""
+    extra = sw.tcg_kernel_args()
+    config = VMConfig(
+        name=f"node{index}",
+        boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline(*options, *extra)),
+        machine="microvm",
+        accel=ACCEL,
+        memory_mib=128,
+        nics=(switch.node_nic(index),),
+        rng=False,
+    )
+    started = time.monotonic()
+    vm = sw._start_vm(config, workdir)  # launch.vm.start_vm when present
+    node = TinyNode(index, vm, started)
+    wait_line(vm, r"tinyvm: init")
+    node.init_after = time.monotonic() - started
+    node.ip_line = wait_line(vm, r"tinyvm: ip .*")
+    node.ip_after = time.monotonic() - started
+    return node
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[SwitchImage, TinyImage]:
+    return build_switch_image(), build_tiny_image()
+
+
+@pytest.fixture(scope="module")
+def net(images: tuple[SwitchImage, TinyImage], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    switch_image, tiny = images
+    workdir = tmp_path_factory.mktemp("tiny")
+    switch = sw.launch_switch(2, accel=ACCEL, image=switch_image)
+    nodes: list[TinyNode] = []
+    try:
+        serve = "tiny.serve=" + ",".join(map(str, sw.DEFAULT_PORTS))
+        nodes.append(start_tiny(switch, tiny, 0, workdir, "tiny.name=node0", "tiny.ip=dhcp", serve,
+                                f"tiny.ping={sw.SWITCH_ADDRESS}"))  # fmt: skip
+        wait_line(nodes[0].vm, r"tinyvm: ready")
+        nodes.append(start_tiny(switch, tiny, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
+                                f"tiny.ping={sw.node_address(0)}"))  # fmt: skip
+        wait_line(nodes[1].vm, r"tinyvm: ready")
+        print(f"\n[switch] start -> forwarding: {switch.ready_after:.2f}s ({switch.ready_line})")
+        for node in nodes:
+            print(
+                f"[node{node.index}] start -> init {node.init_after:.2f}s, start -> address {node.ip_after:.2f}s, "
+                f"init -> address (modules + DHCP) {node.ip_after - node.init_after:.2f}s: {node.ip_line}"
+            )
+        yield Net(switch, nodes)
+    finally:
+        for node in nodes:
+            node.vm.stop()  # type: ignore[attr-defined]
+        switch.close()
+
+
+def test_each_node_gets_exactly_its_planned_address(net: Net) -> None:
+    for node in net.nodes:
+        assert node.ip_line.split() == ["tinyvm:", "ip", f"{sw.node_address(node.index)}/24"]
+        lease = wait_line(net.switch.vm, rf"nanoswitch: lease \S+ to {sw.node_mac(node.index)}", 5)
+        assert lease.split() == ["nanoswitch:", "lease", sw.node_address(node.index), "to", sw.node_mac(node.index)]
+
+
+def test_nodes_reach_the_switch_and_each_other_through_the_bridge(net: Net) -> None:
+    assert wait_line(net.nodes[0].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.SWITCH_ADDRESS} ok"
+    # node 1's echo request crosses the bridge to node 0 and node 0's reply comes back.
+    assert wait_line(net.nodes[1].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.node_address(0)} ok"
+
+
+def read_banner(port: int, attempts: int = 20) -> str:
+    """The line a forwarded port answers with, retrying while busybox nc re-arms between clients."""
+    last = ""
+    for _ in range(attempts):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.settimeout(10)
+            data = b""
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(200)
+                    if not chunk:
+                        break
+                    data += chunk
+            except TimeoutError:
+                pass
+        last = data.decode(errors="replace").strip()
+        if last:
+            return last
+        time.sleep(0.5)
+    return last
+
+
+@pytest.mark.parametrize("guest_port", sw.DEFAULT_PORTS)
+def test_forwarded_port_reaches_node0_and_not_node1(net: Net, guest_port: int) -> None:
+    answer = read_banner(net.switch.ports[guest_port])
+    assert answer == f"tinyvm node0 port {guest_port}"
+
+
+def listening_sockets(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP listener owned by process ``pid``, from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_addr)
+            if family == socket.AF_INET:
+                address = socket.inet_ntop(family, raw[::-1])
+            else:
+                address = socket.inet_ntop(family, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+            found.add((address, int(hex_port, 16)))
+    return found
+
+
+def test_forwarded_ports_listen_on_loopback_only(net: Net) -> None:
+    listeners = listening_sockets(vm_pid(net.switch.vm))
+    assert listeners == {("127.0.0.1", net.switch.ports[p]) for p in sw.DEFAULT_PORTS}
+
+
+def test_unforwarded_port_is_a_clear_error(net: Net) -> None:
+    with pytest.raises(PortNotForwardedError, match=r"guest port 7833 is not forwarded.*\[6443, 7836, 7837\]"):
+        net.switch.ports[7833]
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status
+
+
+def our_qemu_children() -> list[int]:
+    """Live QEMU processes whose parent is this pytest process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if comm.startswith("qemu-system") and int(ppid) == os.getpid() and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def open_socket_inodes() -> set[str]:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target)
+    return inodes
+
+
+def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(images: tuple[SwitchImage, TinyImage]) -> None:
+    """MAX_NODES NICs all join the bridge; close() stops QEMU, closes every end and removes the work dir."""
+    switch = sw.launch_switch(sw.MAX_NODES, ports=[7837], accel=ACCEL, image=images[0])
+    try:
+        bridge_line = wait_line(switch.vm, r"nanoswitch: bridge br0 .*", 5)
+        ports = re.search(r"ports (\S+);", bridge_line)
+        assert ports is not None and len(ports.group(1).split(",")) == sw.MAX_NODES, bridge_line
+        assert switch.ready_line is not None and switch.ready_line.startswith("nanoswitch: forwarding 7837 to 10.1.0.2")
+        pid = vm_pid(switch.vm)
+        workdir = switch.workdir
+        assert workdir.exists()
+        ends = {f"socket:[{os.fstat(switch.node_fd(i)).st_ino}]" for i in range(sw.MAX_NODES)}
+        assert ends <= open_socket_inodes()
+        print(f"\n[switch x{sw.MAX_NODES}] start -> forwarding: {switch.ready_after:.2f}s")
+    finally:
+        switch.close()
+    assert process_gone(pid)
+    assert pid not in our_qemu_children()
+    assert not workdir.exists()
+    assert not ends & open_socket_inodes(), "node ends still open after close()"
+
+
+def test_not_ready_in_time_gives_console_tail_and_cleans_up(images: tuple[SwitchImage, TinyImage]) -> None:
+    before = set(os.listdir("/tmp"))
+    children_before = set(our_qemu_children())
+    with pytest.raises(sw.SwitchError, match=r"did not report 'nanoswitch: forwarding' within 1s") as info:
+        sw.launch_switch(1, accel=ACCEL, image=images[0], ready_timeout=1.0)
+    assert "console tail" in str(info.value)
+    leftovers = {name for name in set(os.listdir("/tmp")) - before if name.startswith("smalltown-sw-")}
+    assert not leftovers
+    assert set(our_qemu_children()) <= children_before
+
+
+def test_fatal_switch_error_is_reported_with_its_reason(
+    images: tuple[SwitchImage, TinyImage], tmp_path: Path
+) -> None:
+    """A command line the switch rejects surfaces as SwitchError naming the reason, not as a timeout."""
+    pair = socket.socketpair()
+    config = sw.switch_vm_config(
+        images[0], 1, [pair[0].fileno()], sw.conflict_free_port_map([7837]), ACCEL,
+        extra_kernel_args=[*sw.tcg_kernel_args(), "nanoswitch.frobnicate=1"],
+    )  # fmt: skip
+    switch = sw.Switch(1, sw._start_vm(config, tmp_path), [pair[1]], sw.PortMap({}), tmp_path, False, time.monotonic())
+    pair[0].close()
+    try:
+        started = time.monotonic()
+        with pytest.raises(sw.SwitchError, match=r"failed to start: nanoswitch: fatal: bad kernel parameter "
+                                                 r"\"nanoswitch.frobnicate=1\": unknown parameter"):  # fmt: skip
+            switch.wait_ready(sw.READY_TIMEOUT)
+        assert time.monotonic() - started < sw.READY_TIMEOUT / 2, "fatal must end the wait early"
+    finally:
+        switch.close()

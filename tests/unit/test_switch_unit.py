@@ -1,0 +1,283 @@
+"""Unit tests of the Nanoswitch launcher's pure parts: addressing, kernel command line, argv, errors.
+
+Nothing here builds an image or starts QEMU; a fake image with non-existent
+paths is enough because argv construction does not touch the file system.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown.images.switch import SwitchImage
+from pytest_smalltown.launch import switch as sw
+from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
+from pytest_smalltown.launch.qemu import SocketNic, UserNic, inherited_fds, qemu_argv
+
+FAKE_IMAGE = SwitchImage(kernel=Path("/nonexistent/vmlinuz"), initramfs=Path("/nonexistent/initramfs.gz"))
+
+
+def params(cmdline: str) -> dict[str, str]:
+    """The nanoswitch.* parameters of a kernel command line, as the Go side splits them."""
+    result = {}
+    for token in cmdline.split():
+        if token.startswith("nanoswitch."):
+            key, _, value = token.partition("=")
+            assert key not in result, f"{key} given twice"
+            result[key.removeprefix("nanoswitch.")] = value
+    return result
+
+
+# --- addressing -----------------------------------------------------------------
+
+
+def test_node_mac_and_address_follow_the_design() -> None:
+    assert sw.node_mac(0) == "02:53:4d:01:00:02"
+    assert sw.node_address(0) == "10.1.0.2"
+    assert sw.node_mac(1) == "02:53:4d:01:00:03"
+    assert sw.node_address(1) == "10.1.0.3"
+    assert sw.node_mac(13) == "02:53:4d:01:00:0f"
+    assert sw.node_address(13) == "10.1.0.15"
+
+
+def test_every_node_has_a_distinct_unicast_local_mac_and_address_on_the_bridge() -> None:
+    macs = [sw.node_mac(i) for i in range(sw.MAX_NODES)]
+    addresses = [sw.node_address(i) for i in range(sw.MAX_NODES)]
+    assert len(set(macs)) == len(set(addresses)) == sw.MAX_NODES
+    for mac in macs:
+        first = int(mac.split(":")[0], 16)
+        assert first & 0x01 == 0 and first & 0x02 == 2, mac  # unicast, locally administered
+        assert mac != sw.UPLINK_MAC
+    network = ipaddress.ip_network("10.1.0.0/24")
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        assert ip in network and str(ip) != sw.SWITCH_ADDRESS
+        assert int(str(ip).rsplit(".", 1)[1]) < 200, "must stay below the switch's pool for unknown MACs"
+
+
+@pytest.mark.parametrize("bad", [-1, sw.MAX_NODES, 1.0, "0", True, None])
+def test_node_index_out_of_range_is_a_clear_value_error(bad: object) -> None:
+    with pytest.raises(ValueError, match="node index"):
+        sw.node_mac(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="node index"):
+        sw.node_address(bad)  # type: ignore[arg-type]
+
+
+def test_max_nodes_is_at_least_eight() -> None:
+    assert sw.MAX_NODES >= 8
+
+
+def test_default_ports_are_external_debug_and_kubernetes() -> None:
+    assert sw.DEFAULT_PORTS == (7836, 7837, 6443)
+    assert (sw.EXTERNAL_SERVICE_PORT, sw.DEBUG_SERVICE_PORT, sw.KUBERNETES_API_PORT) == (7836, 7837, 6443)
+
+
+# --- node count and port validation -----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -3, sw.MAX_NODES + 1, 2.0, "2", None, True])
+def test_launch_switch_rejects_bad_node_counts_before_starting_anything(
+    bad: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("launch_switch went past validation")
+
+    monkeypatch.setattr(sw, "_start_vm", must_not_run)
+    monkeypatch.setattr(sw, "_resolve_accel", must_not_run)
+    monkeypatch.setattr(sw, "conflict_free_port_map", must_not_run)
+    with pytest.raises(ValueError, match=r"node count|1 to \d+ nodes"):
+        sw.launch_switch(bad, image=FAKE_IMAGE)  # type: ignore[arg-type]
+
+
+def test_node_count_error_names_the_limit() -> None:
+    with pytest.raises(ValueError) as info:
+        sw.check_node_count(sw.MAX_NODES + 1)
+    assert str(sw.MAX_NODES) in str(info.value) and str(sw.MAX_NODES + 1) in str(info.value)
+
+
+@pytest.mark.parametrize("ports", [[0], [65536], [7836, 7836], ["7836"], [True]])
+def test_bad_ports_are_rejected(ports: list[object]) -> None:
+    with pytest.raises(ValueError):
+        sw.check_ports(ports)  # type: ignore[arg-type]
+
+
+# --- kernel command line ----------------------------------------------------------
+
+
+def test_cmdline_for_two_nodes() -> None:
+    cmdline = sw.switch_cmdline(2)
+    assert params(cmdline) == {
+        "nodes": "2",
+        "lease": "02:53:4d:01:00:02=10.1.0.2,02:53:4d:01:00:03=10.1.0.3",
+        "forward": "7836,7837,6443",
+        "target": "10.1.0.2",
+    }
+    assert "console=ttyS0" in cmdline.split()
+
+
+def test_cmdline_leases_every_node_and_fits_the_kernel_limit_at_max_nodes() -> None:
+    cmdline = sw.switch_cmdline(sw.MAX_NODES, extra=["tsc_early_khz=2596120"])
+    leases = dict(item.split("=") for item in params(cmdline)["lease"].split(","))
+    assert leases == {sw.node_mac(i): sw.node_address(i) for i in range(sw.MAX_NODES)}
+    # x86 COMMAND_LINE_SIZE is 2048 including QEMU's own additions; leave it half.
+    assert len(cmdline) < 1024
+
+
+def test_cmdline_forwards_what_it_is_told_to_the_target_node() -> None:
+    cmdline = sw.switch_cmdline(3, ports=[2345, 7835], target=1)
+    assert params(cmdline)["forward"] == "2345,7835"
+    assert params(cmdline)["target"] == "10.1.0.3"
+
+
+def test_cmdline_without_ports_forwards_nothing() -> None:
+    p = params(sw.switch_cmdline(1, ports=[]))
+    assert "forward" not in p and "target" not in p
+
+
+def test_cmdline_rejects_target_outside_the_cluster() -> None:
+    with pytest.raises(ValueError, match="target node 2"):
+        sw.switch_cmdline(2, target=2)
+
+
+def test_tcg_kernel_args_take_the_host_tsc_rate_from_cpuinfo() -> None:
+    cpuinfo = "processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 2596.120\ncache size\t: 1 KB\n"
+    assert sw.tcg_kernel_args(cpuinfo) == ["tsc_early_khz=2596120"]
+    assert sw.tcg_kernel_args("processor\t: 0\n") == []
+
+
+def test_ready_pattern_matches_forwarding_and_fatal_lines_only() -> None:
+    pattern = re.compile(sw.READY_PATTERN)
+    assert pattern.search("nanoswitch: forwarding 7836,7837,6443 to 10.1.0.2 (up 1.33s)")
+    assert pattern.search("nanoswitch: forwarding none (up 1.2s)")
+    assert pattern.search("nanoswitch: fatal: no uplink NIC with MAC 02:72:82:bf:c3:56")
+    assert not pattern.search("nanoswitch: lease 10.1.0.2 to 02:53:4d:01:00:02")
+    assert not pattern.search("nanoswitch: fixed lease 02:53:4d:01:00:02 -> 10.1.0.2")
+
+
+# --- VM config and QEMU argv ------------------------------------------------------
+
+
+def test_switch_vm_config_argv() -> None:
+    port_map = PortMap({7836: 40001, 7837: 40002, 6443: 40003})
+    config = sw.switch_vm_config(FAKE_IMAGE, 2, [11, 12], port_map, "tcg")
+    assert config.machine == "microvm"
+    uplink, *nodes = config.nics
+    assert isinstance(uplink, UserNic) and uplink.mac == sw.UPLINK_MAC
+    assert [n.fd for n in nodes if isinstance(n, SocketNic)] == [11, 12]
+    assert inherited_fds(config) == (11, 12)
+    argv = qemu_argv(config)
+    joined = " ".join(argv)
+    assert "-M microvm" in joined.replace("microvm,", "microvm ")
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs[0].startswith("user,")
+    # Every forward binds loopback only, from the port map, to the same guest port.
+    assert sorted(re.findall(r"hostfwd=tcp:([\d.]+):(\d+)-:(\d+)", netdevs[0])) == [
+        ("127.0.0.1", "40001", "7836"),
+        ("127.0.0.1", "40002", "7837"),
+        ("127.0.0.1", "40003", "6443"),
+    ]
+    assert netdevs[1:] == ["socket,id=net1,fd=11", "socket,id=net2,fd=12"]
+    cmdline = argv[argv.index("-append") + 1]
+    assert params(cmdline)["forward"] == "7836,7837,6443"  # the order the port map lists them
+    assert argv[argv.index("-kernel") + 1] == str(FAKE_IMAGE.kernel)
+    assert argv[argv.index("-initrd") + 1] == str(FAKE_IMAGE.initramfs)
+
+
+def test_switch_vm_config_forwards_exactly_the_port_map() -> None:
+    config = sw.switch_vm_config(FAKE_IMAGE, 1, [5], PortMap({2345: 50000}), "tcg")
+    cmdline = qemu_argv(config)[qemu_argv(config).index("-append") + 1]
+    assert params(cmdline)["forward"] == "2345"
+
+
+def test_switch_vm_config_needs_one_end_per_node() -> None:
+    with pytest.raises(ValueError, match="2 nodes need 2 switch ends"):
+        sw.switch_vm_config(FAKE_IMAGE, 2, [11], PortMap({}), "tcg")
+
+
+# --- unknown port --------------------------------------------------------------
+
+
+def test_unforwarded_port_error_names_the_port_and_what_is_forwarded() -> None:
+    ports = PortMap({7836: 40001, 7837: 40002, 6443: 40003})
+    with pytest.raises(PortNotForwardedError) as info:
+        ports[7833]
+    message = str(info.value)
+    assert "7833" in message and "6443" in message and "7836" in message and "7837" in message
+    assert isinstance(info.value, KeyError)
+
+
+# --- Switch object without a VM -----------------------------------------------------
+
+
+class _StoppedVM:
+    """Just enough of a VM for Switch's bookkeeping."""
+
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+    def console_tail(self, n: int = 40) -> str:
+        return ""
+
+
+def test_switch_exposes_node_nics_and_closes_everything_once(tmp_path: Path) -> None:
+    pairs = [socket.socketpair() for _ in range(2)]
+    for a, _ in pairs:
+        a.close()
+    ends = [b for _, b in pairs]
+    workdir = tmp_path / "sw"
+    workdir.mkdir()
+    vm = _StoppedVM()
+    switch = sw.Switch(2, vm, ends, PortMap({7837: 40000}), workdir, True, 0.0)  # type: ignore[arg-type]
+    nic = switch.node_nic(1)
+    assert nic == SocketNic(fd=ends[1].fileno(), mac="02:53:4d:01:00:03")
+    assert switch.node_address(1) == "10.1.0.3"
+    with pytest.raises(ValueError, match="nodes 0..1"):
+        switch.node_fd(2)
+    with switch:
+        pass
+    switch.close()
+    assert vm.stopped == 1
+    assert all(end.fileno() == -1 for end in ends)
+    assert not workdir.exists()
+    with pytest.raises(sw.SwitchError, match="closed"):
+        switch.node_fd(0)
+
+
+# --- image builder and the Go program ------------------------------------------------
+
+
+def test_image_cache_key_covers_sources_modules_kernel_and_toolchain() -> None:
+    from pytest_smalltown.images import switch as image
+    from pytest_smalltown.images.kernel import Kernel
+
+    kernel = Kernel(Path("/k/vmlinuz"), Path("/k/modules"), "6.1.0-56-amd64", "6.1.192-2")
+    key = image.cache_key(kernel, "go version go1.26.8 linux/amd64")
+    assert key == image.cache_key(kernel, "go version go1.26.8 linux/amd64"), "must be stable"
+    assert key != image.cache_key(kernel, "go version go1.26.9 linux/amd64")
+    other_kernel = Kernel(Path("/k/vmlinuz"), Path("/k/modules"), "6.1.0-57-amd64", "6.1.193-1")
+    assert key != image.cache_key(other_kernel, "go version go1.26.8 linux/amd64")
+    names = {p.name for p in image.source_files()}
+    assert {"main.go", "dhcp.go", "config.go", "go.mod", "go.sum"} <= names
+    assert not any(name.endswith("_test.go") for name in names)
+
+
+def test_go_program_unit_tests_pass() -> None:
+    """config.go and dhcp.go (command line syntax, lease decisions) have Go tests of their own."""
+    import shutil
+    import subprocess
+
+    from pytest_smalltown.images import switch as image
+
+    if shutil.which("go") is None:
+        pytest.skip("no Go toolchain")
+    proc = subprocess.run(
+        ["nice", "go", "test", "./..."], cwd=image.GO_DIR, env=image.go_build_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
