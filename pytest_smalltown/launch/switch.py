@@ -18,14 +18,8 @@ Typical use::
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,12 +28,20 @@ from typing import TYPE_CHECKING
 
 from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.images.cache import Progress, stderr_progress
-from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
+from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
+from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import Accel, DirectBoot, SocketNic, UserNic, VMConfig
+from pytest_smalltown.launch.vm import (
+    VM,
+    ConsoleTimeoutError,
+    VMExitedError,
+    make_workdir,
+    remove_workdir,
+    start_vm_with_ports,
+)
 
 if TYPE_CHECKING:
     from pytest_smalltown.images.switch import SwitchImage
-    from pytest_smalltown.launch.vm import VM
 
 #: MAC of the switch's uplink NIC; the switch tells its uplink from node NICs by it.
 UPLINK_MAC = "02:72:82:bf:c3:56"
@@ -258,7 +260,15 @@ class Switch:
         """
         if self.ready_line is not None:
             return self.ready_line
-        line = _wait_for_line(self.vm, READY_PATTERN, timeout)
+        try:
+            line = self.vm.wait_for_console(READY_PATTERN, timeout, what="'nanoswitch: forwarding'").group(0)
+        except VMExitedError as exc:
+            raise SwitchError(f"the switch VM exited before it was ready: {exc}") from exc
+        except ConsoleTimeoutError as exc:
+            raise SwitchError(
+                f"the switch did not report 'nanoswitch: forwarding' within {timeout:.0f}s\n"
+                f"--- console tail ---\n{self.console_tail()}"
+            ) from exc
         if "nanoswitch: fatal:" in line:
             raise SwitchError(f"the switch failed to start: {line.strip()}\n--- console tail ---\n{self.console_tail()}")
         self.ready_after = time.monotonic() - self.started
@@ -267,7 +277,7 @@ class Switch:
 
     def console_tail(self, n: int = 40) -> str:
         """The last ``n`` lines of the switch's serial console (for error messages)."""
-        return _console_tail(self.vm, n)
+        return "\n".join(self.vm.console_tail(n))
 
     def close(self) -> None:
         """Stop the VM, close every socket end and remove the work directory if we made it."""
@@ -280,7 +290,7 @@ class Switch:
             for end in self._node_ends:
                 end.close()
             if self._owns_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                remove_workdir(self.workdir)
 
     def __enter__(self) -> Switch:
         return self
@@ -317,35 +327,39 @@ def launch_switch(
     """
     check_node_count(nodes)
     port_tuple = check_ports(ports)
+    if accel not in ACCEL_MODES:
+        raise ValueError(f"accel must be one of {', '.join(ACCEL_MODES)}, got {accel!r}")
     if image is None:
         from pytest_smalltown.images.switch import build_switch_image
 
         image = build_switch_image(progress)
-    resolved = _resolve_accel(accel)
+    switch_image: SwitchImage = image
+    resolved = resolve_accel(accel).accel
+    extra = tcg_kernel_args() if resolved == "tcg" else []
     owns_workdir = workdir is None
-    # Short path: UNIX socket paths (QEMU's, swtpm's) are limited to 108 bytes.
-    work = Path(tempfile.mkdtemp(prefix="smalltown-sw-", dir="/tmp")) if workdir is None else Path(workdir)
+    # make_workdir: a short path under /tmp that the reaper removes even if we are killed.
+    work = make_workdir("st-sw-") if workdir is None else Path(workdir)
     pairs: list[tuple[socket.socket, socket.socket]] = []
     try:
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(nodes)]
-        switch_ends = [a for a, _ in pairs]
-        port_map = conflict_free_port_map(port_tuple)
-        extra = tcg_kernel_args() if resolved == "tcg" else []
-        config = switch_vm_config(
-            image, nodes, [end.fileno() for end in switch_ends], port_map, resolved, extra_kernel_args=extra
-        )
+        switch_fds = [a.fileno() for a, _ in pairs]
+
+        def make_config(port_map: PortMap) -> VMConfig:
+            return switch_vm_config(switch_image, nodes, switch_fds, port_map, resolved, extra_kernel_args=extra)
+
         started = time.monotonic()
-        vm = _start_vm(config, work)
+        # Retries with a fresh port map if another process grabs a chosen host port first.
+        vm, port_map = start_vm_with_ports(make_config, port_tuple, work)
     except BaseException:
         for a, b in pairs:
             a.close()
             b.close()
         if owns_workdir:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_workdir(work)
         raise
     # QEMU holds its own copies of the switch ends now.
-    for end in switch_ends:
-        end.close()
+    for a, _ in pairs:
+        a.close()
     switch = Switch(nodes, vm, [b for _, b in pairs], port_map, work, owns_workdir, started)
     if ready_timeout is not None:
         try:
@@ -354,143 +368,3 @@ def launch_switch(
             switch.close()
             raise
     return switch
-
-
-# --- adapters to launch.vm / launch.accel -------------------------------------
-#
-# launch.vm (VM supervision) and launch.accel (accelerator probe) are written in
-# parallel with this module. Until they exist, a minimal local stand-in keeps
-# the switch usable: same method names (wait_for_console, console_tail, stop),
-# a process group of its own and PDEATHSIG so QEMU dies with us, and TCG when
-# asked for "auto" (DESIGN: stock kernels hang under this host's nested KVM).
-
-
-def _resolve_accel(accel: str) -> Accel:
-    if accel in ("kvm", "tcg"):
-        return accel  # type: ignore[return-value]
-    if accel != "auto":
-        raise ValueError(f"accel must be 'auto', 'kvm' or 'tcg', got {accel!r}")
-    try:
-        from pytest_smalltown.launch.accel import resolve_accel
-    except ImportError:
-        return "tcg"
-    return resolve_accel("auto")
-
-
-def _start_vm(config: VMConfig, workdir: Path) -> VM:
-    try:
-        from pytest_smalltown.launch.vm import start_vm
-    except ImportError:
-        return _LocalVM(config, workdir)  # type: ignore[return-value]
-    return start_vm(config, workdir)
-
-
-def _console_tail(vm: VM, n: int) -> str:
-    return vm.console_tail(n)
-
-
-def _wait_for_line(vm: VM, pattern: str, timeout: float) -> str:
-    """Wait for a console line matching ``pattern``; SwitchError with the tail otherwise."""
-    try:
-        from pytest_smalltown.launch.vm import VMExitedError
-    except ImportError:
-        VMExitedError = _LocalVMExited  # noqa: N806
-    try:
-        found = vm.wait_for_console(pattern, timeout)
-    except VMExitedError as exc:
-        raise SwitchError(
-            f"the switch VM exited before it was ready: {exc}\n--- console tail ---\n{_console_tail(vm, 40)}"
-        ) from exc
-    except TimeoutError as exc:
-        raise SwitchError(
-            f"the switch did not report 'nanoswitch: forwarding' within {timeout:.0f}s\n"
-            f"--- console tail ---\n{_console_tail(vm, 40)}"
-        ) from exc
-    if isinstance(found, re.Match):
-        return found.group(0)
-    return str(found)
-
-
-class _LocalVMExited(RuntimeError):
-    """Stand-in for launch.vm.VMExitedError."""
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL QEMU when the Python process that started it dies."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class _LocalVM:
-    """Minimal QEMU supervision used only while launch.vm is unavailable."""
-
-    def __init__(self, config: VMConfig, workdir: Path) -> None:
-        from pytest_smalltown.launch.qemu import check_paths, inherited_fds, qemu_argv
-
-        check_paths(config)
-        self.name = config.name
-        self.console_log = workdir / f"{config.name}.console.log"
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._log = open(self.console_log, "w")
-        self.process = subprocess.Popen(
-            qemu_argv(config),
-            pass_fds=inherited_fds(config),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.pid = self.process.pid
-        self._reader = threading.Thread(target=self._read, name=f"{config.name}-console", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            self._log.write(line + "\n")
-            self._log.flush()
-            with self._cond:
-                self._lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for_console(self, pattern: str, timeout: float) -> str:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self._lines[seen:]:
-                    if regex.search(line):
-                        return line
-                seen = len(self._lines)
-                if not self._reader.is_alive():
-                    raise _LocalVMExited(f"{self.name} exited with status {self.process.poll()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{self.name}: no console line matching {pattern!r} within {timeout}s")
-                self._cond.wait(min(remaining, 0.5))
-
-    def console_tail(self, n: int = 40) -> str:
-        with self._cond:
-            return "\n".join(self._lines[-n:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
-        self.process.wait()
-        self._reader.join(5)
-        self._log.close()

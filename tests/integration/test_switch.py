@@ -1,7 +1,7 @@
 """The Nanoswitch booted for real under TCG, with tiny busybox node VMs on its NICs.
 
 One switch and two tiny nodes per module: node 0 boots first (and pings the
-switch), then node 1 (which pings node 0), both serve the forwarded ports and
+host's SLIRP gateway through the switch's NAT), then node 1 (which pings node 0), both serve the forwarded ports and
 answer with their own name, so a reply on a forwarded 127.0.0.1 port says which
 node it came from. Teardown is checked on switches of their own.
 
@@ -24,19 +24,24 @@ import pytest
 from pytest_smalltown.images.switch import SwitchImage, build_switch_image
 from pytest_smalltown.images.tinyvm import TinyImage, build_tiny_image
 from pytest_smalltown.launch import switch as sw
-from pytest_smalltown.launch.ports import PortNotForwardedError
+from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
 from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
+from pytest_smalltown.launch.vm import VM, listening_sockets, start_vm
 
 pytestmark = pytest.mark.integration
 
 NODE_BOOT_TIMEOUT = 180.0
+#: The host as QEMU user networking shows it to the switch's uplink. SLIRP only
+#: answers addresses of its own 10.0.2.0/24, so a node's ping reaching it shows
+#: the switch's masquerade works (checked: with the NAT rule removed it fails).
+SLIRP_GATEWAY = "10.0.2.2"
 ACCEL = "tcg"  # the switch's own tests pin TCG: this host's KVM cannot boot stock kernels
 
 
 @dataclass
 class TinyNode:
     index: int
-    vm: object
+    vm: VM
     started: float
     init_after: float = 0.0
     ip_after: float = 0.0
@@ -50,17 +55,8 @@ class Net:
     nodes: list[TinyNode]
 
 
-def vm_pid(vm: object) -> int:
-    """The QEMU pid of a VM from launch.vm or the switch module's local stand-in."""
-    pid = getattr(vm, "pid", None)
-    if pid is None:
-        pid = vm.process.pid  # type: ignore[attr-defined]
-    return int(pid)
-
-
-def wait_line(vm: object, pattern: str, timeout: float = NODE_BOOT_TIMEOUT) -> str:
-    found = vm.wait_for_console(pattern, timeout)  # type: ignore[attr-defined]
-    return found.group(0) if isinstance(found, re.Match) else str(found)
+def wait_line(vm: VM, pattern: str, timeout: float = NODE_BOOT_TIMEOUT) -> str:
+    return vm.wait_for_console(pattern, timeout).group(0)
 
 
 def start_tiny(switch: sw.Switch, image: TinyImage, index: int, workdir: Path, *options: str) -> TinyNode:
@@ -76,7 +72,7 @@ def start_tiny(switch: sw.Switch, image: TinyImage, index: int, workdir: Path, *
         rng=False,
     )
     started = time.monotonic()
-    vm = sw._start_vm(config, workdir)  # launch.vm.start_vm when present
+    vm = start_vm(config, workdir)
     node = TinyNode(index, vm, started)
     wait_line(vm, r"tinyvm: init")
     node.init_after = time.monotonic() - started
@@ -99,7 +95,7 @@ def net(images: tuple[SwitchImage, TinyImage], tmp_path_factory: pytest.TempPath
     try:
         serve = "tiny.serve=" + ",".join(map(str, sw.DEFAULT_PORTS))
         nodes.append(start_tiny(switch, tiny, 0, workdir, "tiny.name=node0", "tiny.ip=dhcp", serve,
-                                f"tiny.ping={sw.SWITCH_ADDRESS}"))  # fmt: skip
+                                f"tiny.ping={SLIRP_GATEWAY}"))  # fmt: skip
         wait_line(nodes[0].vm, r"tinyvm: ready")
         nodes.append(start_tiny(switch, tiny, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
                                 f"tiny.ping={sw.node_address(0)}"))  # fmt: skip
@@ -112,9 +108,13 @@ def net(images: tuple[SwitchImage, TinyImage], tmp_path_factory: pytest.TempPath
             )
         yield Net(switch, nodes)
     finally:
+        pids = [switch.vm.pid, *(node.vm.pid for node in nodes)]
         for node in nodes:
-            node.vm.stop()  # type: ignore[attr-defined]
+            node.vm.stop()
         switch.close()
+    # Reported as a teardown error if anything survived.
+    assert all(process_gone(pid) for pid in pids), f"QEMU still running: {pids}"
+    assert not switch.workdir.exists()
 
 
 def test_each_node_gets_exactly_its_planned_address(net: Net) -> None:
@@ -124,8 +124,11 @@ def test_each_node_gets_exactly_its_planned_address(net: Net) -> None:
         assert lease.split() == ["nanoswitch:", "lease", sw.node_address(node.index), "to", sw.node_mac(node.index)]
 
 
-def test_nodes_reach_the_switch_and_each_other_through_the_bridge(net: Net) -> None:
-    assert wait_line(net.nodes[0].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.SWITCH_ADDRESS} ok"
+def test_node_reaches_the_outside_through_the_switch_nat(net: Net) -> None:
+    assert wait_line(net.nodes[0].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {SLIRP_GATEWAY} ok"
+
+
+def test_nodes_reach_each_other_through_the_bridge(net: Net) -> None:
     # node 1's echo request crosses the bridge to node 0 and node 0's reply comes back.
     assert wait_line(net.nodes[1].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.node_address(0)} ok"
 
@@ -158,35 +161,8 @@ def test_forwarded_port_reaches_node0_and_not_node1(net: Net, guest_port: int) -
     assert answer == f"tinyvm node0 port {guest_port}"
 
 
-def listening_sockets(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of every TCP listener owned by process ``pid``, from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    found = set()
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: LISTEN
-                continue
-            hex_addr, hex_port = local.split(":")
-            raw = bytes.fromhex(hex_addr)
-            if family == socket.AF_INET:
-                address = socket.inet_ntop(family, raw[::-1])
-            else:
-                address = socket.inet_ntop(family, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
-            found.add((address, int(hex_port, 16)))
-    return found
-
-
 def test_forwarded_ports_listen_on_loopback_only(net: Net) -> None:
-    listeners = listening_sockets(vm_pid(net.switch.vm))
+    listeners = listening_sockets(net.switch.vm.pid)
     assert listeners == {("127.0.0.1", net.switch.ports[p]) for p in sw.DEFAULT_PORTS}
 
 
@@ -240,7 +216,7 @@ def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(images: tuple[
         ports = re.search(r"ports (\S+);", bridge_line)
         assert ports is not None and len(ports.group(1).split(",")) == sw.MAX_NODES, bridge_line
         assert switch.ready_line is not None and switch.ready_line.startswith("nanoswitch: forwarding 7837 to 10.1.0.2")
-        pid = vm_pid(switch.vm)
+        pid = switch.vm.pid
         workdir = switch.workdir
         assert workdir.exists()
         ends = {f"socket:[{os.fstat(switch.node_fd(i)).st_ino}]" for i in range(sw.MAX_NODES)}
@@ -260,7 +236,7 @@ def test_not_ready_in_time_gives_console_tail_and_cleans_up(images: tuple[Switch
     with pytest.raises(sw.SwitchError, match=r"did not report 'nanoswitch: forwarding' within 1s") as info:
         sw.launch_switch(1, accel=ACCEL, image=images[0], ready_timeout=1.0)
     assert "console tail" in str(info.value)
-    leftovers = {name for name in set(os.listdir("/tmp")) - before if name.startswith("smalltown-sw-")}
+    leftovers = {name for name in set(os.listdir("/tmp")) - before if name.startswith("st-sw-")}
     assert not leftovers
     assert set(our_qemu_children()) <= children_before
 
@@ -271,10 +247,10 @@ def test_fatal_switch_error_is_reported_with_its_reason(
     """A command line the switch rejects surfaces as SwitchError naming the reason, not as a timeout."""
     pair = socket.socketpair()
     config = sw.switch_vm_config(
-        images[0], 1, [pair[0].fileno()], sw.conflict_free_port_map([7837]), ACCEL,
+        images[0], 1, [pair[0].fileno()], PortMap({}), ACCEL,
         extra_kernel_args=[*sw.tcg_kernel_args(), "nanoswitch.frobnicate=1"],
     )  # fmt: skip
-    switch = sw.Switch(1, sw._start_vm(config, tmp_path), [pair[1]], sw.PortMap({}), tmp_path, False, time.monotonic())
+    switch = sw.Switch(1, start_vm(config, tmp_path), [pair[1]], PortMap({}), tmp_path, False, time.monotonic())
     pair[0].close()
     try:
         started = time.monotonic()

@@ -86,11 +86,17 @@ def test_launch_switch_rejects_bad_node_counts_before_starting_anything(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("launch_switch went past validation")
 
-    monkeypatch.setattr(sw, "_start_vm", must_not_run)
-    monkeypatch.setattr(sw, "_resolve_accel", must_not_run)
-    monkeypatch.setattr(sw, "conflict_free_port_map", must_not_run)
+    monkeypatch.setattr(sw, "start_vm_with_ports", must_not_run)
+    monkeypatch.setattr(sw, "resolve_accel", must_not_run)
+    monkeypatch.setattr(sw, "make_workdir", must_not_run)
     with pytest.raises(ValueError, match=r"node count|1 to \d+ nodes"):
         sw.launch_switch(bad, image=FAKE_IMAGE)  # type: ignore[arg-type]
+
+
+def test_launch_switch_rejects_unknown_accelerator_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sw, "start_vm_with_ports", None)
+    with pytest.raises(ValueError, match="accel"):
+        sw.launch_switch(1, accel="hvf", image=FAKE_IMAGE)
 
 
 def test_node_count_error_names_the_limit() -> None:
@@ -222,8 +228,8 @@ class _StoppedVM:
     def stop(self) -> None:
         self.stopped += 1
 
-    def console_tail(self, n: int = 40) -> str:
-        return ""
+    def console_tail(self, n: int = 40) -> list[str]:
+        return []
 
 
 def test_switch_exposes_node_nics_and_closes_everything_once(tmp_path: Path) -> None:

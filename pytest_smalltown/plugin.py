@@ -1,0 +1,193 @@
+"""The pytest surface: marker, options, fixtures, test ordering and reports.
+
+This module only wires pytest to objects that live elsewhere (settings,
+spec, pool, cluster); it holds no launch logic of its own, so everything it
+does is also available to the ``smalltown`` CLI.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_smalltown.pool import ClusterPool, Launcher
+from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
+from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
+
+#: Fixtures that need a live cluster; an item using any of them is planned into the pool.
+CLUSTER_FIXTURES = frozenset({"smalltown_cluster", "smalltown_debug", "kube", "kubeconfig"})
+
+SPEC_KEY = pytest.StashKey[ClusterSpec]()
+SESSION_KEY = pytest.StashKey["SmalltownSession"]()
+
+
+class SmalltownSession:
+    """Per-session state: the settings and the cluster pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = ClusterPool()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("smalltown", "Smalltown clusters in QEMU")
+    for option in OPTIONS:
+        group.addoption(
+            option.flag,
+            dest=f"smalltown_{option.name}",
+            default=None,
+            metavar=option.metavar,
+            help=f"{option.help} (env {option.env}, ini {option.ini}; default {option.default!r})",
+        )
+        parser.addini(option.ini, help=option.help, default=None)
+
+
+def _session(config: pytest.Config) -> SmalltownSession:
+    return config.stash[SESSION_KEY]
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into the same orderly shutdown as Ctrl-C: pytest then runs
+    # session teardown, which closes every cluster.
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    cli = {option.name: config.getoption(f"smalltown_{option.name}") for option in OPTIONS}
+    ini = {option.name: config.getini(option.ini) for option in OPTIONS}
+    try:
+        settings = resolve(cli, ini)
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[SESSION_KEY] = SmalltownSession(settings)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def item_spec(item: pytest.Item) -> ClusterSpec | None:
+    """The cluster spec ``item`` needs, or None if it needs no cluster.
+
+    Raises :class:`pytest.UsageError` naming the test for a malformed marker.
+    """
+    marker = item.get_closest_marker(MARKER)
+    if marker is not None:
+        try:
+            return spec_from_marker(marker.args, marker.kwargs)
+        except MarkerError as error:
+            raise pytest.UsageError(f"{item.nodeid}: {error}") from None
+    if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return DEFAULT_SPEC
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate markers, group tests by spec (first appearance order) and plan the pool."""
+    specs: dict[int, ClusterSpec] = {}
+    for index, item in enumerate(items):
+        spec = item_spec(item)
+        if spec is not None:
+            specs[index] = spec
+            item.stash[SPEC_KEY] = spec
+    first_seen: dict[ClusterSpec, int] = {}
+    for index, spec in specs.items():
+        first_seen.setdefault(spec, index)
+    # Tests without a cluster first (they are quick), then one group per spec.
+    order = sorted(range(len(items)), key=lambda i: (i in specs, first_seen.get(specs.get(i, DEFAULT_SPEC), 0), i))
+    items[:] = [items[i] for i in order]
+    _session(config).pool.plan(specs.values())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    yield
+    spec = item.stash.get(SPEC_KEY, None)
+    if spec is not None:
+        _session(item.config).pool.release(spec)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SESSION_KEY in session.config.stash:
+        _session(session.config).pool.close_all()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if SESSION_KEY not in config.stash:
+        return
+    records = _session(config).pool.records
+    if not records:
+        return
+    terminalreporter.section("smalltown clusters")
+    for spec, record in sorted(records.items()):
+        if record.error is not None:
+            terminalreporter.write_line(f"{spec} cluster: FAILED to launch: {record.error.splitlines()[0]}")
+            continue
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in record.phases.items())
+        line = f"{spec} cluster: launched in {record.launch_seconds or 0:.1f}s"
+        if phases:
+            line += f" ({phases})"
+        if record.close_seconds is not None:
+            line += f", closed in {record.close_seconds:.1f}s"
+        terminalreporter.write_line(line)
+
+
+# --- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smalltown_settings(pytestconfig: pytest.Config) -> Settings:
+    """The resolved ``--smalltown-*`` settings of this session."""
+    return _session(pytestconfig).settings
+
+
+@pytest.fixture(scope="session")
+def smalltown_launcher(smalltown_settings: Settings) -> Launcher:
+    """How clusters are launched; override this fixture to launch differently.
+
+    The default boots the configured image (the reference cluster unless
+    ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.cluster.launch_cluster`.
+    """
+    from pytest_smalltown.cluster import launch_cluster
+
+    def launch(spec: ClusterSpec) -> Any:
+        return launch_cluster(spec, smalltown_settings)
+
+    return launch
+
+
+@pytest.fixture
+def smalltown_cluster(request: pytest.FixtureRequest, smalltown_launcher: Launcher) -> Iterator[Any]:
+    """The live cluster for this test's ``smalltown`` marker (1 node without one)."""
+    spec = request.node.stash.get(SPEC_KEY, None)
+    pool = _session(request.config).pool
+    if spec is None:  # requested dynamically (getfixturevalue): plan it now
+        spec = DEFAULT_SPEC
+        request.node.stash[SPEC_KEY] = spec
+        pool.plan([spec])
+    yield pool.acquire(spec, smalltown_launcher)
+
+
+@pytest.fixture
+def smalltown_debug(smalltown_cluster: Any) -> Any:
+    """A NodeDebugService client of node 0 (retries transient failures)."""
+    return smalltown_cluster.debug
+
+
+@pytest.fixture
+def kube(smalltown_cluster: Any) -> Any:
+    """A ``kubernetes.client.ApiClient`` with cluster-admin debug credentials."""
+    return smalltown_cluster.kube
+
+
+@pytest.fixture
+def kubeconfig(smalltown_cluster: Any) -> Path:
+    """Path of the cluster's debug kubeconfig (mode 0600), for tools like kubectl."""
+    return smalltown_cluster.kubeconfig_path

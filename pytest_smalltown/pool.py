@@ -1,0 +1,119 @@
+"""One live cluster per spec, launched when first needed, closed when no longer needed.
+
+Booting a cluster under emulation costs a minute or more, so tests with the
+same :class:`~pytest_smalltown.spec.ClusterSpec` share one. The pool is told
+up front how many tests will use each spec (:meth:`ClusterPool.plan`); it
+launches a spec's cluster on the first :meth:`acquire` and closes it on the
+release by its last user, so at most one cluster runs at a time when tests are
+grouped by spec (the plugin reorders them so). A launch that failed is
+remembered: every later test of that spec fails at once with the original
+error instead of booting again for another long timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pytest_smalltown.spec import ClusterSpec
+
+
+class ClusterHandle(Protocol):
+    """What the pool needs of a cluster: a way to close it."""
+
+    def close(self) -> None: ...
+
+
+class ClusterLaunchFailed(RuntimeError):
+    """The cluster for a spec failed to launch earlier in this session."""
+
+
+Launcher = Callable[[ClusterSpec], ClusterHandle]
+
+
+@dataclass
+class PoolRecord:
+    """What happened to one spec's cluster, for the terminal summary."""
+
+    spec: ClusterSpec
+    launch_seconds: float | None = None
+    close_seconds: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ClusterPool:
+    """Lazily launched clusters keyed by spec, with use counting."""
+
+    def __init__(self) -> None:
+        self._remaining: Counter[ClusterSpec] = Counter()
+        self._live: dict[ClusterSpec, ClusterHandle] = {}
+        self._failed: dict[ClusterSpec, BaseException] = {}
+        self.records: dict[ClusterSpec, PoolRecord] = {}
+        self.launch_count: Counter[ClusterSpec] = Counter()
+
+    def plan(self, specs: Iterable[ClusterSpec]) -> None:
+        """Record one upcoming use per element of ``specs``."""
+        self._remaining.update(specs)
+
+    def remaining(self, spec: ClusterSpec) -> int:
+        return self._remaining[spec]
+
+    def acquire(self, spec: ClusterSpec, launcher: Launcher) -> ClusterHandle:
+        """The live cluster for ``spec``, launching it with ``launcher`` if needed."""
+        if spec in self._failed:
+            original = self._failed[spec]
+            raise ClusterLaunchFailed(
+                f"the {spec} cluster failed to launch earlier in this session: {original}"
+            ) from original
+        if spec not in self._live:
+            # Tests are grouped by spec, but a plan can still interleave
+            # (e.g. pytest -p no:randomly off, or an explicit order): close
+            # clusters nobody needs any more before starting another.
+            for other in [s for s in self._live if self._remaining[s] <= 0]:
+                self._close(other)
+            record = self.records.setdefault(spec, PoolRecord(spec))
+            started = time.monotonic()
+            self.launch_count[spec] += 1
+            try:
+                cluster = launcher(spec)
+            except BaseException as error:
+                record.error = str(error)
+                if isinstance(error, Exception):
+                    self._failed[spec] = error
+                raise
+            record.launch_seconds = time.monotonic() - started
+            record.phases = dict(getattr(cluster, "phase_seconds", {}) or {})
+            self._live[spec] = cluster
+        return self._live[spec]
+
+    def release(self, spec: ClusterSpec) -> None:
+        """One planned use of ``spec`` is over; close its cluster after the last one."""
+        self._remaining[spec] -= 1
+        if self._remaining[spec] <= 0 and spec in self._live:
+            self._close(spec)
+
+    def is_live(self, spec: ClusterSpec) -> bool:
+        return spec in self._live
+
+    def _close(self, spec: ClusterSpec) -> None:
+        cluster = self._live.pop(spec)
+        started = time.monotonic()
+        try:
+            cluster.close()
+        finally:
+            self.records.setdefault(spec, PoolRecord(spec)).close_seconds = time.monotonic() - started
+
+    def close_all(self) -> None:
+        """Close every live cluster (end of session, interrupt); errors are raised after all are closed."""
+        errors: list[BaseException] = []
+        for spec in list(self._live):
+            try:
+                self._close(spec)
+            except Exception as error:  # keep closing the others
+                errors.append(error)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,147 @@
+"""User-facing settings, shared by the pytest plugin and the ``smalltown`` CLI.
+
+Each setting can be given as a ``--smalltown-*`` command-line option, a
+``SMALLTOWN_*`` environment variable or an ini key (``smalltown_*``), and
+that is also the order of precedence: command line > environment > ini >
+default. Values are validated here, once, with messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_smalltown.launch.accel import ACCEL_MODES
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the setting and its sources."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its names in every source, default and parser."""
+
+    name: str  # e.g. "accel" -> --smalltown-accel, SMALLTOWN_ACCEL, smalltown_accel
+    default: str
+    help: str
+    parse: Callable[[str], Any] = str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        return "--smalltown-" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "SMALLTOWN_" + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return "smalltown_" + self.name
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than zero")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _accel(value: str) -> str:
+    if value not in ACCEL_MODES:
+        raise ValueError(f"must be one of {', '.join(ACCEL_MODES)}")
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("image", "reference", "node image: 'reference' (built from upstream parts on demand) or the path "
+           "of a Smalltown disk image booted by UEFI", metavar="IMAGE"),
+    Option("accel", "auto", "accelerator: auto (probe KVM, fall back to TCG), kvm or tcg", _accel, "MODE"),
+    Option("ovmf_code", "/usr/share/OVMF/OVMF_CODE_4M.fd", "OVMF firmware code (UEFI images only)", Path, "PATH"),
+    Option("ovmf_vars", "/usr/share/OVMF/OVMF_VARS_4M.fd", "OVMF vars template (UEFI images only)", Path, "PATH"),
+    Option("tpm", "false", "attach a swtpm TPM 2.0 to each node", _bool, "BOOL"),
+    Option("node_memory", "2048", "guest memory per node VM in MiB", _positive_int, "MIB"),
+    Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N"),
+    Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS"),
+    Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",
+           _optional_path, "DIR"),
+    Option("keep_namespace", "false", "keep a failed test's namespace for inspection", _bool, "BOOL"),
+    Option("qemu", "qemu-system-x86_64", "QEMU binary", str, "PATH"),
+)  # fmt: skip
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved, validated settings."""
+
+    image: str = "reference"
+    accel: str = "auto"
+    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    tpm: bool = False
+    node_memory: int = 2048
+    node_cpus: int = 2
+    boot_timeout: float = 600.0
+    artifacts: Path | None = None
+    keep_namespace: bool = False
+    qemu: str = "qemu-system-x86_64"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+def resolve(
+    cli: Mapping[str, str | None],
+    ini: Mapping[str, str | None],
+    environ: Mapping[str, str] = os.environ,
+) -> Settings:
+    """Merge the sources by precedence and validate every value.
+
+    ``cli`` and ``ini`` map option names to raw strings (None when unset).
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        raw: str | None
+        if cli.get(option.name) is not None:
+            raw, source = cli[option.name], option.flag
+        elif option.env in environ:
+            raw, source = environ[option.env], f"${option.env}"
+        elif ini.get(option.name) not in (None, ""):
+            raw, source = ini[option.name], f"ini {option.ini}"
+        else:
+            raw, source = option.default, "default"
+        assert raw is not None
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as error:
+            raise SettingsError(
+                f"{option.flag} (from {source}) = {raw!r} is invalid: {error}. "
+                f"Set it with {option.flag}, ${option.env} or the ini key {option.ini}."
+            ) from None
+        sources[option.name] = source
+    return Settings(**values, sources=sources)

@@ -1,0 +1,51 @@
+"""What a test asks for: the ``smalltown`` marker and the cluster spec it names.
+
+Marker arguments are validated when tests are collected, so a typo fails the
+run before any VM is started and the error names the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MARKER = "smalltown"
+MARKER_HELP = (
+    "smalltown(nodes=1): run this test against a Smalltown cluster of `nodes` nodes "
+    "(default 1). Tests with the same spec share one cluster, launched once."
+)
+#: Upper bound on nodes: the Nanoswitch supports this many NICs.
+MAX_NODES = 8
+
+
+class MarkerError(ValueError):
+    """A ``smalltown`` marker has arguments that do not describe a cluster."""
+
+
+@dataclass(frozen=True, order=True)
+class ClusterSpec:
+    """The identity of a cluster: tests with equal specs share one cluster."""
+
+    nodes: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.nodes}-node"
+
+
+DEFAULT_SPEC = ClusterSpec()
+
+
+def spec_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ClusterSpec:
+    """Turn ``@pytest.mark.smalltown(...)`` arguments into a :class:`ClusterSpec`."""
+    if args:
+        raise MarkerError(f"smalltown marker takes keyword arguments only, e.g. smalltown(nodes=2); got {args!r}")
+    unknown = sorted(set(kwargs) - {"nodes"})
+    if unknown:
+        raise MarkerError(f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; the only keyword is nodes=N")
+    nodes = kwargs.get("nodes", DEFAULT_SPEC.nodes)
+    if isinstance(nodes, bool) or not isinstance(nodes, int):
+        raise MarkerError(f"smalltown(nodes=...) must be an integer, got {nodes!r} ({type(nodes).__name__})")
+    if not 1 <= nodes <= MAX_NODES:
+        raise MarkerError(f"smalltown(nodes={nodes}) is out of range: a cluster has 1 to {MAX_NODES} nodes")
+    return ClusterSpec(nodes=nodes)

@@ -1,0 +1,3 @@
+"""Shared test configuration for the plugin's own tests."""
+
+pytest_plugins = ["pytester"]

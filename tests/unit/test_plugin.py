@@ -1,0 +1,211 @@
+"""The pytest surface, driven through pytester with an in-process launcher double.
+
+The double records every launch and close in a file, so the tests can check
+exactly what the pool did; nothing here starts QEMU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+DOUBLE = r"""
+import json, os
+from pathlib import Path
+import pytest
+
+EVENTS = Path(os.environ["SMALLTOWN_TEST_EVENTS"])
+
+def record(*event):
+    with EVENTS.open("a") as out:
+        out.write(json.dumps(list(event)) + "\n")
+
+class FakeCluster:
+    def __init__(self, spec):
+        self.spec = spec
+        self.debug = f"debug-of-{spec.nodes}"
+        self.kube = f"kube-of-{spec.nodes}"
+        self.kubeconfig_path = Path("/nonexistent/kubeconfig")
+        self.phase_seconds = {"switch": 0.5, "nodes": 1.5}
+    def close(self):
+        record("close", self.spec.nodes)
+
+@pytest.fixture(scope="session")
+def smalltown_launcher():
+    def launch(spec):
+        record("launch", spec.nodes)
+        if os.environ.get("SMALLTOWN_TEST_FAIL") == str(spec.nodes):
+            raise RuntimeError(f"boom: node 0 never became ready")
+        return FakeCluster(spec)
+    return launch
+"""
+
+
+@pytest.fixture
+def events(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    path = pytester.path / "events.jsonl"
+    monkeypatch.setenv("SMALLTOWN_TEST_EVENTS", str(path))
+    pytester.makeconftest(DOUBLE)
+
+    def read() -> list[list]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    return read
+
+
+def test_each_spec_launches_once_and_closes_when_no_longer_needed(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        r"""
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_a(smalltown_cluster, events_now):
+            assert smalltown_cluster.spec.nodes == 1
+
+        @pytest.mark.smalltown(nodes=2)
+        def test_b(smalltown_cluster, kube, smalltown_debug):
+            assert kube == "kube-of-2" and smalltown_debug == "debug-of-2"
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_c(smalltown_cluster):
+            assert smalltown_cluster.spec.nodes == 1
+
+        def test_plain():
+            pass
+
+        @pytest.fixture
+        def events_now():
+            return None
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    # Tests were regrouped: the cluster-free test first, then both 1-node tests, then the 2-node one.
+    order = [line.split("::")[1].split()[0] for line in result.outlines if "PASSED" in line]
+    assert order == ["test_plain", "test_a", "test_c", "test_b"]
+    # Each spec launched exactly once; the 1-node cluster closed before the 2-node one started.
+    assert events() == [["launch", 1], ["close", 1], ["launch", 2], ["close", 2]]
+    result.stdout.fnmatch_lines(["*smalltown clusters*", "1-node cluster: launched in *(switch 0.5s, nodes 1.5s)*"])
+
+
+def test_unmarked_cluster_fixture_gets_one_node(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        def test_x(kube):
+            assert kube == "kube-of-1"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert events() == [["launch", 1], ["close", 1]]
+
+
+def test_failed_launch_is_remembered(pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMALLTOWN_TEST_FAIL", "2")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=2)
+        def test_one(smalltown_cluster): pass
+
+        @pytest.mark.smalltown(nodes=2)
+        def test_two(smalltown_cluster): pass
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_three(smalltown_cluster): pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=2)
+    assert events() == [["launch", 2], ["launch", 1], ["close", 1]]
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: boom: node 0 never became ready*", "*failed to launch earlier in this session: boom*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "fragment"),
+    [
+        ("smalltown(nodes=0)", "nodes=0) is out of range"),
+        ("smalltown(nodes='two')", "must be an integer, got 'two'"),
+        ("smalltown(nodes=2.0)", "must be an integer"),
+        ("smalltown(nodes=True)", "must be an integer"),
+        ("smalltown(nodes=99)", "out of range"),
+        ("smalltown(node=2)", "unknown keyword(s) node"),
+        ("smalltown(2)", "keyword arguments only"),
+    ],
+)
+def test_bad_marker_is_a_usage_error_naming_the_test(pytester: pytest.Pytester, events, marker: str, fragment: str) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        def test_fine(smalltown_cluster): pass
+
+        @pytest.mark.{marker}
+        def test_broken(smalltown_cluster): pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*test_bad_marker_is_a_usage_error_naming_the_test.py::test_broken: *{fragment}*"])
+    assert events() == [], "nothing may be launched when a marker is malformed"
+
+
+def test_marker_is_registered_with_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.smalltown(nodes=1): run this test against a Smalltown cluster*"])
+
+
+def test_strict_markers_accept_smalltown(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_x(smalltown_cluster): pass
+        """
+    )
+    pytester.runpytest("--strict-markers").assert_outcomes(passed=1)
+
+
+def test_bad_option_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--smalltown-accel=hvf")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--smalltown-accel (from --smalltown-accel) = 'hvf' is invalid*"])
+
+
+def test_option_sources_precedence_through_pytest(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nsmalltown_node_memory = 1024\nsmalltown_accel = kvm\n")
+    monkeypatch.setenv("SMALLTOWN_ACCEL", "tcg")
+    pytester.makepyfile(
+        """
+        def test_x(smalltown_settings):
+            assert smalltown_settings.node_memory == 1024  # ini
+            assert smalltown_settings.accel == "tcg"       # env beats ini
+            assert smalltown_settings.node_cpus == 3       # command line
+        """
+    )
+    pytester.runpytest("--smalltown-node-cpus=3").assert_outcomes(passed=1)
+
+
+def test_cluster_closed_when_session_is_interrupted(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_a(smalltown_cluster):
+            raise KeyboardInterrupt
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_b(smalltown_cluster): pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert events() == [["launch", 1], ["close", 1]]

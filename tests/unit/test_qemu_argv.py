@@ -1,0 +1,139 @@
+"""QEMU command lines for every boot style, checked option by option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.launch.qemu import (
+    DirectBoot,
+    Disk,
+    SocketNic,
+    UefiBoot,
+    UserNic,
+    VMConfig,
+    check_paths,
+    inherited_fds,
+    qemu_argv,
+    random_mac,
+)
+
+
+def option_values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_direct_boot_on_q35() -> None:
+    config = VMConfig(
+        name="node0",
+        boot=DirectBoot(Path("/k/vmlinuz"), Path("/k/initrd.gz"), "console=ttyS0 quiet"),
+        memory_mib=2048,
+        cpus=2,
+        disks=(Disk(Path("/img/disk.raw")),),
+    )
+    argv = qemu_argv(config)
+    assert argv[0] == "qemu-system-x86_64"
+    assert option_values(argv, "-M") == ["q35"]
+    assert option_values(argv, "-kernel") == ["/k/vmlinuz"]
+    assert option_values(argv, "-initrd") == ["/k/initrd.gz"]
+    assert option_values(argv, "-append") == ["console=ttyS0 quiet"]
+    assert option_values(argv, "-m") == ["2048"] and option_values(argv, "-smp") == ["2"]
+    assert "id=disk0,if=none,format=raw,snapshot=on,file=/img/disk.raw" in option_values(argv, "-drive")
+    assert "virtio-blk-pci,drive=disk0" in option_values(argv, "-device")
+    assert "-no-reboot" in argv
+    # Console on stdout, no monitor, no display.
+    assert option_values(argv, "-serial") == ["chardev:console"]
+    assert option_values(argv, "-chardev")[0].startswith("stdio,id=console")
+    assert option_values(argv, "-monitor") == ["none"] and option_values(argv, "-display") == ["none"]
+    assert "virtio-rng-pci,rng=rng0" in option_values(argv, "-device")
+
+
+def test_uefi_boot_maps_firmware_read_only_and_snapshots_vars_and_disk() -> None:
+    config = VMConfig(
+        name="smalltown",
+        boot=UefiBoot(Path("/fw/OVMF_CODE.fd"), Path("/fw/OVMF_VARS.fd")),
+        disks=(Disk(Path("/img/smalltown.qcow2"), format="qcow2"),),
+        tpm_socket=Path("/tmp/st-x/swtpm.sock"),
+    )
+    argv = qemu_argv(config)
+    drives = option_values(argv, "-drive")
+    assert "if=pflash,format=raw,readonly=on,file=/fw/OVMF_CODE.fd" in drives
+    assert "if=pflash,format=raw,snapshot=on,file=/fw/OVMF_VARS.fd" in drives
+    assert "id=disk0,if=none,format=qcow2,snapshot=on,file=/img/smalltown.qcow2" in drives
+    assert "-kernel" not in argv
+    assert "socket,id=tpmsock,path=/tmp/st-x/swtpm.sock" in option_values(argv, "-chardev")
+    assert option_values(argv, "-tpmdev") == ["emulator,id=tpm0,chardev=tpmsock"]
+    assert "tpm-tis,tpmdev=tpm0" in option_values(argv, "-device")
+
+
+def test_no_reboot_can_be_turned_off() -> None:
+    config = VMConfig(name="x", boot=DirectBoot(Path("/k")), no_reboot=False)
+    assert "-no-reboot" not in qemu_argv(config)
+
+
+def test_microvm_uses_mmio_devices_and_skips_tsc_calibration() -> None:
+    port_map = PortMap({7837: 40001, 6443: 40002})
+    config = VMConfig(
+        name="switch",
+        machine="microvm",
+        boot=DirectBoot(Path("/k"), Path("/i"), "console=ttyS0"),
+        nics=(UserNic("02:72:82:bf:c3:56", port_map), SocketNic(7, "02:53:4d:01:00:02")),
+        tsc_khz=2_500_000,
+    )
+    argv = qemu_argv(config)
+    assert option_values(argv, "-M") == ["microvm"]
+    assert option_values(argv, "-append") == ["console=ttyS0 tsc_early_khz=2500000"]
+    netdevs = option_values(argv, "-netdev")
+    assert netdevs[0] == "user,id=net0,hostfwd=tcp:127.0.0.1:40002-:6443,hostfwd=tcp:127.0.0.1:40001-:7837"
+    assert netdevs[1] == "socket,id=net1,fd=7"
+    devices = option_values(argv, "-device")
+    assert "virtio-net-device,netdev=net0,mac=02:72:82:bf:c3:56" in devices
+    assert "virtio-net-device,netdev=net1,mac=02:53:4d:01:00:02" in devices
+    assert not any("-pci" in device for device in devices)
+    assert inherited_fds(config) == (7,)
+
+
+def test_microvm_rejects_uefi() -> None:
+    with pytest.raises(ValueError, match="microvm"):
+        VMConfig(name="x", machine="microvm", boot=UefiBoot(Path("/c"), Path("/v")))
+
+
+def test_enrolment_file_goes_through_fw_cfg() -> None:
+    config = VMConfig(
+        name="node1",
+        boot=DirectBoot(Path("/k")),
+        fw_cfg=(("com.nexantic.smalltown/enrolment.pb", Path("/tmp/st-1/enrolment.pb")),),
+    )
+    assert option_values(qemu_argv(config), "-fw_cfg") == [
+        "name=com.nexantic.smalltown/enrolment.pb,file=/tmp/st-1/enrolment.pb"
+    ]
+
+
+def test_accelerators() -> None:
+    kvm = qemu_argv(VMConfig(name="x", boot=DirectBoot(Path("/k")), accel="kvm"))
+    tcg = qemu_argv(VMConfig(name="x", boot=DirectBoot(Path("/k")), accel="tcg"))
+    assert option_values(kvm, "-accel") == ["kvm"] and option_values(kvm, "-cpu") == ["host"]
+    assert option_values(tcg, "-accel") == ["tcg,thread=multi"]
+
+
+def test_random_mac_is_locally_administered_unicast() -> None:
+    for _ in range(100):
+        first = int(random_mac().split(":")[0], 16)
+        assert first & 0x02 and not first & 0x01
+
+
+def test_check_paths_names_the_missing_file(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"")
+    config = VMConfig(name="n", boot=DirectBoot(kernel, tmp_path / "missing-initrd"))
+    with pytest.raises(FileNotFoundError, match="initramfs .*missing-initrd"):
+        check_paths(config)
+
+
+def test_invalid_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="memory"):
+        VMConfig(name="n", boot=DirectBoot(Path("/k")), memory_mib=1)
+    with pytest.raises(ValueError, match="cpus"):
+        VMConfig(name="n", boot=DirectBoot(Path("/k")), cpus=0)
