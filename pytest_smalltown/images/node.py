@@ -107,7 +107,7 @@ WHEEL_PLATFORMS: tuple[str, ...] = (
 PYTHON_VERSION = "3.11"
 
 #: Bumped when the rootfs recipe changes in a way the other inputs don't show.
-ROOTFS_RECIPE = "node-rootfs-v2"
+ROOTFS_RECIPE = "node-rootfs-v3"
 
 #: Modules the initramfs loads before switching root. Beyond booting (virtio,
 #: ext4 and the crc32c it needs, fw_cfg for the enrolment file) these are what
@@ -149,7 +149,11 @@ AGENT_PATH = "/opt/smalltown/bin/smalltown-agent"
 AGENT_SCRIPT = """#!/bin/sh
 # The reference node's init (started by tini as PID 1's only child).
 PYTHONPATH=/opt/smalltown/lib:/opt/smalltown/site
-export PYTHONPATH
+# Unbuffered: the console is the agent's log. No bytecode writes: everything is
+# compiled at build time and the disk is a throw-away snapshot anyway.
+PYTHONUNBUFFERED=1
+PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE
 exec python3 -m pytest_smalltown.node "$@"
 """
 
@@ -332,6 +336,26 @@ def mmdebstrap_argv(target: Path, sources: list[str]) -> list[str]:
     return argv + [SUITE, str(target), *sources]
 
 
+def _neutralise_host_files(root: Path) -> None:
+    """Replace what mmdebstrap copied from the build host (its name, its DNS server).
+
+    They would leak the builder's network into every node and make the image
+    depend on where it was built. The agent rewrites all of them at boot from
+    its identity and DHCP lease; they are plain files (not symlinks into /run)
+    so it can.
+    """
+    (root / "etc/hostname").write_text("smalltown\n")
+    (root / "etc/hostname").chmod(0o644)
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text("")
+    resolv.chmod(0o644)
+    (root / "etc/hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n"
+    )
+
+
 def build_rootfs(progress: Progress = stderr_progress) -> Path:
     """Return the cached bookworm rootfs directory (stage 1), building it if needed."""
     _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
@@ -349,6 +373,7 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
         started = time.monotonic()
         _run(mmdebstrap_argv(root, sources), "mmdebstrap")
         progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
+        _neutralise_host_files(root)
         inside = _run(["chroot", str(root), "python3", "-c",
                        "import sys; print('%d.%d' % sys.version_info[:2])"], "python3 in rootfs").stdout.strip()
         if inside != PYTHON_VERSION:

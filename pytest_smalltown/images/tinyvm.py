@@ -12,6 +12,7 @@ every test:
 ``tiny.ip=dhcp|A.B.C.D/NN`` configure eth0 (prints ``tinyvm: ip <addr>``)
 ``tiny.serve=P1,P2``      answer ``tinyvm <NAME> port <P>`` to each TCP connection
 ``tiny.ping=IP``          ping once the network is up (``tinyvm: ping <IP> ok|fail``)
+``tiny.fwcfg=NAME``       print the md5 of fw_cfg entry NAME (``tinyvm: fwcfg <md5>``)
 ``tiny.poweroff=1``       power off right after ``tinyvm: ready`` (the accel probe)
 """
 
@@ -79,6 +80,11 @@ if [ -n "$PING" ]; then
     else
         echo "tinyvm: ping $PING fail"
     fi
+fi
+
+FWCFG=$(opt fwcfg)
+if [ -n "$FWCFG" ]; then
+    echo "tinyvm: fwcfg $(md5sum < "/sys/firmware/qemu_fw_cfg/by_name/$FWCFG/raw" | cut -d' ' -f1)"
 fi
 
 echo "tinyvm: ready"

@@ -8,6 +8,20 @@ QEMU user-mode uplink, and proxies the host's forwarded ports (127.0.0.1 only)
 to node 0. The program inside is ``images/go/nanoswitch``; everything
 cluster-specific reaches it on the kernel command line, built here.
 
+Behaviour worth knowing when debugging a cluster (all on the switch's console,
+``Switch.console_tail()`` or ``<workdir>/nanoswitch.console.log``):
+
+* ``nanoswitch: lease 10.1.0.3 to 02:53:4d:01:00:03`` for every DHCP ACK. A
+  MAC that is not in the lease table still gets an address, from a separate
+  pool (10.1.0.200-254, logged with ``(pool)``), so an extra VM someone
+  attaches works but can never take a planned node address.
+* ``nanoswitch: forwarding 7836,7837,6443 to 10.1.0.2 (up 1.9s)`` once the
+  bridge, DHCP, NAT and the port listeners are up; ``nanoswitch: fatal: ...``
+  (then power-off) if it cannot start. :meth:`Switch.wait_ready` waits for either.
+* Forwarding is a userspace TCP proxy. QEMU accepts a host connection before
+  the guest does, so while node 0 is not listening yet a client sees
+  connect-then-EOF rather than "connection refused": clients must retry.
+
 Typical use::
 
     with launch_switch(nodes=2) as switch:

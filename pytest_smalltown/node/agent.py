@@ -494,6 +494,9 @@ class Agent:
                 self.log(f"waiting; not yet: {', '.join(pending)}; {system.memory_summary()}")
             try:
                 nodes: list[dict[str, Any]] = client.get("/api/v1/nodes").get("items") or []
+                if not self.conditions.get("APIServerReady"):
+                    # On a worker: the apiserver it joined answers.
+                    self.conditions.set("APIServerReady")
                 if self.role and self.role.bootstrap:
                     self.assign_pod_cidrs(nodes)
                 own = next((n for n in nodes if n["metadata"]["name"] == self.name), None)

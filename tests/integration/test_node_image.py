@@ -243,3 +243,145 @@ def test_builtin_objects_present(node: BootedNode, kube_client) -> None:  # type
     assert crb.role_ref.name == "system:kubelet-api-admin"
     svc = client.CoreV1Api(api).read_namespaced_service("kube-dns", "kube-system")
     assert svc.spec.cluster_ip == contract.CLUSTER_DNS_IP
+
+
+# ------------------------------------------------------------- two nodes
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Path]]]:
+    """Nanoswitch + node 0 (bootstrap) + node 1 joined with node 0's golden ticket over fw_cfg.
+
+    Started with ``launch.switch.switch_vm_config`` and ``qemu_argv`` plus raw
+    ``Popen`` (passing the socketpair ends), since the launcher's VM supervision
+    was not there yet. Yields the host kubeconfig path and the serial logs.
+    """
+    import socket
+
+    from pytest_smalltown.api import enrolment_pb2
+    from pytest_smalltown.images.node import build_node_image
+    from pytest_smalltown.images.switch import build_switch_image
+    from pytest_smalltown.launch.ports import conflict_free_port_map
+    from pytest_smalltown.launch.qemu import DirectBoot, Disk, SocketNic, VMConfig, qemu_argv
+    from pytest_smalltown.launch.switch import node_mac, switch_vm_config, tcg_kernel_args
+
+    image, switch_image = build_node_image(), build_switch_image()
+    work = Path(tempfile.mkdtemp(prefix="st2-", dir="/tmp"))
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    ports = conflict_free_port_map([int(p) for p in contract.SWITCH_FORWARDED_PORTS])
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = {name: work / f"{name}.log" for name in ("switch", "node0", "node1")}
+
+    def start(argv: list[str], name: str, fd: list[int]) -> None:
+        with logs[name].open("wb") as out:
+            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                          pass_fds=fd))
+
+    def wait_for(name: str, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in logs[name].read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                tail = "\n".join(logs[name].read_text(errors="replace").splitlines()[-40:])
+                pytest.fail(f"{name}: no {text!r} within {timeout:.0f}s; tail:\n{tail}")
+            time.sleep(0.5)
+
+    def node_config(i: int, fw_cfg: tuple[tuple[str, Path], ...] = ()) -> VMConfig:
+        return VMConfig(name=f"st-node{i}", boot=DirectBoot(image.kernel, image.initramfs, image.cmdline),
+                        memory_mib=2048, cpus=2, nics=(SocketNic(pairs[i][1].fileno(), node_mac(i)),),
+                        disks=(Disk(image.disk),), fw_cfg=fw_cfg)
+
+    try:
+        switch_fds = [a.fileno() for a, _ in pairs]
+        start(qemu_argv(switch_vm_config(switch_image, 2, switch_fds, ports, extra_kernel_args=tcg_kernel_args())),
+              "switch", switch_fds)
+        wait_for("switch", "nanoswitch: forwarding", 180)
+        start(qemu_argv(node_config(0)), "node0", [pairs[0][1].fileno()])
+        with grpc.insecure_channel(f"127.0.0.1:{ports[int(contract.NodePort.DEBUG_SERVICE)]}") as channel:
+            stub = debug_pb2_grpc.NodeDebugServiceStub(channel)
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    ticket = stub.GetGoldenTicket(
+                        debug_pb2.GetGoldenTicketRequest(external_ip="10.1.0.3"), timeout=10).ticket
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            kubeconfig = stub.GetDebugKubeconfig(debug_pb2.GetDebugKubeconfigRequest(
+                id=contract.DEBUG_USER, groups=list(contract.DEBUG_GROUPS)), timeout=30).debug_kubeconfig
+        assert ticket.apiserver_address == "10.1.0.2:6443"
+        enrolment = work / "enrolment.pb"
+        enrolment.write_bytes(enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
+                              .SerializeToString())
+        start(qemu_argv(node_config(1, ((contract.ENROLMENT_FW_CFG_NAME, enrolment),))), "node1",
+              [pairs[1][1].fileno()])
+        kc_path = work / "kubeconfig"
+        kc_path.write_text(kubeconfig.replace(
+            "https://127.0.0.1:6443", f"https://127.0.0.1:{ports[int(contract.NodePort.KUBERNETES_API)]}"))
+        wait_for("node1", f"joining via 10.1.0.2:6443 as {ticket.node_id}", 180)
+        for name in ("node0", "node1"):
+            wait_for(name, "node Ready", READY_TIMEOUT)
+        yield kc_path, logs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_two_nodes_pod_to_pod_service_and_dns_across_nodes(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    """A worker joined by golden ticket: host-gw routes, kube-proxy and CoreDNS work across nodes."""
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    kc_path, _ = two_nodes
+    api = config.new_client_from_config(config_file=str(kc_path))
+    core = client.CoreV1Api(api)
+    nodes = {n.status.addresses[0].address: n for n in core.list_node().items}
+    assert set(nodes) == {"10.1.0.2", "10.1.0.3"}
+    assert all({c.type: c.status for c in n.status.conditions}["Ready"] == "True" for n in nodes.values())
+    assert {n.spec.pod_cidr for n in nodes.values()} == {"10.244.0.0/24", "10.244.1.0/24"}
+
+    def pod(name: str, node: str, command: list[str], labels: dict[str, str] | None = None) -> client.V1Pod:
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1PodSpec(node_name=node, containers=[client.V1Container(
+                name="c", image=contract.TEST_IMAGE, image_pull_policy="IfNotPresent", command=command)]))
+
+    web_cmd = ["sh", "-c", "echo hello-from-node0 > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+    core.create_namespaced_service("default", client.V1Service(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1ServiceSpec(selector={"app": "web"},
+                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    deadline = time.monotonic() + 120
+    while True:  # the default ServiceAccount appears shortly after the controller-manager starts
+        try:
+            core.create_namespaced_pod("default", pod("web", nodes["10.1.0.2"].metadata.name, web_cmd, {"app": "web"}))
+            break
+        except client.ApiException as exc:
+            if time.monotonic() > deadline or "serviceaccount" not in str(exc.body).lower():
+                raise
+            time.sleep(2)
+    core.create_namespaced_pod("default", pod("client", nodes["10.1.0.3"].metadata.name, ["sleep", "3600"]))
+    deadline = time.monotonic() + 300
+    while True:
+        pods = {p.metadata.name: p for p in core.list_namespaced_pod("default").items}
+        if all(p.status.phase == "Running" for p in pods.values()) and len(pods) == 2:
+            break
+        assert time.monotonic() < deadline, {n: p.status.phase for n, p in pods.items()}
+        time.sleep(1)
+    web_ip = pods["web"].status.pod_ip
+    script = (f"wget -q -O- http://{web_ip}:8080/index.html; "
+              "wget -q -O- http://web.default.svc.cluster.local/index.html")
+    out = stream(core.connect_get_namespaced_pod_exec, "client", "default", command=["sh", "-c", script],
+                 stderr=True, stdin=False, stdout=True, tty=False)
+    assert out.count("hello-from-node0") == 2, out
+    api.close()

@@ -1,4 +1,7 @@
-"""The Nanoswitch booted for real under TCG, with tiny busybox node VMs on its NICs.
+"""The Nanoswitch booted for real, with tiny busybox node VMs on its NICs.
+
+The accelerator comes from the ``accel`` fixture (``SMALLTOWN_ACCEL``, probed
+for ``auto``; TCG on our machines, whose KVM cannot boot stock kernels).
 
 One switch and two tiny nodes per module: node 0 boots first (and pings the
 host's SLIRP gateway through the switch's NAT), then node 1 (which pings node 0), both serve the forwarded ports and
@@ -16,16 +19,16 @@ import re
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pytest_smalltown.images.switch import SwitchImage, build_switch_image
-from pytest_smalltown.images.tinyvm import TinyImage, build_tiny_image
+from pytest_smalltown.images.tinyvm import TinyImage
 from pytest_smalltown.launch import switch as sw
 from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
-from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
+from pytest_smalltown.launch.qemu import Accel, DirectBoot, VMConfig
 from pytest_smalltown.launch.vm import VM, listening_sockets, start_vm
 
 pytestmark = pytest.mark.integration
@@ -35,7 +38,6 @@ NODE_BOOT_TIMEOUT = 180.0
 #: answers addresses of its own 10.0.2.0/24, so a node's ping reaching it shows
 #: the switch's masquerade works (checked: with the NAT rule removed it fails).
 SLIRP_GATEWAY = "10.0.2.2"
-ACCEL = "tcg"  # the switch's own tests pin TCG: this host's KVM cannot boot stock kernels
 
 
 @dataclass
@@ -46,7 +48,6 @@ class TinyNode:
     init_after: float = 0.0
     ip_after: float = 0.0
     ip_line: str = ""
-    lines: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,14 +60,16 @@ def wait_line(vm: VM, pattern: str, timeout: float = NODE_BOOT_TIMEOUT) -> str:
     return vm.wait_for_console(pattern, timeout).group(0)
 
 
-def start_tiny(switch: sw.Switch, image: TinyImage, index: int, workdir: Path, *options: str) -> TinyNode:
+def start_tiny(
+    switch: sw.Switch, image: TinyImage, accel: Accel, index: int, workdir: Path, *options: str
+) -> TinyNode:
     """Start tiny VM ``index`` on the switch's NIC for that node and wait until it has an address."""
-    extra = sw.tcg_kernel_args()
+    extra = sw.tcg_kernel_args() if accel == "tcg" else []
     config = VMConfig(
         name=f"node{index}",
         boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline(*options, *extra)),
         machine="microvm",
-        accel=ACCEL,
+        accel=accel,
         memory_mib=128,
         nics=(switch.node_nic(index),),
         rng=False,
@@ -82,22 +85,24 @@ def start_tiny(switch: sw.Switch, image: TinyImage, index: int, workdir: Path, *
 
 
 @pytest.fixture(scope="module")
-def images() -> tuple[SwitchImage, TinyImage]:
-    return build_switch_image(), build_tiny_image()
+def switch_image() -> SwitchImage:
+    return build_switch_image()
 
 
 @pytest.fixture(scope="module")
-def net(images: tuple[SwitchImage, TinyImage], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    switch_image, tiny = images
+def net(
+    switch_image: SwitchImage, tiny_image: TinyImage, accel: Accel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Net]:
+    tiny = tiny_image
     workdir = tmp_path_factory.mktemp("tiny")
-    switch = sw.launch_switch(2, accel=ACCEL, image=switch_image)
+    switch = sw.launch_switch(2, accel=accel, image=switch_image)
     nodes: list[TinyNode] = []
     try:
         serve = "tiny.serve=" + ",".join(map(str, sw.DEFAULT_PORTS))
-        nodes.append(start_tiny(switch, tiny, 0, workdir, "tiny.name=node0", "tiny.ip=dhcp", serve,
+        nodes.append(start_tiny(switch, tiny, accel, 0, workdir, "tiny.name=node0", "tiny.ip=dhcp", serve,
                                 f"tiny.ping={SLIRP_GATEWAY}"))  # fmt: skip
         wait_line(nodes[0].vm, r"tinyvm: ready")
-        nodes.append(start_tiny(switch, tiny, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
+        nodes.append(start_tiny(switch, tiny, accel, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
                                 f"tiny.ping={sw.node_address(0)}"))  # fmt: skip
         wait_line(nodes[1].vm, r"tinyvm: ready")
         print(f"\n[switch] start -> forwarding: {switch.ready_after:.2f}s ({switch.ready_line})")
@@ -208,9 +213,9 @@ def open_socket_inodes() -> set[str]:
     return inodes
 
 
-def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(images: tuple[SwitchImage, TinyImage]) -> None:
+def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(switch_image: SwitchImage, accel: Accel) -> None:
     """MAX_NODES NICs all join the bridge; close() stops QEMU, closes every end and removes the work dir."""
-    switch = sw.launch_switch(sw.MAX_NODES, ports=[7837], accel=ACCEL, image=images[0])
+    switch = sw.launch_switch(sw.MAX_NODES, ports=[7837], accel=accel, image=switch_image)
     try:
         bridge_line = wait_line(switch.vm, r"nanoswitch: bridge br0 .*", 5)
         ports = re.search(r"ports (\S+);", bridge_line)
@@ -230,24 +235,22 @@ def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(images: tuple[
     assert not ends & open_socket_inodes(), "node ends still open after close()"
 
 
-def test_not_ready_in_time_gives_console_tail_and_cleans_up(images: tuple[SwitchImage, TinyImage]) -> None:
+def test_not_ready_in_time_gives_console_tail_and_cleans_up(switch_image: SwitchImage, accel: Accel) -> None:
     before = set(os.listdir("/tmp"))
     children_before = set(our_qemu_children())
     with pytest.raises(sw.SwitchError, match=r"did not report 'nanoswitch: forwarding' within 1s") as info:
-        sw.launch_switch(1, accel=ACCEL, image=images[0], ready_timeout=1.0)
+        sw.launch_switch(1, accel=accel, image=switch_image, ready_timeout=1.0)
     assert "console tail" in str(info.value)
     leftovers = {name for name in set(os.listdir("/tmp")) - before if name.startswith("st-sw-")}
     assert not leftovers
     assert set(our_qemu_children()) <= children_before
 
 
-def test_fatal_switch_error_is_reported_with_its_reason(
-    images: tuple[SwitchImage, TinyImage], tmp_path: Path
-) -> None:
+def test_fatal_switch_error_is_reported_with_its_reason(switch_image: SwitchImage, accel: Accel, tmp_path: Path) -> None:
     """A command line the switch rejects surfaces as SwitchError naming the reason, not as a timeout."""
     pair = socket.socketpair()
     config = sw.switch_vm_config(
-        images[0], 1, [pair[0].fileno()], PortMap({}), ACCEL,
+        switch_image, 1, [pair[0].fileno()], PortMap({}), accel,
         extra_kernel_args=[*sw.tcg_kernel_args(), "nanoswitch.frobnicate=1"],
     )  # fmt: skip
     switch = sw.Switch(1, start_vm(config, tmp_path), [pair[1]], PortMap({}), tmp_path, False, time.monotonic())

@@ -300,3 +300,15 @@ def test_boot_modules_exist_in_debians_kernel(kernel: Kernel | None) -> None:
         assert module in loaded or module in builtin, module
     for rel in node.ROOTFS_MODULE_DIRS:
         assert (kernel.modules_dir / rel).exists(), rel
+
+
+def test_host_files_do_not_leak_into_the_rootfs(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("builder-host\n")
+    (tmp_path / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    (tmp_path / "etc/hosts").write_text("10.0.0.5 builder-host\n")
+    node._neutralise_host_files(tmp_path)
+    assert (tmp_path / "etc/hostname").read_text() == "smalltown\n"
+    resolv = tmp_path / "etc/resolv.conf"
+    assert not resolv.is_symlink() and resolv.read_text() == ""  # the agent writes it from DHCP
+    assert "builder-host" not in (tmp_path / "etc/hosts").read_text()
