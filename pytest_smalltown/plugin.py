@@ -106,6 +106,42 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     _session(config).pool.plan(specs.values())
 
 
+REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+NAMESPACE_KEY = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Remember each phase's report, and attach cluster evidence to failures."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
+    spec = item.stash.get(SPEC_KEY, None)
+    if not report.failed or spec is None or report.when == "teardown":
+        return
+    session = _session(item.config)
+    cluster = session.pool.live(spec)
+    if cluster is None or not hasattr(cluster, "consoles"):
+        return  # launch failed (its error already shows the consoles) or not a real cluster
+    from pytest_smalltown.evidence import report_sections, write_artifacts
+
+    namespace = item.stash.get(NAMESPACE_KEY, None)
+    for title, text in report_sections(cluster, namespace):
+        report.sections.append((title, text))
+    directory = session.settings.artifacts or item.config.rootpath / "artifacts"
+    try:
+        written = write_artifacts(cluster, directory, item.nodeid, namespace)
+        report.sections.append(("smalltown artifacts", str(written)))
+    except OSError as error:
+        report.sections.append(("smalltown artifacts", f"could not write to {directory}: {error}"))
+
+
+def test_failed(item: pytest.Item) -> bool:
+    """Whether setup or call of ``item`` failed so far."""
+    reports = item.stash.get(REPORTS_KEY, {})
+    return any(r.failed for r in reports.values())
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     yield
@@ -191,3 +227,21 @@ def kube(smalltown_cluster: Any) -> Any:
 def kubeconfig(smalltown_cluster: Any) -> Path:
     """Path of the cluster's debug kubeconfig (mode 0600), for tools like kubectl."""
     return smalltown_cluster.kubeconfig_path
+
+
+@pytest.fixture
+def smalltown_namespace(request: pytest.FixtureRequest, kube: Any, smalltown_settings: Settings) -> Iterator[str]:
+    """A fresh namespace for this test, deleted afterwards.
+
+    With ``--smalltown-keep-namespace`` a failed test's namespace is kept for
+    inspection (its name is in the report).
+    """
+    from pytest_smalltown.kube import create_namespace, delete_namespace
+
+    name = create_namespace(kube, request.node.name)
+    request.node.stash[NAMESPACE_KEY] = name
+    yield name
+    if smalltown_settings.keep_namespace and test_failed(request.node):
+        request.node.add_report_section("teardown", "smalltown", f"kept namespace {name} for inspection")
+        return
+    delete_namespace(kube, name)

@@ -99,6 +99,10 @@ class ClusterPool:
     def is_live(self, spec: ClusterSpec) -> bool:
         return spec in self._live
 
+    def live(self, spec: ClusterSpec) -> ClusterHandle | None:
+        """The running cluster of ``spec``, if any (without launching one)."""
+        return self._live.get(spec)
+
     def _close(self, spec: ClusterSpec) -> None:
         cluster = self._live.pop(spec)
         started = time.monotonic()

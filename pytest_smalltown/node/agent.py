@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class Agent:
 
     # ----------------------------------------------------------------- API
 
-    def debug_kubeconfig(self, user: str, groups: list[str] | tuple[str, ...]) -> str:
+    def debug_kubeconfig(self, user: str, groups: Sequence[str]) -> str:
         """A kubeconfig for ``user``/``groups`` signed by the cluster CA (node 0 only)."""
         if self.role is not None and not self.role.bootstrap:
             raise FailedPrecondition("this node joined a cluster and holds no CA key; ask node 0")

@@ -143,6 +143,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         if buf is None:
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"no component {request.dn!r}; known: {', '.join(self.logs.names())}")
+            return  # abort raises; this tells type checkers so
         needles = [f.contains for f in request.filters if f.contains]
 
         def keep(e: Entry) -> bool:

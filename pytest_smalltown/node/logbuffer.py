@@ -66,12 +66,18 @@ class LogBuffer:
         self._closed = False
         self._cond = threading.Condition()
 
-    def write(self, line: str) -> Entry:
-        """Append one line (a trailing newline is stripped); return the stored entry."""
+    def write(self, line: str, original_length: int | None = None) -> Entry:
+        """Append one line (a trailing newline is stripped); return the stored entry.
+
+        ``original_length`` is for callers that could only keep the head of a
+        huge line (the supervisor never reads more than a chunk into memory):
+        the entry then reports that length rather than the head's.
+        """
         line = line.rstrip("\r\n")
+        full = len(line) if original_length is None else max(original_length, len(line))
         original = 0
-        if len(line) > self.max_line_length:
-            original = len(line)
+        if full > self.max_line_length:
+            original = full
             line = line[: self.max_line_length]
         with self._cond:
             entry = Entry(self._next_seq, line, time.time_ns(), original)

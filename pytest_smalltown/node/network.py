@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +164,7 @@ def write_cni_config(conf_dir: Path, pod_cidr: str) -> bool:
     return True
 
 
-def desired_pod_routes(nodes: list[Mapping[str, object]], own_name: str) -> dict[str, str]:
+def desired_pod_routes(nodes: Sequence[Mapping[str, Any]], own_name: str) -> dict[str, str]:
     """podCIDR -> InternalIP of every other node that has both."""
     routes: dict[str, str] = {}
     for node in nodes:
@@ -185,7 +185,7 @@ def desired_pod_routes(nodes: list[Mapping[str, object]], own_name: str) -> dict
     return routes
 
 
-def pod_cidr_assignments(nodes: list[Mapping[str, Any]], pod_network: str, prefix: int = 24) -> dict[str, str]:
+def pod_cidr_assignments(nodes: Sequence[Mapping[str, Any]], pod_network: str, prefix: int = 24) -> dict[str, str]:
     """Node name -> free pod CIDR, for every node that has none yet (lowest first, in name order).
 
     The controller-manager's node IPAM does the same, but under emulation it

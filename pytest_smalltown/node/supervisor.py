@@ -150,9 +150,27 @@ class Supervisor:
 
     @staticmethod
     def _pump(comp: Component, proc: subprocess.Popen[bytes]) -> None:
+        """Copy output into the buffer line by line, never holding a huge line in memory.
+
+        A line longer than the read chunk is kept up to the buffer's limit and
+        only counted beyond it, so its entry still reports the true length.
+        """
         assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            comp.buffer.write_bytes(raw)
+        limit = comp.buffer.max_line_length
+        head = b""
+        length = 0
+        while True:
+            chunk = proc.stdout.readline(65536)
+            if not chunk:
+                break
+            if len(head) < limit * 4:  # bytes; up to 4 per character in UTF-8
+                head += chunk[: limit * 4 - len(head)]
+            length += len(chunk)
+            if chunk.endswith(b"\n"):
+                _write(comp.buffer, head, length - 1)
+                head, length = b"", 0
+        if head:
+            _write(comp.buffer, head, length)
         proc.stdout.close()
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
@@ -168,6 +186,13 @@ class Supervisor:
         self._shutdown.set()
         for name in reversed(list(self.components)):
             self.stop(name, timeout)
+
+
+def _write(buf: LogBuffer, head: bytes, length: int) -> None:
+    text = head.decode("utf-8", errors="replace")
+    # ``length`` excludes the newline. Whole line kept: the character count of the
+    # text is exact. Head only: the byte count is the best measure there is.
+    buf.write(text, None if length <= len(head.rstrip(b"\r\n")) else length)
 
 
 def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:

@@ -606,3 +606,23 @@ def test_worker_boot_adopts_the_ticket_identity_and_material(tmp_path: Path) -> 
     finally:
         a._stop.set()
         a.debug_server.stop(0)  # type: ignore[union-attr]
+
+
+def test_supervisor_keeps_huge_lines_bounded_with_their_length() -> None:
+    from pytest_smalltown.node.logbuffer import LogRegistry
+
+    logs = LogRegistry(max_line_length=100)
+    sup = Supervisor(logs, Console(stream=open("/dev/null", "w"), use_kernel_uptime=False))
+    script = "import sys; sys.stdout.write('a' * 300000 + '\\nshort\\n' + 'b' * 150)"
+    comp = sup.start(ComponentSpec("huge", [sys.executable, "-c", script], restart=False))
+    try:
+        deadline = time.monotonic() + 10
+        while len(comp.buffer) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        entries = comp.buffer.tail()
+        assert [e.line[:3] for e in entries[:3]] == ["aaa", "sho", "bbb"]
+        assert entries[0].original_length == 300000 and len(entries[0].line) == 100
+        assert entries[1].original_length == 0 and entries[1].line == "short"
+        assert entries[2].original_length == 150
+    finally:
+        sup.shutdown()

@@ -1,0 +1,54 @@
+"""The node's debug service, as a test author uses it: component logs, conditions, follow mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from pytest_smalltown.debug import DebugClient
+
+pytestmark = pytest.mark.smalltown(nodes=1)
+
+
+@pytest.mark.parametrize("component", ["containerd", "kube.kubelet", "kube.apiserver"])
+def test_component_logs(smalltown_debug: DebugClient, component: str) -> None:
+    lines = smalltown_debug.component_logs(component)
+    assert len(lines) > 5, f"{component} has logged almost nothing: {lines}"
+    tail = smalltown_debug.component_logs(component, tail=3)
+    assert len(tail) == 3
+    everything = smalltown_debug.component_logs(component)  # may have grown meanwhile
+    assert all(line in everything for line in tail)
+
+
+def test_kubelet_logs_mention_the_node(smalltown_debug: DebugClient, core: Any) -> None:
+    (node,) = core.list_node().items
+    assert any(node.metadata.name in line for line in smalltown_debug.component_logs("kube.kubelet"))
+
+
+def test_unknown_component_is_not_found(smalltown_debug: DebugClient) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        smalltown_debug.component_logs("kube.nonexistent")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("condition", ["IPAssigned", "DataAvailable", "KubernetesReady"])
+def test_conditions_hold_on_a_ready_node(smalltown_debug: DebugClient, condition: str) -> None:
+    assert smalltown_debug.condition(condition) is True
+
+
+def test_unknown_condition_is_not_found(smalltown_debug: DebugClient) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        smalltown_debug.condition("NoSuchCondition")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_follow_mode_sees_a_new_log_line(
+    smalltown_debug: DebugClient, run_pod: Callable[..., Any], smalltown_namespace: str
+) -> None:
+    """Creating a pod makes the kubelet log its name; a follower sees it without polling."""
+    run_pod("followed", ["true"], phase="Succeeded")
+    line = smalltown_debug.wait_for_log("kube.kubelet", f"{smalltown_namespace}/followed", timeout=60)
+    assert "followed" in line.text

@@ -1,0 +1,293 @@
+"""The ``smalltown`` command: the same launcher as the pytest plugin, for humans.
+
+    smalltown image build [--only node|switch|tiny]   build or refresh cached images
+    smalltown accel                                   which accelerator this host gets
+    smalltown up [--nodes N]                          start a cluster and keep it running
+    smalltown status | down                           show / stop that cluster
+    smalltown dbg logs COMPONENT [--tail N] [--follow]
+    smalltown dbg kubectl ARGS...                     kubectl with debug credentials
+
+``up`` starts a background process that owns the cluster's VMs and records
+how to reach it in a state file; ``down`` asks that process to stop, which
+closes the cluster the same way the pytest plugin does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_smalltown.images.cache import cache_root, stderr_progress
+
+EXIT_USAGE = 2
+
+
+def state_path() -> Path:
+    """Where ``up`` records the running cluster."""
+    return cache_root() / "run" / "cluster.json"
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pytest_smalltown.settings import resolve
+
+    cli = {name: getattr(args, name, None) for name in ("image", "accel", "node_memory", "node_cpus", "boot_timeout")}
+    return resolve({k: (str(v) if v is not None else None) for k, v in cli.items()}, {})
+
+
+def _read_state() -> dict[str, Any]:
+    path = state_path()
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit("no cluster is running (start one with: smalltown up)") from None
+    try:
+        os.kill(state["pid"], 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        raise SystemExit("the recorded cluster is gone (its process exited); start one with: smalltown up") from None
+    return state
+
+
+# --- image ----------------------------------------------------------------------
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    targets = [args.only] if args.only else ["tiny", "switch", "node"]
+    for target in targets:
+        t0 = time.monotonic()
+        if target == "tiny":
+            from pytest_smalltown.images.tinyvm import build_tiny_image
+
+            result: Any = build_tiny_image()
+        elif target == "switch":
+            from pytest_smalltown.images.switch import build_switch_image
+
+            result = build_switch_image()
+        else:
+            from pytest_smalltown.images.node import build_all_images
+
+            result = build_all_images()
+        print(f"{target}: ready in {time.monotonic() - t0:.1f}s: {result}")
+    print(f"all images ready in {time.monotonic() - started:.1f}s (cache: {cache_root()})")
+    return 0
+
+
+def cmd_accel(args: argparse.Namespace) -> int:
+    from pytest_smalltown.launch.accel import resolve_accel
+
+    result = resolve_accel(args.mode)
+    print(f"{result.accel}: {result.reason} (probe {result.seconds:.1f}s)")
+    return 0
+
+
+# --- up / down ------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The background process behind ``up``: launch, record, wait for a signal, close."""
+    from pytest_smalltown.cluster import launch_cluster
+    from pytest_smalltown.spec import ClusterSpec
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cluster = launch_cluster(ClusterSpec(args.nodes), _settings(args))
+    try:
+        state = {
+            "pid": os.getpid(),
+            "nodes": args.nodes,
+            "ports": {str(guest): host for guest, host in cluster.ports.items()},
+            "kubeconfig": str(cluster.kubeconfig_path),
+            "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
+            "phases": cluster.phase_seconds,
+        }
+        path = state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
+        while not stop.wait(1.0):
+            for node in cluster.nodes:
+                node.vm.check_running()
+    finally:
+        state_path().unlink(missing_ok=True)
+        cluster.close()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pytest_smalltown.spec import MAX_NODES
+
+    if not 1 <= args.nodes <= MAX_NODES:
+        print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
+        return EXIT_USAGE
+    if state_path().exists():
+        try:
+            state = _read_state()
+            print(f"a {state['nodes']}-node cluster is already running (pid {state['pid']}); stop it with: smalltown down")
+            return 1
+        except SystemExit:
+            pass
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    log_path = state_path().parent / "up.log"
+    argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
+    for name in ("image", "accel", "node_memory", "node_cpus", "boot_timeout"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
+    offset = 0
+    while not state_path().exists():
+        if server.poll() is not None:
+            print(log_path.read_text()[-4000:], file=sys.stderr)
+            print(f"the cluster failed to start (exit {server.returncode}); full log: {log_path}", file=sys.stderr)
+            return 1
+        text = log_path.read_text(errors="replace")
+        sys.stderr.write(text[offset:])
+        offset = len(text)
+        time.sleep(1)
+    state = json.loads(state_path().read_text())
+    print(f"cluster up (pid {state['pid']}):")
+    print(f"  Kubernetes API   https://127.0.0.1:{state['ports']['6443']}")
+    print(f"  debug service    127.0.0.1:{state['ports']['7837']}")
+    print(f"  kubeconfig       {state['kubeconfig']}")
+    print(f"  try:             KUBECONFIG={state['kubeconfig']} kubectl get nodes   or   smalltown dbg kubectl get nodes")
+    print("  stop with:       smalltown down")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_read_state(), indent=2))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = _read_state()
+    os.kill(state["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(state["pid"], 0)
+        except ProcessLookupError:
+            print("cluster stopped")
+            return 0
+        time.sleep(0.2)
+    os.kill(state["pid"], signal.SIGKILL)  # its VMs die with it (PDEATHSIG)
+    state_path().unlink(missing_ok=True)
+    print("cluster did not stop in 60s; killed it")
+    return 1
+
+
+# --- dbg ------------------------------------------------------------------------
+
+
+def _debug_client(args: argparse.Namespace) -> Any:
+    from pytest_smalltown.debug import DebugClient
+    from pytest_smalltown.launch.ports import dial_grpc
+
+    if args.debug_port:
+        port = args.debug_port
+    else:
+        port = int(_read_state()["ports"]["7837"])
+    return DebugClient(dial_grpc(port), retry_for=10)
+
+
+def cmd_dbg_logs(args: argparse.Namespace) -> int:
+    import grpc
+
+    debug = _debug_client(args)
+    try:
+        if args.follow:
+            backlog = None if args.tail == 0 else args.tail
+            for line in debug.logs(args.component, backlog=backlog, follow=True):
+                print(line.text, flush=True)
+        else:
+            for text in debug.component_logs(args.component, args.tail):
+                print(text)
+    except grpc.RpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
+    from pytest_smalltown.images.gobuild import build_program
+    from pytest_smalltown.kube import write_kubeconfig
+
+    debug = _debug_client(args)
+    api_port = int(args.api_port or _read_state()["ports"]["6443"])
+    kube = build_program("kube", stderr_progress)
+    with tempfile.TemporaryDirectory(prefix="smalltown-kubectl-") as tmp:
+        kubeconfig = write_kubeconfig(debug.debug_kubeconfig(), api_port, Path(tmp) / "kubeconfig")
+        return subprocess.call([str(kube), "kubectl", f"--kubeconfig={kubeconfig}", *args.kubectl_args])
+
+
+# --- parser ---------------------------------------------------------------------
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    parser.add_argument("--image", help="'reference' or a Smalltown disk image (default: $SMALLTOWN_IMAGE or reference)")
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="accelerator (default auto)")
+    parser.add_argument("--node-memory", type=int, help="MiB per node")
+    parser.add_argument("--node-cpus", type=int, help="vCPUs per node")
+    parser.add_argument("--boot-timeout", type=float, help="seconds to wait for readiness")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smalltown", description="Smalltown clusters in QEMU, by hand.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    image = commands.add_parser("image", help="reference images").add_subparsers(dest="image_command", required=True)
+    build = image.add_parser("build", help="build (or find cached) reference images, with timings")
+    build.add_argument("--only", choices=("tiny", "switch", "node"))
+    build.set_defaults(func=cmd_image_build)
+
+    accel = commands.add_parser("accel", help="probe which accelerator this host can use")
+    accel.add_argument("mode", nargs="?", default="auto", choices=("auto", "kvm", "tcg"))
+    accel.set_defaults(func=cmd_accel)
+
+    up = commands.add_parser("up", help="start a cluster in the background and print how to reach it")
+    _cluster_options(up)
+    up.set_defaults(func=cmd_up)
+    serve = commands.add_parser("_serve", help=argparse.SUPPRESS)
+    _cluster_options(serve)
+    serve.set_defaults(func=cmd_serve)
+    commands.add_parser("status", help="show the running cluster").set_defaults(func=cmd_status)
+    commands.add_parser("down", help="stop the running cluster").set_defaults(func=cmd_down)
+
+    dbg = commands.add_parser("dbg", help="talk to node 0's debug service").add_subparsers(dest="dbg_command", required=True)
+    logs = dbg.add_parser("logs", help="print a component's log buffer")
+    logs.add_argument("component", help="e.g. containerd, kube.kubelet, kube.apiserver, etcd")
+    logs.add_argument("--tail", type=int, default=0, help="only the last N lines (0: all)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("--debug-port", type=int, help="host port of the debug service (default: the running cluster)")
+    logs.set_defaults(func=cmd_dbg_logs)
+    kubectl = dbg.add_parser("kubectl", help="run kubectl with debug credentials")
+    kubectl.add_argument("--debug-port", type=int, help=argparse.SUPPRESS)
+    kubectl.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
+    kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, help="arguments for kubectl")
+    kubectl.set_defaults(func=cmd_dbg_kubectl)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

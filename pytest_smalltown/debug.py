@@ -1,0 +1,149 @@
+"""A NodeDebugService client for tests and the CLI.
+
+Under emulation a node's debug service comes up seconds after boot and some
+answers (credentials, golden tickets) only once the node has made its PKI,
+so transient failures are part of normal life: every unary call here retries
+UNAVAILABLE (and FAILED_PRECONDITION, "not yet") with exponential backoff from
+100 ms, bounded by a deadline; any other status is raised at once, because
+NOT_FOUND or INVALID_ARGUMENT will not get better by asking again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
+from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER
+
+T = TypeVar("T")
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE  # type: ignore[attr-defined]
+
+
+class LogTimeoutError(TimeoutError):
+    """A log line that a test waited for did not appear."""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    component: str
+    text: str
+    original_length: int
+
+
+class DebugClient:
+    """NodeDebugService of one node, reached through a forwarded port."""
+
+    def __init__(self, channel: grpc.Channel, retry_for: float = 60.0) -> None:
+        self.channel = channel
+        self.stub = debug_pb2_grpc.NodeDebugServiceStub(channel)
+        self.retry_for = retry_for
+
+    def call(self, fn: Callable[[], T], retry_for: float | None = None) -> T:
+        """Run one RPC, retrying transient failures for up to ``retry_for`` seconds."""
+
+        def give_up(state: RetryCallState) -> T:
+            assert state.outcome is not None
+            raise state.outcome.exception()  # type: ignore[misc]
+
+        retrying = Retrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=wait_exponential(multiplier=0.1, min=0.1, max=5),
+            stop=stop_after_delay(self.retry_for if retry_for is None else retry_for),
+            retry_error_callback=give_up,
+        )
+        return retrying(fn)
+
+    def debug_kubeconfig(
+        self, user: str = DEBUG_USER, groups: tuple[str, ...] = DEBUG_GROUPS, retry_for: float | None = None
+    ) -> str:
+        """A kubeconfig for ``user``/``groups`` signed by the cluster CA (server 127.0.0.1:6443)."""
+        request = debug_pb2.GetDebugKubeconfigRequest(id=user, groups=list(groups))
+        return self.call(lambda: self.stub.GetDebugKubeconfig(request, timeout=30), retry_for).debug_kubeconfig
+
+    def component_logs(self, component: str, tail: int = 0) -> list[str]:
+        """The buffered lines of ``component`` (all of them for ``tail=0``)."""
+        request = debug_pb2.GetComponentLogsRequest(component_path=[component], tail_lines=tail)
+        return list(self.call(lambda: self.stub.GetComponentLogs(request, timeout=30)).line)
+
+    def condition(self, name: str) -> bool:
+        """Whether condition ``name`` holds right now."""
+        request = debug_pb2.GetConditionRequest(name=name)
+        return self.call(lambda: self.stub.GetCondition(request, timeout=10)).ok
+
+    def wait_condition(self, name: str, timeout: float, interval: float = 0.5) -> None:
+        """Poll until ``name`` holds; TimeoutError naming the condition otherwise."""
+        deadline = time.monotonic() + timeout
+        while not self.call(lambda: self.stub.GetCondition(debug_pb2.GetConditionRequest(name=name), timeout=10),
+                            retry_for=max(1.0, deadline - time.monotonic())).ok:  # fmt: skip
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node condition {name} did not become true within {timeout:.0f}s")
+            time.sleep(interval)
+
+    def golden_ticket(self, external_ip: str, retry_for: float | None = None) -> enrolment_pb2.GoldenTicket:
+        """Credentials for a new node that will have ``external_ip``."""
+        request = debug_pb2.GetGoldenTicketRequest(external_ip=external_ip)
+        return self.call(lambda: self.stub.GetGoldenTicket(request, timeout=30), retry_for).ticket
+
+    def logs(
+        self,
+        component: str,
+        backlog: int | None = None,
+        follow: bool = False,
+        contains: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[LogLine]:
+        """Stream a component's log: ``backlog`` old lines (None: all, 0: none), then new ones if ``follow``.
+
+        The iterator ends when the backlog is sent unless ``follow`` is set; a
+        follow stream ends with DEADLINE_EXCEEDED after ``timeout`` seconds, or
+        when the iterator is closed.
+        """
+        if backlog is None:
+            mode, count = debug_pb2.BACKLOG_ALL, 0
+        elif backlog == 0:
+            mode, count = debug_pb2.BACKLOG_DISABLE, 0
+        else:
+            mode, count = debug_pb2.BACKLOG_COUNT, backlog
+        request = debug_pb2.GetLogsRequest(
+            dn=component,
+            backlog_mode=mode,
+            backlog_count=count,
+            stream_mode=debug_pb2.STREAM_UNBUFFERED if follow else debug_pb2.STREAM_DISABLE,
+            filters=[debug_pb2.LogFilter(contains=contains)] if contains else [],
+        )
+        responses = self.stub.GetLogs(request, timeout=timeout)
+        try:
+            for response in responses:
+                for entry in (*response.backlog_entries, *response.stream_entries):
+                    yield LogLine(entry.dn or component, entry.line, entry.original_length or len(entry.line))
+        finally:
+            responses.cancel()
+
+    def wait_for_log(self, component: str, pattern: str, timeout: float) -> LogLine:
+        """Block until a line of ``component`` (old or new) matches ``pattern``; no polling."""
+        regex = re.compile(pattern)
+        stream = self.logs(component, backlog=None, follow=True, timeout=timeout)
+        try:
+            for line in stream:
+                if regex.search(line.text):
+                    return line
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+        finally:
+            stream.close()
+        raise LogTimeoutError(f"no line of {component} matched /{pattern}/ within {timeout:.0f}s")
+
+    def close(self) -> None:
+        self.channel.close()

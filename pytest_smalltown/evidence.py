@@ -1,0 +1,61 @@
+"""Failure evidence: what a developer needs to see when an e2e test fails.
+
+A short version goes into the pytest report (recent console lines, the tail
+of the components that usually explain a pod problem, the namespace's
+events); the full version (whole console logs, every component's buffer,
+events) is written to an artifacts directory for later reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+from pytest_smalltown.contract import COMPONENTS
+from pytest_smalltown.kube import namespace_events
+
+#: Components whose tail goes into a failure report (the usual suspects for pod trouble).
+REPORT_COMPONENTS = ("kube.kubelet", "containerd")
+REPORT_LINES = 25
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "test"
+
+
+def report_sections(cluster: Any, namespace: str | None) -> list[tuple[str, str]]:
+    """(title, text) pairs for a failed test's report; never raises (evidence must not mask the failure)."""
+    sections: list[tuple[str, str]] = []
+    for name, lines in cluster.consoles(REPORT_LINES).items():
+        sections.append((f"smalltown console {name}", "\n".join(lines)))
+    for component in REPORT_COMPONENTS:
+        try:
+            lines = cluster.debug.component_logs(component, REPORT_LINES)
+            sections.append((f"smalltown {component} (node0, last {REPORT_LINES})", "\n".join(lines)))
+        except Exception as error:  # noqa: BLE001
+            sections.append((f"smalltown {component}", f"(could not read: {error})"))
+    if namespace:
+        try:
+            sections.append((f"smalltown events in {namespace}", "\n".join(namespace_events(cluster.kube, namespace))))
+        except Exception as error:  # noqa: BLE001
+            sections.append((f"smalltown events in {namespace}", f"(could not read: {error})"))
+    return sections
+
+
+def write_artifacts(cluster: Any, directory: Path, test_id: str, namespace: str | None) -> Path:
+    """Dump everything for one failed test under ``directory/<test id>/``; returns that directory."""
+    target = directory / _safe(test_id)
+    target.mkdir(parents=True, exist_ok=True)
+    cluster.dump(target / "consoles")
+    components = target / "components"
+    components.mkdir(exist_ok=True)
+    for component in (*COMPONENTS, "etcd", "kube.proxy", "coredns", "agent"):
+        with contextlib.suppress(Exception):
+            lines = cluster.debug.component_logs(component, 0)
+            (components / f"{component}.log").write_text("\n".join(lines) + "\n")
+    if namespace:
+        with contextlib.suppress(Exception):
+            (target / f"events-{namespace}.txt").write_text("\n".join(namespace_events(cluster.kube, namespace)) + "\n")
+    return target
