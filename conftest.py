@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from pytest_smalltown.kube import test_pod, wait_pod_phase
+from pytest_smalltown.kube import busybox_pod, wait_pod_phase
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def run_pod(kube: Any, core: k8s.CoreV1Api, smalltown_namespace: str) -> Callabl
     """
 
     def run(name: str, command: list[str], phase: str = "Running", timeout: float = 180, **kwargs: Any) -> Any:
-        core.create_namespaced_pod(smalltown_namespace, test_pod(name, command, **kwargs), _request_timeout=30)
+        core.create_namespaced_pod(smalltown_namespace, busybox_pod(name, command, **kwargs), _request_timeout=30)
         return wait_pod_phase(kube, smalltown_namespace, name, (phase,), timeout)
 
     return run

@@ -84,8 +84,8 @@ def test_runtime_class_runc_runs_a_pod(run_pod: Callable[..., Any]) -> None:
 def test_unknown_runtime_class_is_rejected(core: k8s.CoreV1Api, smalltown_namespace: str) -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from pytest_smalltown.kube import test_pod
+    from pytest_smalltown.kube import busybox_pod
 
     with pytest.raises(ApiException) as caught:
-        core.create_namespaced_pod(smalltown_namespace, test_pod("bad-rc", ["true"], runtime_class="gvisor"))
+        core.create_namespaced_pod(smalltown_namespace, busybox_pod("bad-rc", ["true"], runtime_class="gvisor"))
     assert caught.value.status == 403 and "gvisor" in caught.value.body

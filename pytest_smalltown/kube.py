@@ -266,7 +266,7 @@ def delete_namespace(api: k8s.ApiClient, name: str) -> None:
             raise
 
 
-def test_pod(
+def busybox_pod(
     name: str,
     command: list[str],
     node_name: str | None = None,

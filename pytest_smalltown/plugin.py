@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -184,8 +184,29 @@ def smalltown_settings(pytestconfig: pytest.Config) -> Settings:
     return _session(pytestconfig).settings
 
 
+def terminal_progress(config: pytest.Config) -> Callable[[str], None]:
+    """A progress printer that reaches the terminal even while pytest captures output.
+
+    Image builds and cluster boots take minutes; a silent terminal during
+    that time looks like a hang.
+    """
+    from pytest_smalltown.images.cache import stderr_progress
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or reporter is None:
+        return stderr_progress
+
+    def progress(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(f"[smalltown] {message}")
+
+    return progress
+
+
 @pytest.fixture(scope="session")
-def smalltown_launcher(smalltown_settings: Settings) -> Launcher:
+def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config) -> Launcher:
     """How clusters are launched; override this fixture to launch differently.
 
     The default boots the configured image (the reference cluster unless
@@ -193,8 +214,10 @@ def smalltown_launcher(smalltown_settings: Settings) -> Launcher:
     """
     from pytest_smalltown.cluster import launch_cluster
 
+    progress = terminal_progress(pytestconfig)
+
     def launch(spec: ClusterSpec) -> Any:
-        return launch_cluster(spec, smalltown_settings)
+        return launch_cluster(spec, smalltown_settings, progress)
 
     return launch
 

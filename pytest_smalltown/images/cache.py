@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CACHE_ENV = "SMALLTOWN_CACHE_DIR"
+#: How many builds of one artifact to keep: the current one and the one before
+#: (another checkout or session may still be using it).
+KEEP_PER_NAME = 2
 
 
 def cache_root() -> Path:
@@ -105,4 +109,20 @@ def cached_build(
             shutil.rmtree(work, ignore_errors=True)
             raise
         progress(f"built {name} in {time.monotonic() - started:.1f}s -> {final}")
+    prune(name, keep=KEEP_PER_NAME)
     return final
+
+
+def prune(name: str, keep: int = KEEP_PER_NAME) -> list[Path]:
+    """Remove all but the ``keep`` newest complete builds of ``name``; returns what was removed.
+
+    Images are hundreds of MiB each and every input change makes a new one,
+    so without this the cache grows without bound during development.
+    """
+    pattern = re.compile(rf"^{re.escape(name)}-[0-9a-f]{{16}}$")
+    builds = [p for p in cache_root().iterdir() if pattern.match(p.name) and (p / ".complete").exists()]
+    builds.sort(key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)
+    removed = builds[keep:]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    return removed

@@ -1,0 +1,63 @@
+"""The content-addressed build cache: hashing, atomic builds, pruning."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown.images.cache import cached_build, hash_inputs, prune
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_hash_covers_contents_and_names(tmp_path: Path) -> None:
+    tree = tmp_path / "src"
+    tree.mkdir()
+    (tree / "a.go").write_text("package main")
+    first = hash_inputs([tree, "flags=-s"])
+    assert hash_inputs([tree, "flags=-s"]) == first
+    assert hash_inputs([tree, "flags=-w"]) != first
+    (tree / "a.go").write_text("package main // changed")
+    assert hash_inputs([tree, "flags=-s"]) != first
+    (tree / "a.go").rename(tree / "b.go")
+    assert hash_inputs([tree, "flags=-s"]) != first
+
+
+def test_build_runs_once_and_failed_builds_leave_nothing(private_cache: Path) -> None:
+    calls = []
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        (out / "artifact").write_text("ok")
+
+    path = cached_build("thing", "0123456789abcdef", build, progress=lambda _: None)
+    assert (path / "artifact").read_text() == "ok"
+    assert cached_build("thing", "0123456789abcdef", build, progress=lambda _: None) == path
+    assert len(calls) == 1
+
+    def broken(out: Path) -> None:
+        (out / "half").write_text("partial")
+        raise RuntimeError("mirror unreachable")
+
+    with pytest.raises(RuntimeError, match="mirror unreachable"):
+        cached_build("thing", "fedcba9876543210", broken, progress=lambda _: None)
+    assert not (private_cache / "thing-fedcba9876543210").exists()
+    assert [p.name for p in private_cache.iterdir() if not p.name.endswith(".lock")] == ["thing-0123456789abcdef"]
+
+
+def test_prune_keeps_the_newest_builds(private_cache: Path) -> None:
+    for i in range(4):
+        cached_build("img", f"{i:016x}", lambda out: None, progress=lambda _: None)
+        marker = private_cache / f"img-{i:016x}" / ".complete"
+        os.utime(marker, (time.time() - 100 + i, time.time() - 100 + i))
+    cached_build("img-other", f"{9:016x}", lambda out: None, progress=lambda _: None)
+    prune("img", keep=2)
+    left = sorted(p.name for p in private_cache.iterdir() if not p.name.startswith("."))
+    assert left == ["img-0000000000000002", "img-0000000000000003", "img-other-0000000000000009"]

@@ -1,0 +1,41 @@
+"""The smalltown CLI's argument handling and its errors when no cluster runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown.cli import build_parser, main
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_subcommands_parse() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["dbg", "logs", "kube.kubelet", "--tail", "20", "-f"])
+    assert (args.component, args.tail, args.follow) == ("kube.kubelet", 20, True)
+    args = parser.parse_args(["dbg", "kubectl", "get", "pods", "-A"])
+    assert args.kubectl_args == ["get", "pods", "-A"]
+    assert parser.parse_args(["up", "--nodes", "3"]).nodes == 3
+
+
+@pytest.mark.parametrize("command", [["status"], ["down"], ["dbg", "logs", "containerd"]])
+def test_commands_needing_a_cluster_say_how_to_start_one(command: list[str]) -> None:
+    with pytest.raises(SystemExit, match="no cluster is running \\(start one with: smalltown up\\)"):
+        main(command)
+
+
+def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "--nodes", "0"]) == 2
+    assert "--nodes must be between 1 and 8" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run([sys.executable, "-m", "pytest_smalltown.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "dbg" in result.stdout and "up" in result.stdout
