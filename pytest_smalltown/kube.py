@@ -243,15 +243,27 @@ def namespace_events(api: k8s.ApiClient, namespace: str) -> list[str]:
     ]
 
 
-def create_namespace(api: k8s.ApiClient, hint: str) -> str:
-    """Create a uniquely named namespace derived from ``hint`` (e.g. the test name); returns its name."""
+def create_namespace(api: k8s.ApiClient, hint: str, timeout: float = 60) -> str:
+    """Create a uniquely named namespace derived from ``hint`` (e.g. the test name); returns its name.
+
+    Returns only once the namespace's ``default`` ServiceAccount exists: the
+    controller-manager creates it asynchronously, and until then every pod
+    creation in the namespace is refused (Kubernetes' own e2e framework waits
+    for it the same way).
+    """
     import re
     import secrets
 
     base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"
     name = f"{base}-{secrets.token_hex(3)}"
     body = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels={"smalltown.dev/test": "true"}))
-    k8s.CoreV1Api(api).create_namespace(body, _request_timeout=30)
+    core = k8s.CoreV1Api(api)
+    core.create_namespace(body, _request_timeout=30)
+    wait_for(
+        f"ServiceAccount {name}/default",
+        lambda: core.read_namespaced_service_account("default", name, _request_timeout=10),
+        timeout,
+    )
     return name
 
 

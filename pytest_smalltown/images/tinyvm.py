@@ -12,6 +12,7 @@ every test:
 ``tiny.ip=dhcp|A.B.C.D/NN`` configure eth0 (prints ``tinyvm: ip <addr>``)
 ``tiny.serve=P1,P2``      answer ``tinyvm <NAME> port <P>`` to each TCP connection
 ``tiny.ping=IP``          ping once the network is up (``tinyvm: ping <IP> ok|fail``)
+(always)                  ``tinyvm: tpm 2`` when a TPM 2.0 device is present
 ``tiny.fwcfg=NAME``       print the md5 of fw_cfg entry NAME (``tinyvm: fwcfg <md5>``)
 ``tiny.poweroff=1``       power off right after ``tinyvm: ready`` (the accel probe)
 """
@@ -81,6 +82,8 @@ if [ -n "$PING" ]; then
         echo "tinyvm: ping $PING fail"
     fi
 fi
+
+[ -e /sys/class/tpm/tpm0 ] && echo "tinyvm: tpm $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null)"
 
 FWCFG=$(opt fwcfg)
 if [ -n "$FWCFG" ]; then

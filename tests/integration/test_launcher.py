@@ -17,6 +17,7 @@ from pytest_smalltown.launch.vm import (
     QemuNotFoundError,
     VMExitedError,
     listening_sockets,
+    start_swtpm,
     start_vm,
     start_vm_with_ports,
 )
@@ -130,6 +131,17 @@ def test_fw_cfg_file_reaches_the_guest(tiny_image: TinyImage, accel: str, workdi
         assert match.group(1) == hashlib.md5(payload.read_bytes()).hexdigest()
     finally:
         vm.stop()
+
+
+def test_swtpm_gives_the_guest_a_tpm2(tiny_image: TinyImage, accel: str, workdir: Path) -> None:
+    tpm, tpm_socket = start_swtpm(workdir, "swtpm-test")
+    vm = start_vm(tiny_config(tiny_image, "tpm", accel, tpm_socket=tpm_socket), workdir)
+    try:
+        match = vm.wait_for_console(r"tinyvm: (tpm 2|ready)", BOOT_TIMEOUT)
+        assert match.group(1) == "tpm 2", vm.console_tail(20)
+    finally:
+        vm.stop()
+        tpm.stop()  # exits by itself once QEMU disconnects (--terminate); stop() reaps it
 
 
 def test_qemu_exiting_early_raises_with_status_and_stderr(tiny_image: TinyImage, accel: str, workdir: Path) -> None:
