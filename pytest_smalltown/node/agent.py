@@ -86,6 +86,7 @@ class Agent:
         self.debug_port: int | None = None
         self.debug_server: object | None = None
         self._stop = threading.Event()
+        self._controllers_ok = False
 
     # ----------------------------------------------------------------- API
 
@@ -462,7 +463,7 @@ class Agent:
         """Node 0: give nodes without a pod CIDR one now (see network.pod_cidr_assignments)."""
         from urllib.parse import quote
 
-        assignments = network.pod_cidr_assignments(nodes, contract.POD_NETWORK)
+        assignments = network.pod_cidr_assignments(nodes, contract.POD_NETWORK, contract.NODE_NETWORK)
         if not assignments:
             return
         admin = self.admin_client()
@@ -477,6 +478,28 @@ class Agent:
                 if node["metadata"]["name"] == name:
                     node["spec"] = updated.get("spec", node.get("spec"))
             self.log(f"assigned pod CIDR {cidr} to {name}")
+
+    def controllers_serving(self) -> bool:
+        """Node 0: the scheduler and controller-manager answer their health endpoints.
+
+        KubernetesReady is what a harness waits for before creating pods. Under
+        emulation the scheduler needs ~10 s after it starts to sync its caches;
+        a Node that is Ready before then would take a pod and leave it Pending
+        for that long. So on node 0 the condition also requires both
+        controllers to be serving. Workers only need their Node Ready.
+        """
+        if not (self.role and self.role.bootstrap):
+            return True
+        if self._controllers_ok:
+            return True
+        checks = []
+        if self.cfg.runs("kube.scheduler"):
+            checks.append((self.cfg.ports.scheduler, "/readyz"))
+        if self.cfg.runs("kube.controller-manager"):
+            checks.append((self.cfg.ports.controller_manager, "/healthz"))
+        ok = all(local_https_ok(port, path) for port, path in checks)
+        self._controllers_ok = ok  # once up, a later crash shows in logs, not as flapping
+        return ok
 
     def node_loop(self) -> None:
         """Watch Node objects (1 s poll): CNI config, readiness, routes; reconcile periodically."""
@@ -508,7 +531,7 @@ class Agent:
                         pod_cidr = cidr
                         self.conditions.set("PodNetworkReady")
                         self.log(f"pod CIDR {cidr}: CNI config written")
-                    now_ready = node_ready(own)
+                    now_ready = node_ready(own) and self.controllers_serving()
                     if now_ready != ready:
                         ready = now_ready
                         self.conditions.set("KubernetesReady", ready)
@@ -523,6 +546,25 @@ class Agent:
                 self.reconcile()
                 last_reconcile = time.monotonic()
             self._stop.wait(1.0 if not ready else 3.0)
+
+
+def local_https_ok(port: int, path: str) -> bool:
+    """GET https://127.0.0.1:port/path answers 200 (self-signed serving certs: no verification,
+    these are the component's own unauthenticated health endpoints on loopback)."""
+    import http.client
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def install_signal_handlers(agent: Agent) -> None:

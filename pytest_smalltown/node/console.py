@@ -47,7 +47,7 @@ class Console:
         return seconds_since_boot() if self.use_kernel_uptime else time.monotonic() - _START
 
     def log(self, message: str) -> None:
-        """One step line; also kept in the agent's buffer without the prefix."""
+        """One step line, on the console and (identically) in the agent buffer."""
         line = f"smalltown: [{self.now():8.2f}] {message}"
         self._emit(line)
         if self.buffer is not None:

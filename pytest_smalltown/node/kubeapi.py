@@ -101,6 +101,7 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "Service"): ("/api/v1", "services", True),
     ("v1", "Endpoints"): ("/api/v1", "endpoints", True),
     ("v1", "ConfigMap"): ("/api/v1", "configmaps", True),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
     ("v1", "Namespace"): ("/api/v1", "namespaces", False),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices", True),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),

@@ -185,8 +185,10 @@ def desired_pod_routes(nodes: Sequence[Mapping[str, Any]], own_name: str) -> dic
     return routes
 
 
-def pod_cidr_assignments(nodes: Sequence[Mapping[str, Any]], pod_network: str, prefix: int = 24) -> dict[str, str]:
-    """Node name -> free pod CIDR, for every node that has none yet (lowest first, in name order).
+def pod_cidr_assignments(
+    nodes: Sequence[Mapping[str, Any]], pod_network: str, node_network: str | None = None, prefix: int = 24
+) -> dict[str, str]:
+    """Node name -> pod CIDR, for every node that has none yet.
 
     The controller-manager's node IPAM does the same, but under emulation it
     starts that controller a minute or more after the apiserver is ready, and a
@@ -194,16 +196,48 @@ def pod_cidr_assignments(nodes: Sequence[Mapping[str, Any]], pod_network: str, p
     assigns first; the two cannot conflict because spec.podCIDR can only be set
     once (the loser's update fails) and the controller-manager adopts CIDRs it
     finds already set.
+
+    A node whose InternalIP is ``node_network``'s host number ``2 + i`` (the
+    switch's fixed lease for node ``i``) gets subnet ``i`` when free, so that
+    node i's pods are 10.244.i.0/24 whatever order the nodes register in;
+    other nodes get the lowest free subnet.
     """
+    subnets = list(ipaddress.IPv4Network(pod_network).subnets(new_prefix=prefix))
     used = {str(n.get("spec", {}).get("podCIDR")) for n in nodes if n.get("spec", {}).get("podCIDR")}
-    free = (str(s) for s in ipaddress.IPv4Network(pod_network).subnets(new_prefix=prefix) if str(s) not in used)
+    net = ipaddress.IPv4Network(node_network) if node_network else None
     out: dict[str, str] = {}
-    for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name"))):
-        if not node.get("spec", {}).get("podCIDR"):
-            cidr = next(free, None)
-            if cidr is None:
-                break
-            out[str(node["metadata"]["name"])] = cidr
+
+    def preferred(node: Mapping[str, Any]) -> str | None:
+        if net is None:
+            return None
+        for addr in (node.get("status") or {}).get("addresses") or []:
+            if addr.get("type") != "InternalIP":
+                continue
+            try:
+                ip = ipaddress.IPv4Address(addr.get("address"))
+            except ValueError:
+                continue
+            index = int(ip) - int(net.network_address) - 2
+            if ip in net and 0 <= index < len(subnets):
+                return str(subnets[index])
+        return None
+
+    pending = sorted((n for n in nodes if not n.get("spec", {}).get("podCIDR")),
+                     key=lambda n: str(n.get("metadata", {}).get("name")))
+    rest = []
+    for node in pending:
+        want = preferred(node)
+        if want is not None and want not in used:
+            used.add(want)
+            out[str(node["metadata"]["name"])] = want
+        else:
+            rest.append(node)
+    free = (str(s) for s in subnets if str(s) not in used)
+    for node in rest:
+        cidr = next(free, None)
+        if cidr is None:
+            break
+        out[str(node["metadata"]["name"])] = cidr
     return out
 
 

@@ -13,6 +13,12 @@ on a timer, so that a user deleting one by accident gets it back. Ours:
   networking exists, its logs sit in the agent's buffers like every other
   component's). kube-proxy only reads EndpointSlices, so no Endpoints object.
 
+* The ``default`` ServiceAccount of the ``default`` namespace. The
+  controller-manager creates it too, but only once its serviceaccount
+  controller runs, which under emulation is seconds after the node is Ready;
+  a test creating its first pod in that window would be refused. The
+  controller leaves an existing account alone, so applying it is harmless.
+
 Every object carries ``smalltown.dev/builtin=true``.
 """
 
@@ -63,6 +69,10 @@ def builtin_objects(dns_ip: str, dns_port: int = 53) -> list[dict[str, Any]]:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                         "name": "smalltown:coredns"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+        },
+        {
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": _meta("default", "default"),
         },
         {
             "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",

@@ -294,6 +294,7 @@ def test_builtin_objects_are_labelled() -> None:
     objs = builtin_objects("10.1.0.2")
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
     assert ("RuntimeClass", "runc") in kinds and ("Service", "kube-dns") in kinds
+    assert ("ServiceAccount", "default") in kinds
     assert ("ClusterRoleBinding", "smalltown:apiserver-kubelet-client") in kinds
     assert all(o["metadata"]["labels"][BUILTIN_LABEL] == "true" for o in objs)
     svc = next(o for o in objs if o["kind"] == "Service")
@@ -626,3 +627,21 @@ def test_supervisor_keeps_huge_lines_bounded_with_their_length() -> None:
         assert entries[2].original_length == 150
     finally:
         sup.shutdown()
+
+
+def test_pod_cidr_follows_the_node_index_on_the_switch_network() -> None:
+    def node(name: str, ip: str, cidr: str | None = None) -> dict[str, object]:
+        return {"metadata": {"name": name}, "spec": {"podCIDR": cidr} if cidr else {},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+    # Node 1 (10.1.0.3) registers before node 0 (10.1.0.2): each still gets its own index.
+    got = network.pod_cidr_assignments([node("z-node1", "10.1.0.3"), node("a-node0", "10.1.0.2")],
+                                       "10.244.0.0/16", "10.1.0.0/24")
+    assert got == {"a-node0": "10.244.0.0/24", "z-node1": "10.244.1.0/24"}
+    # Off the switch network (user-mode networking): lowest free subnet.
+    assert network.pod_cidr_assignments([node("solo", "10.0.2.15")], "10.244.0.0/16", "10.1.0.0/24") \
+        == {"solo": "10.244.0.0/24"}
+    # Preferred subnet taken: fall back to the lowest free one.
+    got = network.pod_cidr_assignments([node("x", "10.1.0.2", "10.244.1.0/24"), node("y", "10.1.0.3")],
+                                       "10.244.0.0/16", "10.1.0.0/24")
+    assert got == {"y": "10.244.0.0/24"}
