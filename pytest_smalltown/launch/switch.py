@@ -32,7 +32,6 @@ Typical use::
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -140,7 +139,8 @@ def switch_cmdline(
         nanoswitch.nodes=N nanoswitch.forward=P,P nanoswitch.target=IP
         nanoswitch.lease=MAC=IP,MAC=IP
 
-    ``extra`` are further kernel parameters (e.g. :func:`tcg_kernel_args`).
+    ``extra`` are further kernel parameters. (The TSC workaround every
+    microVM needs under TCG is added by :func:`pytest_smalltown.launch.qemu.qemu_argv`.)
     """
     check_node_count(nodes)
     ports = check_ports(ports)
@@ -158,30 +158,6 @@ def switch_cmdline(
     if ports:
         params += [f"nanoswitch.forward={','.join(map(str, ports))}", f"nanoswitch.target={node_address(target)}"]
     return " ".join([*params, *extra])
-
-
-def tcg_kernel_args(cpuinfo: str | None = None) -> list[str]:
-    """Kernel parameters that make a microVM boot reliably under TCG on a busy host.
-
-    The microvm machine has no HPET or ACPI PM timer, so the kernel calibrates
-    the TSC against the PIT in a tight loop. When the host is loaded (other
-    VMs, a Go build) that loop is preempted, calibration fails ("tsc: Unable to
-    calibrate against PIT") and the boot was seen to hang right after it,
-    for minutes, in about 4 boots out of 5. Under TCG the guest's TSC runs at
-    the host's TSC rate, so telling the kernel that rate (``tsc_early_khz``)
-    skips calibration entirely. The clocksource watchdog stays on, so a wrong
-    value (a host whose "cpu MHz" is not its TSC rate) only costs the TSC as
-    clocksource, not correctness.
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.MULTILINE)
-    if match is None:
-        return []
-    return [f"tsc_early_khz={round(float(match.group(1)) * 1000)}"]
 
 
 def switch_vm_config(
@@ -349,7 +325,6 @@ def launch_switch(
         image = build_switch_image(progress)
     switch_image: SwitchImage = image
     resolved = resolve_accel(accel).accel
-    extra = tcg_kernel_args() if resolved == "tcg" else []
     owns_workdir = workdir is None
     # make_workdir: a short path under /tmp that the reaper removes even if we are killed.
     work = make_workdir("st-sw-") if workdir is None else Path(workdir)
@@ -359,7 +334,7 @@ def launch_switch(
         switch_fds = [a.fileno() for a, _ in pairs]
 
         def make_config(port_map: PortMap) -> VMConfig:
-            return switch_vm_config(switch_image, nodes, switch_fds, port_map, resolved, extra_kernel_args=extra)
+            return switch_vm_config(switch_image, nodes, switch_fds, port_map, resolved)
 
         started = time.monotonic()
         # Retries with a fresh port map if another process grabs a chosen host port first.

@@ -6,8 +6,8 @@ the apiserver on the forwarded 6443, with a kubeconfig from
 GetDebugKubeconfig. VMs are started with the launcher
 (``launch.vm.start_vm_with_ports``, ``launch.switch.launch_switch``), so
 QEMU is reaped even if pytest dies, and the serial console is kept in the
-work directory for post-mortems. A second, module-scoped fixture boots a
-switch and two nodes to prove the golden-ticket join.
+work directory for post-mortems. The golden-ticket join of a second node is
+proven end to end by ``e2e/test_multinode.py`` through ``launch_cluster``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,14 +23,9 @@ import pytest
 
 from pytest_smalltown import contract
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc
+from pytest_smalltown.kube import write_kubeconfig
 
 pytestmark = pytest.mark.integration
-
-#: Single-node VMs started by the session fixture, so that the two-node fixture can
-#: stop them first: three 2-vCPU TCG guests on a 2-core host starve each other
-#: (one run saw a guest kernel soft-lock for minutes). The two-node test is the
-#: last in this file, so nothing needs the single node after that.
-_SINGLE_NODE_VMS: list[Any] = []
 
 BOOT_TO_DEBUG_TIMEOUT = 180.0
 READY_TIMEOUT = 600.0
@@ -54,7 +48,7 @@ class BootedNode:
 def node() -> Iterator[BootedNode]:
     from pytest_smalltown.images.node import build_node_image
     from pytest_smalltown.launch.qemu import DirectBoot, Disk, UserNic, VMConfig, random_mac
-    from pytest_smalltown.launch.vm import make_workdir, start_vm_with_ports
+    from pytest_smalltown.launch.vm import make_workdir, remove_workdir, start_vm_with_ports
 
     image = build_node_image()
     work = make_workdir("st-node-")
@@ -72,7 +66,6 @@ def node() -> Iterator[BootedNode]:
 
     started = time.monotonic()
     vm, ports = start_vm_with_ports(config, guest_ports, work)
-    _SINGLE_NODE_VMS.append(vm)
     try:
         vm.wait_for_console(re.escape(contract.DEBUG_SERVICE_READY_LINE), BOOT_TO_DEBUG_TIMEOUT,
                             "the debug-service line")
@@ -84,7 +77,8 @@ def node() -> Iterator[BootedNode]:
         channel.close()
     finally:
         vm.stop()
-        print(f"node console log: {vm.console_log}")
+        print("node console (last lines):\n" + "\n".join(vm.console_tail(30)))
+        remove_workdir(work)
 
 
 def wait_condition(node: BootedNode, name: str, timeout: float) -> float:
@@ -108,10 +102,7 @@ def kube_client(node: BootedNode, tmp_path_factory: pytest.TempPathFactory):  # 
     resp = node.stub.GetDebugKubeconfig(
         debug_pb2.GetDebugKubeconfigRequest(id=contract.DEBUG_USER, groups=list(contract.DEBUG_GROUPS)),
         timeout=30, wait_for_ready=True)
-    text = resp.debug_kubeconfig.replace(
-        f"https://127.0.0.1:{int(contract.NodePort.KUBERNETES_API)}", f"https://127.0.0.1:{node.api_port}")
-    path = tmp_path_factory.mktemp("kube") / "kubeconfig"
-    path.write_text(text)
+    path = write_kubeconfig(resp.debug_kubeconfig, node.api_port, tmp_path_factory.mktemp("kube") / "kubeconfig")
     api = config.new_client_from_config(config_file=str(path))
     yield client.CoreV1Api(api), api
     api.close()
@@ -231,116 +222,3 @@ def test_builtin_objects_present(node: BootedNode, kube_client) -> None:  # type
 
 
 # ------------------------------------------------------------- two nodes
-
-
-@pytest.fixture(scope="module")
-def two_nodes() -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Nanoswitch + node 0 (bootstrap) + node 1 joined with node 0's golden ticket over fw_cfg.
-
-    Yields the host kubeconfig path and the node VMs (for their console logs).
-    """
-    from pytest_smalltown.api import enrolment_pb2
-    from pytest_smalltown.images.node import build_node_image
-    from pytest_smalltown.launch.qemu import DirectBoot, Disk, VMConfig
-    from pytest_smalltown.launch.switch import launch_switch
-    from pytest_smalltown.launch.vm import make_workdir, start_vm
-
-    for single in _SINGLE_NODE_VMS:
-        single.stop()
-    image = build_node_image()
-    work = make_workdir("st2-")
-    vms: dict[str, Any] = {}
-    with launch_switch(nodes=2, workdir=work) as switch:
-
-        def node_config(i: int, fw_cfg: tuple[tuple[str, Path], ...] = ()) -> VMConfig:
-            return VMConfig(name=f"node{i}", boot=DirectBoot(image.kernel, image.initramfs, image.cmdline),
-                            memory_mib=2048, cpus=2, nics=(switch.node_nic(i),), disks=(Disk(image.disk),),
-                            fw_cfg=fw_cfg)
-
-        try:
-            vms["node0"] = start_vm(node_config(0), work)
-            with grpc.insecure_channel(switch.ports.address(int(contract.NodePort.DEBUG_SERVICE))) as channel:
-                stub = debug_pb2_grpc.NodeDebugServiceStub(channel)
-                deadline = time.monotonic() + 300
-                while True:
-                    try:
-                        ticket = stub.GetGoldenTicket(
-                            debug_pb2.GetGoldenTicketRequest(external_ip=switch.node_address(1)), timeout=10).ticket
-                        break
-                    except grpc.RpcError:
-                        vms["node0"].check_running()
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(1)
-                kubeconfig = stub.GetDebugKubeconfig(debug_pb2.GetDebugKubeconfigRequest(
-                    id=contract.DEBUG_USER, groups=list(contract.DEBUG_GROUPS)), timeout=30).debug_kubeconfig
-            assert ticket.apiserver_address == f"{switch.node_address(0)}:6443"
-            enrolment = work / "enrolment.pb"
-            enrolment.write_bytes(enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
-                                  .SerializeToString())
-            vms["node1"] = start_vm(node_config(1, ((contract.ENROLMENT_FW_CFG_NAME, enrolment),)), work)
-            kc_path = work / "kubeconfig"
-            kc_path.write_text(kubeconfig.replace(
-                "https://127.0.0.1:6443",
-                f"https://{switch.ports.address(int(contract.NodePort.KUBERNETES_API))}"))
-            vms["node1"].wait_for_console(re.escape(f"joining via {ticket.apiserver_address} as {ticket.node_id}"),
-                                          180)
-            for name in ("node0", "node1"):
-                vms[name].wait_for_console("node Ready", READY_TIMEOUT)
-            yield kc_path, vms
-        finally:
-            for vm in vms.values():
-                vm.stop()
-                print(f"{vm.name} console log: {vm.console_log}")
-
-
-def test_two_nodes_pod_to_pod_service_and_dns_across_nodes(two_nodes) -> None:  # type: ignore[no-untyped-def]
-    """A worker joined by golden ticket: host-gw routes, kube-proxy and CoreDNS work across nodes."""
-    from kubernetes import client, config
-    from kubernetes.stream import stream
-
-    kc_path, _ = two_nodes
-    api = config.new_client_from_config(config_file=str(kc_path))
-    core = client.CoreV1Api(api)
-    nodes = {n.status.addresses[0].address: n for n in core.list_node().items}
-    assert set(nodes) == {"10.1.0.2", "10.1.0.3"}
-    assert all({c.type: c.status for c in n.status.conditions}["Ready"] == "True" for n in nodes.values())
-    # Node i (10.1.0.(2+i)) has pod CIDR 10.244.i.0/24, whichever registered first.
-    assert nodes["10.1.0.2"].spec.pod_cidr == "10.244.0.0/24"
-    assert nodes["10.1.0.3"].spec.pod_cidr == "10.244.1.0/24"
-
-    def pod(name: str, node: str, command: list[str], labels: dict[str, str] | None = None) -> client.V1Pod:
-        return client.V1Pod(
-            metadata=client.V1ObjectMeta(name=name, labels=labels),
-            spec=client.V1PodSpec(node_name=node, containers=[client.V1Container(
-                name="c", image=contract.TEST_IMAGE, image_pull_policy="IfNotPresent", command=command)]))
-
-    web_cmd = ["sh", "-c", "echo hello-from-node0 > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
-    core.create_namespaced_service("default", client.V1Service(
-        metadata=client.V1ObjectMeta(name="web"),
-        spec=client.V1ServiceSpec(selector={"app": "web"},
-                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
-    deadline = time.monotonic() + 120
-    while True:  # the default ServiceAccount appears shortly after the controller-manager starts
-        try:
-            core.create_namespaced_pod("default", pod("web", nodes["10.1.0.2"].metadata.name, web_cmd, {"app": "web"}))
-            break
-        except client.ApiException as exc:
-            if time.monotonic() > deadline or "serviceaccount" not in str(exc.body).lower():
-                raise
-            time.sleep(2)
-    core.create_namespaced_pod("default", pod("client", nodes["10.1.0.3"].metadata.name, ["sleep", "3600"]))
-    deadline = time.monotonic() + 300
-    while True:
-        pods = {p.metadata.name: p for p in core.list_namespaced_pod("default").items}
-        if all(p.status.phase == "Running" for p in pods.values()) and len(pods) == 2:
-            break
-        assert time.monotonic() < deadline, {n: p.status.phase for n, p in pods.items()}
-        time.sleep(1)
-    web_ip = pods["web"].status.pod_ip
-    script = (f"wget -q -O- http://{web_ip}:8080/index.html; "
-              "wget -q -O- http://web.default.svc.cluster.local/index.html")
-    out = stream(core.connect_get_namespaced_pod_exec, "client", "default", command=["sh", "-c", script],
-                 stderr=True, stdin=False, stdout=True, tty=False)
-    assert out.count("hello-from-node0") == 2, out
-    api.close()

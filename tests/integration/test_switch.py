@@ -64,10 +64,9 @@ def start_tiny(
     switch: sw.Switch, image: TinyImage, accel: Accel, index: int, workdir: Path, *options: str
 ) -> TinyNode:
     """Start tiny VM ``index`` on the switch's NIC for that node and wait until it has an address."""
-    extra = sw.tcg_kernel_args() if accel == "tcg" else []
     config = VMConfig(
         name=f"node{index}",
-        boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline(*options, *extra)),
+        boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline(*options)),
         machine="microvm",
         accel=accel,
         memory_mib=128,
@@ -251,7 +250,7 @@ def test_fatal_switch_error_is_reported_with_its_reason(switch_image: SwitchImag
     pair = socket.socketpair()
     config = sw.switch_vm_config(
         switch_image, 1, [pair[0].fileno()], PortMap({}), accel,
-        extra_kernel_args=[*sw.tcg_kernel_args(), "nanoswitch.frobnicate=1"],
+        extra_kernel_args=["nanoswitch.frobnicate=1"],
     )  # fmt: skip
     switch = sw.Switch(1, start_vm(config, tmp_path), [pair[1]], PortMap({}), tmp_path, False, time.monotonic())
     pair[0].close()

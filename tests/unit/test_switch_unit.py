@@ -149,12 +149,6 @@ def test_cmdline_rejects_target_outside_the_cluster() -> None:
         sw.switch_cmdline(2, target=2)
 
 
-def test_tcg_kernel_args_take_the_host_tsc_rate_from_cpuinfo() -> None:
-    cpuinfo = "processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 2596.120\ncache size\t: 1 KB\n"
-    assert sw.tcg_kernel_args(cpuinfo) == ["tsc_early_khz=2596120"]
-    assert sw.tcg_kernel_args("processor\t: 0\n") == []
-
-
 def test_ready_pattern_matches_forwarding_and_fatal_lines_only() -> None:
     pattern = re.compile(sw.READY_PATTERN)
     assert pattern.search("nanoswitch: forwarding 7836,7837,6443 to 10.1.0.2 (up 1.33s)")
