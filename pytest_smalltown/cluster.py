@@ -14,7 +14,8 @@ benchmark):
    that node's planned address, and boot it with the ticket in fw_cfg; the
    nodes boot while node 0 still brings up Kubernetes;
 5. ``kubeconfig``: fetch debug credentials and write the kubeconfig (0600);
-6. ``nodes-ready``: wait until all N nodes are Ready in the Kubernetes API.
+6. ``nodes-ready``: wait until all N nodes are Ready in the Kubernetes API
+   and node 0 reports its ``KubernetesReady`` condition.
 
 A phase that does not finish raises :class:`ClusterLaunchError`, which names
 the phase and shows every VM's console tail; everything started is stopped
@@ -276,6 +277,9 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
 
         with phases.phase("nodes-ready"):
             ready = wait_nodes_ready(kube, spec.nodes, phases.remaining(), phases.check_alive)
+            # Node objects can be Ready before node 0's control plane is whole
+            # (scheduler, controller-manager); the node's own view decides.
+            debug.wait_condition("KubernetesReady", phases.remaining())
             addresses = sorted(node_addresses(node).get("InternalIP", "?") for node in ready)
             progress(f"{spec} cluster: nodes Ready at {', '.join(addresses)}")
     except BaseException:

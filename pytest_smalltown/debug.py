@@ -71,10 +71,10 @@ class DebugClient:
         request = debug_pb2.GetDebugKubeconfigRequest(id=user, groups=list(groups))
         return self.call(lambda: self.stub.GetDebugKubeconfig(request, timeout=30), retry_for).debug_kubeconfig
 
-    def component_logs(self, component: str, tail: int = 0) -> list[str]:
+    def component_logs(self, component: str, tail: int = 0, retry_for: float | None = None) -> list[str]:
         """The buffered lines of ``component`` (all of them for ``tail=0``)."""
         request = debug_pb2.GetComponentLogsRequest(component_path=[component], tail_lines=tail)
-        return list(self.call(lambda: self.stub.GetComponentLogs(request, timeout=30)).line)
+        return list(self.call(lambda: self.stub.GetComponentLogs(request, timeout=30), retry_for).line)
 
     def condition(self, name: str) -> bool:
         """Whether condition ``name`` holds right now."""

@@ -19,6 +19,8 @@ from pytest_smalltown.kube import namespace_events
 #: Components whose tail goes into a failure report (the usual suspects for pod trouble).
 REPORT_COMPONENTS = ("kube.kubelet", "containerd")
 REPORT_LINES = 25
+#: Evidence is best effort: a wedged node must not add minutes of retries to a failure.
+EVIDENCE_RETRY_SECONDS = 3.0
 
 
 def _safe(text: str) -> str:
@@ -32,7 +34,7 @@ def report_sections(cluster: Any, namespace: str | None) -> list[tuple[str, str]
         sections.append((f"smalltown console {name}", "\n".join(lines)))
     for component in REPORT_COMPONENTS:
         try:
-            lines = cluster.debug.component_logs(component, REPORT_LINES)
+            lines = cluster.debug.component_logs(component, REPORT_LINES, retry_for=EVIDENCE_RETRY_SECONDS)
             sections.append((f"smalltown {component} (node0, last {REPORT_LINES})", "\n".join(lines)))
         except Exception as error:  # noqa: BLE001
             sections.append((f"smalltown {component}", f"(could not read: {error})"))
@@ -53,7 +55,7 @@ def write_artifacts(cluster: Any, directory: Path, test_id: str, namespace: str 
     components.mkdir(exist_ok=True)
     for component in (*COMPONENTS, "etcd", "kube.proxy", "coredns", "agent"):
         with contextlib.suppress(Exception):
-            lines = cluster.debug.component_logs(component, 0)
+            lines = cluster.debug.component_logs(component, 0, retry_for=EVIDENCE_RETRY_SECONDS)
             (components / f"{component}.log").write_text("\n".join(lines) + "\n")
     if namespace:
         with contextlib.suppress(Exception):

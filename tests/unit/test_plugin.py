@@ -209,3 +209,55 @@ def test_cluster_closed_when_session_is_interrupted(pytester: pytest.Pytester, e
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert events() == [["launch", 1], ["close", 1]]
+
+
+EVIDENCE_DOUBLE = r"""
+from pathlib import Path
+import pytest
+
+class FakeDebug:
+    def component_logs(self, component, tail=0, retry_for=None):
+        return [f"{component} line {i}" for i in range(3)]
+
+class EvidenceCluster:
+    debug = FakeDebug()
+    kube = None
+    def consoles(self, lines=40):
+        return {"node0": ["smalltown: [ 12.0] kubelet started"], "nanoswitch": ["nanoswitch: forwarding"]}
+    def dump(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "node0.console.log").write_text("full console\n")
+        return [directory / "node0.console.log"]
+    def close(self):
+        pass
+
+@pytest.fixture(scope="session")
+def smalltown_launcher():
+    return lambda spec: EvidenceCluster()
+"""
+
+
+def test_failed_test_report_carries_cluster_evidence_and_artifacts(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(EVIDENCE_DOUBLE)
+    pytester.makepyfile(
+        """
+        def test_broken(smalltown_cluster):
+            assert False, "pod never became Ready"
+
+        def test_fine(smalltown_cluster):
+            pass
+        """
+    )
+    artifacts = pytester.path / "dumps"
+    result = pytester.runpytest(f"--smalltown-artifacts={artifacts}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*smalltown console node0*", "*kubelet started*",
+        "*smalltown kube.kubelet (node0, last 25)*", "*kube.kubelet line 2*",
+        "*smalltown artifacts*",
+    ])  # fmt: skip
+    (dump,) = artifacts.iterdir()
+    assert "test_broken" in dump.name
+    assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
+    assert (dump / "components" / "containerd.log").read_text().startswith("containerd line 0")
+    assert "test_fine" not in " ".join(p.name for p in artifacts.iterdir())
