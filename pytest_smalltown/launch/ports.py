@@ -19,6 +19,18 @@ import grpc
 
 LOOPBACK = "127.0.0.1"
 
+#: gRPC channel options for a node that is still booting. By default a channel
+#: backs off exponentially to minutes between connection attempts; while a
+#: node boots every early attempt fails (the switch accepts, then closes), so
+#: by the time the debug service listens the channel could be asleep for
+#: 10+ seconds. Retrying every 100 ms, at most 1 s apart, costs nothing on
+#: loopback.
+BOOTING_NODE_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class PortNotForwardedError(KeyError):
     """A guest port was asked for that this port map does not forward."""
@@ -67,7 +79,7 @@ class PortMap(Mapping[int, int]):
 
     def dial_grpc(self, guest_port: int, options: list[tuple[str, int | str]] | None = None) -> grpc.Channel:
         """An insecure gRPC channel to the forwarded guest port (the debug service is plaintext)."""
-        return grpc.insecure_channel(self.address(guest_port), options=options or [])
+        return grpc.insecure_channel(self.address(guest_port), options=BOOTING_NODE_CHANNEL_OPTIONS + (options or []))
 
 
 def identity_port_map(ports: Iterable[int]) -> PortMap:
@@ -102,4 +114,4 @@ def conflict_free_port_map(ports: Iterable[int]) -> PortMap:
 
 def dial_grpc(port: int, host: str = LOOPBACK) -> grpc.Channel:
     """An insecure gRPC channel to ``host:port`` on the host side of a port map."""
-    return grpc.insecure_channel(f"{host}:{port}")
+    return grpc.insecure_channel(f"{host}:{port}", options=BOOTING_NODE_CHANNEL_OPTIONS)
