@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -102,7 +102,7 @@ class DebugClient:
         follow: bool = False,
         contains: str = "",
         timeout: float | None = None,
-    ) -> Iterator[LogLine]:
+    ) -> Generator[LogLine, None, None]:
         """Stream a component's log: ``backlog`` old lines (None: all, 0: none), then new ones if ``follow``.
 
         The iterator ends when the backlog is sent unless ``follow`` is set; a

@@ -51,12 +51,13 @@ def wait_for(
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
+    stop_at_once: tuple[type[BaseException], ...] = (PodEndedError, *fatal)
     while True:
         try:
             result = check()
             if result:
                 return result
-        except (PodEndedError, *fatal):
+        except stop_at_once:
             raise
         except Exception as error:  # noqa: BLE001 - remembered for the message
             last_error = error
@@ -118,7 +119,7 @@ def wait_nodes_ready(
         return nodes if len(nodes) >= count and all(node_ready(n) for n in nodes) else None
 
     def describe() -> str:
-        nodes = core.list_node(_request_timeout=10).items
+        nodes: list[Any] = core.list_node(_request_timeout=10).items
         return ", ".join(f"{n.metadata.name}: {'Ready' if node_ready(n) else 'NotReady'}" for n in nodes) or "no nodes"
 
     from pytest_smalltown.launch.vm import VMExitedError
@@ -132,7 +133,7 @@ def wait_pod_phase(api: k8s.ApiClient, namespace: str, name: str, phases: tuple[
     terminal = {"Succeeded", "Failed"}
 
     def check() -> Any:
-        pod = core.read_namespaced_pod(name, namespace, _request_timeout=10)
+        pod: Any = core.read_namespaced_pod(name, namespace, _request_timeout=10)
         if pod.status.phase in phases:
             return pod
         if pod.status.phase in terminal:
@@ -154,7 +155,7 @@ def wait_pod_ready(api: k8s.ApiClient, namespace: str, name: str, timeout: float
     core = k8s.CoreV1Api(api)
 
     def check() -> Any:
-        pod = core.read_namespaced_pod(name, namespace, _request_timeout=10)
+        pod: Any = core.read_namespaced_pod(name, namespace, _request_timeout=10)
         ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
         return pod if ready else None
 
@@ -186,8 +187,7 @@ def describe_pod(pod: Any) -> str:
 def pod_logs(api: k8s.ApiClient, namespace: str, name: str, container: str | None = None) -> str:
     """The pod's container log through the API (kubelet -> containerd)."""
     core = k8s.CoreV1Api(api)
-    kwargs = {"container": container} if container else {}
-    return core.read_namespaced_pod_log(name, namespace, _request_timeout=30, **kwargs)
+    return core.read_namespaced_pod_log(name, namespace, container=container, _request_timeout=30)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = SmalltownSession(settings)
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+
+        def restore() -> None:
+            signal.signal(signal.SIGTERM, previous)
+
+        config.add_cleanup(restore)
 
 
 def item_spec(item: pytest.Item) -> ClusterSpec | None:
