@@ -43,7 +43,8 @@ from pytest_smalltown.launch.accel import resolve_accel
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.switch import Switch, launch_switch, node_address
-from pytest_smalltown.launch.vm import VM, LaunchError, Process, make_workdir, remove_workdir, start_swtpm, start_vm
+from pytest_smalltown.launch.vm import VM, LaunchError, Process, find_binary, make_workdir, remove_workdir
+from pytest_smalltown.launch.vm import start_swtpm, start_vm
 from pytest_smalltown.settings import Settings
 from pytest_smalltown.spec import ClusterSpec
 
@@ -218,6 +219,8 @@ def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> 
 
 def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = stderr_progress) -> Cluster:
     """Launch a cluster of ``spec.nodes`` nodes behind a Nanoswitch and wait until it is ready."""
+    # Fail before any image build (minutes when cold) if QEMU cannot run at all.
+    find_binary(settings.qemu, "install QEMU (Debian: apt-get install qemu-system-x86) or set --smalltown-qemu")
     accel = resolve_accel(settings.accel, settings.qemu).accel
     phases = _Phases(spec, time.monotonic() + settings.boot_timeout, progress)
     workdir = make_workdir("st-c-")
