@@ -104,8 +104,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     first_seen: dict[ClusterSpec, int] = {}
     for index, spec in specs.items():
         first_seen.setdefault(spec, index)
-    # Tests without a cluster first (they are quick), then one group per spec.
-    order = sorted(range(len(items)), key=lambda i: (i in specs, first_seen.get(specs.get(i, DEFAULT_SPEC), 0), i))
+
+    def position(i: int) -> tuple[int, int, int]:
+        # Tests without a cluster first (they are quick), then one group per
+        # spec in order of first appearance; stable within each group.
+        return (1, first_seen[specs[i]], i) if i in specs else (0, 0, i)
+
+    order = sorted(range(len(items)), key=position)
     items[:] = [items[i] for i in order]
     _session(config).pool.plan(specs.values())
 
@@ -140,7 +145,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append(("smalltown artifacts", f"could not write to {directory}: {error}"))
 
 
-def test_failed(item: pytest.Item) -> bool:
+def item_failed(item: pytest.Item) -> bool:
     """Whether setup or call of ``item`` failed so far."""
     reports = item.stash.get(REPORTS_KEY, {})
     return any(r.failed for r in reports.values())
@@ -268,7 +273,7 @@ def smalltown_namespace(request: pytest.FixtureRequest, kube: Any, smalltown_set
     name = create_namespace(kube, request.node.name)
     request.node.stash[NAMESPACE_KEY] = name
     yield name
-    if smalltown_settings.keep_namespace and test_failed(request.node):
+    if smalltown_settings.keep_namespace and item_failed(request.node):
         request.node.add_report_section("teardown", "smalltown", f"kept namespace {name} for inspection")
         return
     delete_namespace(kube, name)

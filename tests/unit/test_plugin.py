@@ -261,3 +261,36 @@ def test_failed_test_report_carries_cluster_evidence_and_artifacts(pytester: pyt
     assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
     assert (dump / "components" / "containerd.log").read_text().startswith("containerd line 0")
     assert "test_fine" not in " ".join(p.name for p in artifacts.iterdir())
+
+
+NAMESPACE_DOUBLE = DOUBLE + r"""
+import pytest_smalltown.kube as kube_helpers
+
+@pytest.fixture(autouse=True)
+def fake_namespaces(monkeypatch):
+    monkeypatch.setattr(kube_helpers, "create_namespace", lambda api, hint: record("create", hint) or f"ns-{hint}")
+    monkeypatch.setattr(kube_helpers, "delete_namespace", lambda api, name: record("delete", name))
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_namespace_is_deleted_unless_kept_after_failure(
+    pytester: pytest.Pytester, events, keep: bool  # type: ignore[no-untyped-def]
+) -> None:
+    pytester.makeconftest(NAMESPACE_DOUBLE)
+    pytester.makepyfile(
+        """
+        def test_ok(smalltown_namespace):
+            assert smalltown_namespace == "ns-test_ok"
+
+        def test_bad(smalltown_namespace):
+            assert False
+        """
+    )
+    args = ["--smalltown-keep-namespace=true"] if keep else []
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1, failed=1)
+    deletes = [e[1] for e in events() if e[0] == "delete"]
+    assert deletes == (["ns-test_ok"] if keep else ["ns-test_ok", "ns-test_bad"])
+    if keep:
+        result.stdout.fnmatch_lines(["*kept namespace ns-test_bad for inspection*"])
