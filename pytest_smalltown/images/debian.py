@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -24,25 +25,46 @@ def _require_tool(name: str, hint: str) -> str:
     return path
 
 
+def parse_show(show_output: str) -> dict[str, dict[str, str]]:
+    """``{package: fields}`` from ``apt-cache show`` output (one paragraph per package version).
+
+    The first paragraph of a package wins, which with ``--no-all-versions`` is
+    the candidate apt would install.
+    """
+    packages: dict[str, dict[str, str]] = {}
+    for paragraph in show_output.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in paragraph.splitlines():
+            if ":" in line and not line.startswith(" "):
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if "Package" in fields and "Version" in fields:
+            packages.setdefault(fields["Package"], fields)
+    return packages
+
+
+def candidates(packages: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The fields of the version apt would install, for each of ``packages``, in one apt-cache call.
+
+    Image cache keys are built from these versions on every lookup, so one
+    call for many packages matters.
+    """
+    _require_tool("apt-cache", "images are built from Debian packages and need apt")
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
+    found = parse_show(proc.stdout)
+    missing = [name for name in packages if name not in found]
+    if missing:
+        raise PackageError(
+            f"Debian package(s) {', '.join(missing)} unknown to apt; run 'apt-get update' (as root) "
+            f"and try again. apt said: {proc.stderr.strip()}"
+        )
+    return {name: found[name] for name in packages}
+
+
 def candidate(package: str) -> tuple[str, str]:
     """Return ``(version, depends)`` of the version apt would install for ``package``."""
-    _require_tool("apt-cache", "images are built from Debian packages and need apt")
-    proc = subprocess.run(
-        ["apt-cache", "show", "--no-all-versions", package],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise PackageError(
-            f"Debian package {package!r} is unknown to apt; run 'apt-get update' "
-            f"(as root) and try again. apt said: {proc.stderr.strip()}"
-        )
-    fields: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        if ":" in line and not line.startswith(" "):
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields.get("Version", ""), fields.get("Depends", "")
+    fields = candidates([package])[package]
+    return fields["Version"], fields.get("Depends", "")
 
 
 def download(packages: list[str], dest: Path) -> list[Path]:

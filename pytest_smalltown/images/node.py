@@ -293,32 +293,10 @@ def host_debian_sources() -> list[str]:
     return found
 
 
-def parse_apt_versions(show_output: str) -> dict[str, str]:
-    """``{package: version}`` from ``apt-cache show --no-all-versions`` output (paragraphs)."""
-    versions: dict[str, str] = {}
-    for paragraph in show_output.split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and not line.startswith(" ")
-        )
-        if "Package" in fields and "Version" in fields:
-            versions.setdefault(fields["Package"], fields["Version"])
-    return versions
-
-
 def resolved_versions(packages: tuple[str, ...] = ROOTFS_PACKAGES) -> list[str]:
-    """``name=version`` as apt on this host resolves each package (part of the rootfs key).
-
-    One ``apt-cache`` call for all of them: this runs on every cache lookup.
-    """
-    _require("apt-cache", "the node rootfs is made of Debian packages")
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
-    versions = parse_apt_versions(proc.stdout)
-    missing = [name for name in packages if name not in versions]
-    if missing:
-        raise debian.PackageError(
-            f"apt knows no {', '.join(missing)}; run 'apt-get update' (as root). apt said: {proc.stderr.strip()}"
-        )
-    return [f"{name}={versions[name]}" for name in packages]
+    """``name=version`` as apt on this host resolves each package (part of the rootfs key)."""
+    found = debian.candidates(packages)
+    return [f"{name}={found[name]['Version']}" for name in packages]
 
 
 def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str:

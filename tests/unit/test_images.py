@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown import contract
-from pytest_smalltown.images import gobuild, node, oci
+from pytest_smalltown.images import debian, gobuild, node, oci
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel
 
 
@@ -262,14 +262,18 @@ def test_make_disk_packs_a_tree_without_mounting(tmp_path: Path) -> None:
     assert 'Fast link dest: "kube"' in stat
 
 
-def test_parse_apt_versions_takes_the_first_paragraph_per_package() -> None:
+def test_apt_show_parsing_takes_the_first_paragraph_per_package() -> None:
     show = (
         "Package: containerd\nVersion: 1.6.20~ds1-1+deb12u3\nDepends: runc (>= 1.0.0~rc2~)\n"
         " continuation: not a field\n\n"
         "Package: runc\nSource: runc (1.1.5)\nVersion: 1.1.5+ds1-1+deb12u1\n\n"
         "Package: containerd\nVersion: 1.6.20~ds1-1+deb12u2\n"
     )
-    assert node.parse_apt_versions(show) == {"containerd": "1.6.20~ds1-1+deb12u3", "runc": "1.1.5+ds1-1+deb12u1"}
+    parsed = debian.parse_show(show)
+    assert {name: fields["Version"] for name, fields in parsed.items()} == {
+        "containerd": "1.6.20~ds1-1+deb12u3", "runc": "1.1.5+ds1-1+deb12u1",
+    }  # fmt: skip
+    assert parsed["containerd"]["Depends"] == "runc (>= 1.0.0~rc2~)"
 
 
 def _cached_kernels() -> list[Kernel]:
