@@ -141,6 +141,16 @@ def _stop_all(nodes: list[ClusterNode], switch: Switch | None) -> None:
         switch.close()
 
 
+def preload_disks(spec: ClusterSpec, progress: Progress) -> tuple[Disk, ...]:
+    """One read-only disk per image set the spec preloads, shared by every node."""
+    from pytest_smalltown.images.preload import build_preload_archive, disk_serial
+
+    return tuple(
+        Disk(build_preload_archive(name, progress), "raw", snapshot=False, read_only=True, serial=disk_serial(name))
+        for name in spec.preload
+    )
+
+
 def node_boot(settings: Settings, progress: Progress) -> tuple[DirectBoot | UefiBoot, Disk]:
     """Boot method and disk of the configured node image (building the reference image if needed)."""
     if settings.image == "reference":
@@ -228,6 +238,7 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
     try:
         with phases.phase("images"):
             boot, disk = node_boot(settings, progress)
+            extra_disks = preload_disks(spec, progress)
             from pytest_smalltown.images.switch import build_switch_image
 
             switch_image = build_switch_image(progress)
@@ -250,7 +261,7 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
                 memory_mib=settings.node_memory,
                 cpus=settings.node_cpus,
                 nics=(switch.node_nic(index),),
-                disks=(disk,),
+                disks=(disk, *extra_disks),
                 fw_cfg=fw_cfg,
                 tpm_socket=tpm_socket,
             )

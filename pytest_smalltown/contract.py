@@ -58,6 +58,11 @@ CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 TEST_IMAGE = "smalltown.local/busybox:1.35"
 
+#: Serial prefix of a read-only virtio disk that carries a preloaded image set
+#: (a ``docker save`` archive written raw onto the disk); the agent imports
+#: every such disk before the kubelet starts. See ``images/preload.py``.
+PRELOAD_DISK_SERIAL_PREFIX = "preload-"
+
 #: Networks inside a reference cluster.
 NODE_NETWORK = "10.1.0.0/24"
 POD_NETWORK = "10.244.0.0/16"  # node i gets 10.244.i.0/24

@@ -10,10 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_smalltown.images.preload import PRELOAD_SETS
+
 MARKER = "smalltown"
 MARKER_HELP = (
-    "smalltown(nodes=1): run this test against a Smalltown cluster of `nodes` nodes "
-    "(default 1). Tests with the same spec share one cluster, launched once."
+    "smalltown(nodes=1, preload=()): run this test against a Smalltown cluster of `nodes` nodes "
+    "(default 1) whose nodes also carry the named image sets (e.g. preload='conformance'). "
+    "Tests with the same spec share one cluster, launched once."
 )
 #: Upper bound on nodes: the Nanoswitch supports this many NICs.
 MAX_NODES = 8
@@ -28,9 +31,11 @@ class ClusterSpec:
     """The identity of a cluster: tests with equal specs share one cluster."""
 
     nodes: int = 1
+    #: Image sets (``images/preload.py``) imported into every node before it is Ready.
+    preload: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.nodes}-node"
+        return "+".join([f"{self.nodes}-node", *self.preload])
 
 
 DEFAULT_SPEC = ClusterSpec()
@@ -40,12 +45,27 @@ def spec_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ClusterS
     """Turn ``@pytest.mark.smalltown(...)`` arguments into a :class:`ClusterSpec`."""
     if args:
         raise MarkerError(f"smalltown marker takes keyword arguments only, e.g. smalltown(nodes=2); got {args!r}")
-    unknown = sorted(set(kwargs) - {"nodes"})
+    unknown = sorted(set(kwargs) - {"nodes", "preload"})
     if unknown:
-        raise MarkerError(f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; the only keyword is nodes=N")
+        raise MarkerError(
+            f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; it takes nodes=N and preload=NAME(S)"
+        )
     nodes = kwargs.get("nodes", DEFAULT_SPEC.nodes)
     if isinstance(nodes, bool) or not isinstance(nodes, int):
         raise MarkerError(f"smalltown(nodes=...) must be an integer, got {nodes!r} ({type(nodes).__name__})")
     if not 1 <= nodes <= MAX_NODES:
         raise MarkerError(f"smalltown(nodes={nodes}) is out of range: a cluster has 1 to {MAX_NODES} nodes")
-    return ClusterSpec(nodes=nodes)
+    return ClusterSpec(nodes=nodes, preload=preload_sets(kwargs.get("preload", ())))
+
+
+def preload_sets(value: object) -> tuple[str, ...]:
+    """Normalise ``preload=`` (one name or a sequence of names) to a sorted, duplicate-free tuple."""
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        raise MarkerError(f"smalltown(preload=...) takes a set name or a list of them, got {value!r}")
+    unknown = sorted(set(names) - set(PRELOAD_SETS))
+    if unknown:
+        raise MarkerError(
+            f"smalltown(preload=...) names unknown image set(s) {', '.join(unknown)}; known: {', '.join(PRELOAD_SETS)}"
+        )
+    return tuple(sorted(set(names)))

@@ -66,11 +66,24 @@ class UserNic:
 
 @dataclass(frozen=True)
 class Disk:
-    """A block device; ``snapshot`` makes every write go to a temporary overlay."""
+    """A block device; ``snapshot`` makes every write go to a temporary overlay.
+
+    ``read_only`` disks are shared between VMs as they are (no overlay, the
+    guest sees a read-only device); ``serial`` is how the guest tells disks
+    apart (``/sys/block/vdX/serial``, at most 20 bytes).
+    """
 
     path: Path
     format: Literal["raw", "qcow2"] = "raw"
     snapshot: bool = True
+    read_only: bool = False
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.read_only and self.snapshot:
+            raise ValueError(f"disk {self.path}: a read-only disk needs no snapshot (set snapshot=False)")
+        if self.serial is not None and (len(self.serial.encode()) > 20 or "," in self.serial):
+            raise ValueError(f"disk serial {self.serial!r}: at most 20 bytes and no commas")
 
 
 @dataclass(frozen=True)
@@ -186,11 +199,13 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
         ]  # fmt: skip
 
     for index, disk in enumerate(config.disks):
-        snapshot = "on" if disk.snapshot else "off"
-        argv += [
-            "-drive", f"id=disk{index},if=none,format={disk.format},snapshot={snapshot},file={disk.path}",
-            "-device", f"{_virtio(config.machine, 'blk')},drive=disk{index}",
-        ]  # fmt: skip
+        drive = f"id=disk{index},if=none,format={disk.format},snapshot={'on' if disk.snapshot else 'off'}"
+        if disk.read_only:
+            drive += ",readonly=on"
+        device = f"{_virtio(config.machine, 'blk')},drive=disk{index}"
+        if disk.serial is not None:
+            device += f",serial={disk.serial}"
+        argv += ["-drive", f"{drive},file={disk.path}", "-device", device]
 
     for index, nic in enumerate(config.nics):
         if isinstance(nic, SocketNic):

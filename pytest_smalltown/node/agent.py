@@ -7,7 +7,9 @@ Boot sequence (each step prints one console line):
 3. data directory -> ``DataAvailable``; enrolment file read: absent = bootstrap, present = join;
 4. node key, hostname, /etc/machine-id, /etc/os-release;
 5. bootstrap only: the CA (GetDebugKubeconfig works from here on);
-6. containerd started and the preloaded images imported (in the background);
+6. containerd started and the preloaded images imported (in the background):
+   the image's own archives, then every image-set disk the launcher attached
+   (serial ``preload-<set>``, a raw ``docker save`` archive);
 7. DHCP -> ``IPAssigned``;
 8. bootstrap: IP-dependent certificates, etcd and the apiserver, then (once
    ``/readyz``) controller-manager, scheduler, built-in objects, CoreDNS;
@@ -58,6 +60,9 @@ EXTRA_CONDITIONS = ("ContainerdReady", "ImagesLoaded", "APIServerReady", "PodNet
 #: Buffers that exist on every node (empty if the component does not run there).
 LOG_BUFFERS = (*contract.COMPONENTS, "etcd", "kube.proxy", "coredns", "network.dhcp", "agent")
 RECONCILE_EVERY = 60.0
+#: How long the kubelet waits for image imports before starting anyway. An
+#: image set (hundreds of MB) takes minutes to import under emulation.
+IMAGE_IMPORT_WAIT = 1200.0
 
 
 @dataclass
@@ -248,6 +253,9 @@ class Agent:
         ca.ensure_pair("kube-proxy", "system:kube-proxy", client=True)
         ca.ensure_pair("coredns", COREDNS_USER, client=True)
         ca.ensure_pair("admin", "smalltown:admin", orgs=["system:masters"], client=True)
+        # The aggregator's client identity towards extension apiservers; they
+        # trust it through the request-header CA (the cluster CA) and its CN.
+        ca.ensure_pair("front-proxy-client", comp.FRONT_PROXY_CLIENT, client=True)
         if not self.files.sa_key.exists():
             key = new_key()
             write_private(self.files.sa_key, key_pem(key))
@@ -337,11 +345,29 @@ class Agent:
                 missing = wanted - present
                 self.log(f"imported {len(tars)} image archive(s)"
                          + (f"; MISSING {', '.join(sorted(missing))}" if missing else ""))
+            self._import_preload_disks()
             self.conditions.set("ImagesLoaded")
         except Exception as exc:  # noqa: BLE001
             self.log(f"image import failed: {exc!r}")
         finally:
             self.images_loaded.set()
+
+    def _import_preload_disks(self) -> None:
+        """Stream every image-set disk into containerd (the disk is the archive itself)."""
+        for serial, device in system.disks_by_serial(contract.PRELOAD_DISK_SERIAL_PREFIX).items():
+            started = time.monotonic()
+            before = set(self._ctr("images", "ls", "-q").stdout.split())
+            with open(device, "rb") as archive:
+                argv = [self.cfg.bins.resolve("ctr"), "--address", str(self.cfg.containerd_socket),
+                        "-n", "k8s.io", "images", "import", "-"]
+                res = subprocess.run(argv, stdin=archive, capture_output=True, text=True,
+                                     timeout=IMAGE_IMPORT_WAIT)
+            if res.returncode != 0:
+                self.log(f"image set {serial} ({device}): import failed: {res.stderr.strip()[-500:]}")
+                continue
+            added = set(self._ctr("images", "ls", "-q").stdout.split()) - before
+            self.log(f"image set {serial} ({device}): imported {len(added)} image(s) "
+                     f"in {time.monotonic() - started:.1f}s")
 
     # --------------------------------------------------------- network
 
@@ -450,8 +476,8 @@ class Agent:
         facts = self.node_facts()
         if cfg.runs("kube.kubelet"):
             write_public(cfg.kube_dir / "kubelet.json", comp.dump_json(comp.kubelet_config(cfg, facts)).encode())
-            if not self.images_loaded.wait(300):
-                self.log("images still not imported after 300 s; starting kubelet anyway")
+            if not self.images_loaded.wait(IMAGE_IMPORT_WAIT):
+                self.log(f"images still not imported after {IMAGE_IMPORT_WAIT:.0f} s; starting kubelet anyway")
             self.supervisor.start(ComponentSpec("kube.kubelet", comp.kubelet_argv(cfg, facts)))
         if cfg.runs("kube.proxy"):
             write_public(cfg.kube_dir / "kube-proxy.json",

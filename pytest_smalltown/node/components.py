@@ -21,6 +21,10 @@ from pytest_smalltown import contract
 from pytest_smalltown.node.config import AgentConfig
 
 
+#: Common name of the aggregator's client certificate (front proxy).
+FRONT_PROXY_CLIENT = "smalltown:front-proxy-client"
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What is known about this node once identity and network are settled."""
@@ -119,10 +123,14 @@ def apiserver_argv(cfg: AgentConfig, node: NodeFacts) -> list[str]:
         # Delegated authentication in the controller-manager and scheduler reads
         # the request-header CA; without one they log errors every few seconds.
         f"--requestheader-client-ca-file={f.ca}",
-        "--requestheader-allowed-names=smalltown:front-proxy-client",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        # The aggregator proxies requests for extension API groups (the
+        # conformance suite's sample-apiserver) with this client identity.
+        f"--proxy-client-cert-file={f.crt('front-proxy-client')}",
+        f"--proxy-client-key-file={f.key('front-proxy-client')}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         "--allow-privileged=true",

@@ -141,6 +141,19 @@ def first_nic(sys_class_net: Path = Path("/sys/class/net")) -> str | None:
     return candidates[0] if candidates else None
 
 
+def disks_by_serial(prefix: str, sys_block: Path = Path("/sys/block"), dev: Path = Path("/dev")) -> dict[str, Path]:
+    """Block devices whose virtio serial starts with ``prefix``: ``{serial: /dev/vdX}``."""
+    found = {}
+    for block in sorted(sys_block.glob("vd*")):
+        try:
+            serial = (block / "serial").read_text().strip()
+        except OSError:
+            continue
+        if serial.startswith(prefix):
+            found[serial] = dev / block.name
+    return found
+
+
 def memory_summary() -> str:
     """MemTotal/MemAvailable for the console (guest memory figures in reports)."""
     try:

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pytest_smalltown import contract
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
-from pytest_smalltown.node import components, identity, network, pki
+from pytest_smalltown.node import components, identity, network, pki, system
 from pytest_smalltown.node.agent import Agent
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
@@ -645,3 +645,14 @@ def test_pod_cidr_follows_the_node_index_on_the_switch_network() -> None:
     got = network.pod_cidr_assignments([node("x", "10.1.0.2", "10.244.1.0/24"), node("y", "10.1.0.3")],
                                        "10.244.0.0/16", "10.1.0.0/24")
     assert got == {"y": "10.244.0.0/24"}
+
+
+def test_image_set_disks_are_found_by_their_virtio_serial(tmp_path: Path) -> None:
+    sys_block = tmp_path / "sys/block"
+    for name, serial in (("vda", None), ("vdb", "preload-conformance\n"), ("vdc", "other")):
+        (sys_block / name).mkdir(parents=True)
+        if serial is not None:
+            (sys_block / name / "serial").write_text(serial)
+    (sys_block / "loop0").mkdir()
+    found = system.disks_by_serial(contract.PRELOAD_DISK_SERIAL_PREFIX, sys_block, Path("/dev"))
+    assert found == {"preload-conformance": Path("/dev/vdb")}

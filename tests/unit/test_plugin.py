@@ -136,6 +136,8 @@ def test_failed_launch_is_remembered(pytester: pytest.Pytester, events, monkeypa
         ("smalltown(nodes=99)", "out of range"),
         ("smalltown(node=2)", "unknown keyword(s) node"),
         ("smalltown(2)", "keyword arguments only"),
+        ("smalltown(preload='kitchen-sink')", "unknown image set(s) kitchen-sink; known: conformance"),
+        ("smalltown(preload=3)", "takes a set name or a list of them"),
     ],
 )
 def test_bad_marker_is_a_usage_error_naming_the_test(pytester: pytest.Pytester, events, marker: str, fragment: str) -> None:
@@ -157,7 +159,7 @@ def test_bad_marker_is_a_usage_error_naming_the_test(pytester: pytest.Pytester, 
 
 def test_marker_is_registered_with_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.smalltown(nodes=1): run this test against a Smalltown cluster*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.smalltown(nodes=1, preload=()): run this test against a Smalltown cluster*"])
 
 
 def test_strict_markers_accept_smalltown(pytester: pytest.Pytester, events) -> None:
@@ -294,3 +296,13 @@ def test_namespace_is_deleted_unless_kept_after_failure(
     assert deletes == (["ns-test_ok"] if keep else ["ns-test_ok", "ns-test_bad"])
     if keep:
         result.stdout.fnmatch_lines(["*kept namespace ns-test_bad for inspection*"])
+
+
+def test_preload_is_part_of_the_cluster_identity() -> None:
+    from pytest_smalltown.spec import ClusterSpec, spec_from_marker
+
+    plain = spec_from_marker((), {"nodes": 2})
+    preloaded = spec_from_marker((), {"nodes": 2, "preload": ["conformance", "conformance"]})
+    assert preloaded == spec_from_marker((), {"nodes": 2, "preload": "conformance"}) == ClusterSpec(2, ("conformance",))
+    assert plain != preloaded, "a cluster without the image set cannot serve a test that needs it"
+    assert str(preloaded) == "2-node+conformance"

@@ -50,6 +50,24 @@ def test_direct_boot_on_q35() -> None:
     assert "virtio-rng-pci,rng=rng0" in option_values(argv, "-device")
 
 
+def test_read_only_disk_with_serial_is_shared_without_overlay() -> None:
+    config = VMConfig(
+        name="node1",
+        boot=DirectBoot(Path("/k/vmlinuz"), None, ""),
+        disks=(Disk(Path("/img/disk.raw")), Disk(Path("/c/set.tar"), snapshot=False, read_only=True,
+                                                  serial="preload-conformance")),
+    )
+    argv = qemu_argv(config)
+    assert "id=disk1,if=none,format=raw,snapshot=off,readonly=on,file=/c/set.tar" in option_values(argv, "-drive")
+    assert "virtio-blk-pci,drive=disk1,serial=preload-conformance" in option_values(argv, "-device")
+
+
+@pytest.mark.parametrize("kwargs", [{"read_only": True}, {"serial": "x" * 21}, {"serial": "a,b"}])
+def test_disk_rejects_impossible_settings(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Disk(Path("/img/disk.raw"), **kwargs)  # type: ignore[arg-type]
+
+
 def test_uefi_boot_maps_firmware_read_only_and_snapshots_vars_and_disk() -> None:
     config = VMConfig(
         name="smalltown",
