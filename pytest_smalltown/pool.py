@@ -81,7 +81,8 @@ class ClusterPool:
             try:
                 cluster = launcher(spec)
             except BaseException as error:
-                record.error = str(error)
+                # A KeyboardInterrupt has no message: name the exception instead.
+                record.error = str(error) or type(error).__name__
                 if isinstance(error, Exception):
                     self._failed[spec] = error
                 raise

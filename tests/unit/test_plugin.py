@@ -37,6 +37,8 @@ def smalltown_launcher():
         record("launch", spec.nodes)
         if os.environ.get("SMALLTOWN_TEST_FAIL") == str(spec.nodes):
             raise RuntimeError(f"boom: node 0 never became ready")
+        if os.environ.get("SMALLTOWN_TEST_INTERRUPT") == str(spec.nodes):
+            raise KeyboardInterrupt
         return FakeCluster(spec)
     return launch
 """
@@ -211,6 +213,24 @@ def test_cluster_closed_when_session_is_interrupted(pytester: pytest.Pytester, e
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert events() == [["launch", 1], ["close", 1]]
+
+
+def test_ctrl_c_during_a_launch_ends_with_a_summary_not_a_traceback(
+    pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMALLTOWN_TEST_INTERRUPT", "1")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_a(smalltown_cluster): pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*1-node cluster: FAILED to launch: KeyboardInterrupt*"])
+    assert "IndexError" not in result.stdout.str() + result.stderr.str()
 
 
 EVIDENCE_DOUBLE = r"""
