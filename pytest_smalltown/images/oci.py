@@ -1,44 +1,63 @@
-"""The container images preloaded into the reference node (pause and busybox).
+"""Container images for the reference node, written as ``docker save`` archives by hand.
 
-A cluster under test has no registry to pull from, so the node image carries
-its two images as ``docker save``-style archives that the agent imports with
-``ctr -n k8s.io images import`` before the kubelet starts. They are named as in
-:mod:`pytest_smalltown.contract` with non-``latest`` tags, so the default pull
-policy ``IfNotPresent`` never goes to the network.
+A cluster under test has no registry to pull from, so every image a pod uses
+is carried by the node and imported with ``ctr -n k8s.io images import``
+before the kubelet starts. Images are named with non-``latest`` tags, so the
+default pull policy ``IfNotPresent`` never goes to the network.
 
-The archives are written by hand (Python ``tarfile`` and ``json``) rather than
-with a container engine: none is available on our build machines, and writing
-them ourselves makes them byte-for-byte reproducible (fixed mtimes and owners,
+The archives are written with Python ``tarfile`` and ``json`` rather than with
+a container engine: none is available on our build machines, and writing them
+ourselves makes them byte-for-byte reproducible (fixed mtimes and owners,
 sorted entries), so that the same inputs always give the same image digests.
+
+This module has the general parts (layers, image configs, multi-image
+archives whose images share layers) and the node's own two images:
 
 * pause: a static C program of ours that, like upstream's, sleeps as the
   sandbox's PID 1 until SIGINT/SIGTERM and reaps any child handed to it.
-* busybox: ``/bin/busybox`` from Debian's ``busybox-static`` plus applet links.
+* busybox (the test image): Debian's ``busybox-static`` with a link in /bin for
+  every applet the binary has, and the /etc files its static glibc needs to
+  resolve names (see :func:`busybox_layer`).
+
+The conformance suite's images are in :mod:`pytest_smalltown.images.conformance`.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 from pytest_smalltown.contract import PAUSE_IMAGE, TEST_IMAGE
 from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 
-#: Applets linked into the test image; what e2e tests may run in a pod.
+#: Files copied into images (scripts); package data next to this module.
+FILES_DIR = Path(__file__).parent / "container_files"
+
+#: The PATH of images that do not say otherwise (Docker's default).
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: Applets every test image must have (what tests run in pods). The image gets
+#: every applet its busybox binary has; these are only checked to be among them.
 BUSYBOX_APPLETS: tuple[str, ...] = (
     "sh", "ash", "echo", "cat", "sleep", "ls", "wget", "nslookup", "nc", "env", "hostname",
     "true", "false", "date", "ps", "mkdir", "rm", "cp", "mv", "grep", "head", "tail", "wc",
     "test", "[", "printf", "id", "uname", "ip", "ifconfig", "ping", "touch", "find", "sed",
     "awk", "kill", "mount", "df", "du", "httpd", "timeout", "seq", "sort", "tr", "cut",
-    "dd", "vi", "which", "whoami", "watch", "tee", "md5sum", "sha256sum", "xargs", "du",
+    "dd", "vi", "which", "whoami", "watch", "tee", "md5sum", "sha256sum", "xargs", "tar",
 )
 
 PAUSE_SOURCE = r"""
@@ -80,16 +99,28 @@ int main(int argc, char **argv) {
 """
 
 
+class ImageBuildError(RuntimeError):
+    """An image could not be assembled from its parts."""
+
+
+# --- layers --------------------------------------------------------------------
+
+
 @dataclass
 class ImageLayer:
-    """One filesystem layer, described entry by entry so the tar is reproducible."""
+    """One filesystem layer, described entry by entry so the tar is reproducible.
+
+    Everything is owned by root unless ``owners`` says otherwise; modes may
+    carry set-user-ID and sticky bits (``0o4755``, ``0o1777``).
+    """
 
     files: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # path -> (mode, data)
     symlinks: dict[str, str] = field(default_factory=dict)
     directories: dict[str, int] = field(default_factory=dict)
+    owners: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (uid, gid)
 
     def to_tar(self) -> bytes:
-        """An uncompressed tar, root-owned, mtime 0, parents before children."""
+        """An uncompressed tar, mtime 0, parents before children."""
         entries: dict[str, tarfile.TarInfo] = {}
         payload: dict[str, bytes] = {}
 
@@ -114,6 +145,9 @@ class ImageLayer:
             info = _info(path, tarfile.SYMTYPE, 0o777)
             info.linkname = target
             entries[path] = info
+        for path, (uid, gid) in self.owners.items():
+            entries[path].uid, entries[path].gid = uid, gid
+            entries[path].uname = entries[path].gname = ""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for path in sorted(entries):
@@ -132,67 +166,266 @@ def _info(path: str, kind: bytes, mode: int) -> tarfile.TarInfo:
     return info
 
 
+def tar_directory(root: Path, empty: Collection[str] = ("dev", "proc", "sys", "run", "tmp")) -> bytes:
+    """A reproducible tar of the tree at ``root`` (a Debian rootfs made by mmdebstrap).
+
+    Owners, modes (set-user-ID included), symlinks and hard links are kept as
+    they are on disk; mtimes become 0 and entries are sorted, parents first, so
+    the same tree always gives the same layer digest. The directories in
+    ``empty`` are kept without their contents: the container runtime mounts
+    its own /dev, /proc, /sys and /run, and what mmdebstrap left in them (device
+    nodes, the build's temporary files) does not belong in an image.
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory, dirnames, filenames in os.walk(root):
+            rel_dir = os.path.relpath(directory, root)
+            if rel_dir != ".":
+                _add_path(tar, Path(directory), rel_dir)
+            if rel_dir in empty:
+                dirnames.clear()
+                continue
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                path = Path(directory) / name
+                if path.is_dir() and not path.is_symlink():
+                    continue  # added when os.walk enters it
+                _add_path(tar, path, name if rel_dir == "." else f"{rel_dir}/{name}")
+    return buf.getvalue()
+
+
+def _add_path(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    info = tar.gettarinfo(str(path), arcname)
+    if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+        return  # sockets, fifos and device nodes are the runtime's business
+    info.mtime = 0
+    info.uname = info.gname = ""
+    if info.isreg():
+        with open(path, "rb") as handle:
+            tar.addfile(info, handle)
+    else:
+        tar.addfile(info)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer as an image holds it: its uncompressed tar, and the tar's digest.
+
+    Layers are compared by ``diff_id``; an archive stores each distinct layer
+    once however many of its images use it, and containerd then stores and
+    unpacks it once too.
+    """
+
+    tar: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, layer: ImageLayer) -> Layer:
+        return cls(layer.to_tar())
+
+    @cached_property
+    def diff_id(self) -> str:
+        """``sha256:<hex>`` of the uncompressed tar, as the image config lists it."""
+        return f"sha256:{_sha256(self.tar)}"
+
+    @property
+    def hex(self) -> str:
+        return self.diff_id.removeprefix("sha256:")
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# --- images and archives -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The runtime part of an image config: what a Dockerfile's instructions set."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = (DEFAULT_PATH,)
+    working_dir: str = "/"
+    user: str = ""
+    exposed_ports: tuple[str, ...] = ()  # "80/tcp"
+
+    def to_json(self) -> dict[str, object]:
+        config: dict[str, object] = {
+            "Env": list(self.env),
+            "Entrypoint": list(self.entrypoint) or None,
+            "Cmd": list(self.cmd) or None,
+            "WorkingDir": self.working_dir,
+        }
+        if self.user:
+            config["User"] = self.user
+        if self.exposed_ports:
+            config["ExposedPorts"] = {port: {} for port in self.exposed_ports}
+        return config
+
+
+@dataclass(frozen=True)
+class Image:
+    """A named image: its layers, bottom first, and its config."""
+
+    name: str
+    layers: tuple[Layer, ...]
+    config: ImageConfig = ImageConfig()
+
+    def __post_init__(self) -> None:
+        if ":" not in self.name.rsplit("/", 1)[-1]:
+            raise ValueError(f"image name {self.name!r} needs an explicit tag (else pulls use :latest and Always)")
+        if not self.layers:
+            raise ValueError(f"image {self.name!r} has no layers")
+
+    def config_json(self) -> bytes:
+        """The image configuration JSON (Docker v1 / OCI config) for amd64 Linux."""
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "1970-01-01T00:00:00Z",
+            "config": self.config.to_json(),
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in self.layers]},
+            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "pytest-smalltown oci.py"}
+                        for _ in self.layers],
+        }
+        return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
 def image_config(layer_tar: bytes, entrypoint: list[str], cmd: list[str], env: list[str]) -> bytes:
-    """The image configuration JSON (OCI/Docker v1 config) for a single-layer amd64 image."""
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": env, "Entrypoint": entrypoint or None, "Cmd": cmd or None, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{_sha256(layer_tar)}"]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "pytest-smalltown oci.py"}],
-    }
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    """The image configuration JSON of a single-layer image."""
+    config = ImageConfig(entrypoint=tuple(entrypoint), cmd=tuple(cmd), env=tuple(env))
+    return Image("config:only", (Layer(layer_tar),), config).config_json()
 
 
-def docker_archive(name: str, layer: ImageLayer, entrypoint: list[str], cmd: list[str], env: list[str]) -> bytes:
-    """A ``docker save``-format archive of a one-layer image tagged ``name``.
+def write_docker_archive(images: Sequence[Image], out: BinaryIO, compress: bool = False) -> None:
+    """Write a ``docker save``-format archive of ``images`` to ``out``.
 
-    This is the layout containerd's importer turns into an image record named
-    from ``RepoTags`` (it sets ``io.containerd.image.name`` itself), which is
-    what ``ctr -n k8s.io images import`` of containerd 1.6 needs.
+    This is the layout containerd's importer (``ctr images import``, 1.6 too)
+    turns into one image record per ``RepoTags`` entry. Each distinct layer is
+    stored once, in ``<diff id hex>/layer.tar``; with ``compress`` it is gzipped
+    (``layer.tar.gz``) — the importer detects gzip and keeps the blob as it is,
+    which keeps big archives small on the node's disk. Gzip runs with mtime 0,
+    so the output stays reproducible.
     """
-    if ":" not in name.rsplit("/", 1)[-1]:
-        raise ValueError(f"image name {name!r} needs an explicit tag (else pulls use :latest and Always)")
-    layer_tar = layer.to_tar()
-    layer_id = _sha256(layer_tar)
-    config = image_config(layer_tar, entrypoint, cmd, env)
-    config_name = f"{_sha256(config)}.json"
-    manifest = [{"Config": config_name, "RepoTags": [name], "Layers": [f"{layer_id}/layer.tar"]}]
-    repo, tag = name.rsplit(":", 1)
-    members: dict[str, bytes] = {
-        config_name: config,
-        f"{layer_id}/layer.tar": layer_tar,
-        "manifest.json": json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode(),
-        "repositories": json.dumps({repo: {tag: layer_id}}, sort_keys=True).encode(),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        directory = _info(layer_id, tarfile.DIRTYPE, 0o755)
-        tar.addfile(directory)
+    names = [image.name for image in images]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate image names in one archive: {sorted(names)}")
+    members: dict[str, bytes] = {}
+    directories: set[str] = set()
+    manifest: list[dict[str, object]] = []
+    repositories: dict[str, dict[str, str]] = {}
+    stored: dict[str, str] = {}  # diff id -> member name
+    for image in images:
+        for layer in image.layers:
+            if layer.diff_id not in stored:
+                member = f"{layer.hex}/layer.tar" + (".gz" if compress else "")
+                members[member] = gzip.compress(layer.tar, compresslevel=6, mtime=0) if compress else layer.tar
+                directories.add(layer.hex)
+                stored[layer.diff_id] = member
+        config = image.config_json()
+        config_name = f"{_sha256(config)}.json"
+        members[config_name] = config
+        manifest.append({"Config": config_name, "RepoTags": [image.name],
+                         "Layers": [stored[layer.diff_id] for layer in image.layers]})
+        repo, tag = image.name.rsplit(":", 1)
+        repositories.setdefault(repo, {})[tag] = image.layers[-1].hex
+    members["manifest.json"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    members["repositories"] = json.dumps(repositories, sort_keys=True).encode()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for directory in sorted(directories):
+            tar.addfile(_info(directory, tarfile.DIRTYPE, 0o755))
         for member in sorted(members):
             info = _info(member, tarfile.REGTYPE, 0o644)
             info.size = len(members[member])
             tar.addfile(info, io.BytesIO(members[member]))
+
+
+def docker_archive(name: str, layer: ImageLayer, entrypoint: list[str], cmd: list[str], env: list[str]) -> bytes:
+    """A ``docker save``-format archive of a one-layer image tagged ``name``."""
+    image = Image(name, (Layer.of(layer),), ImageConfig(tuple(entrypoint), tuple(cmd), tuple(env)))
+    buf = io.BytesIO()
+    write_docker_archive([image], buf)
     return buf.getvalue()
 
 
-def busybox_layer(busybox: bytes, applets: tuple[str, ...] = BUSYBOX_APPLETS) -> ImageLayer:
-    """The test image's filesystem: busybox, its applet links and a minimal /etc."""
+# --- busybox -------------------------------------------------------------------
+
+
+def busybox_applets(busybox: Path) -> list[str]:
+    """The applets the binary at ``busybox`` has, as it lists them itself."""
+    proc = subprocess.run([str(busybox), "--list"], capture_output=True, text=True)
+    applets = proc.stdout.split()
+    if proc.returncode != 0 or not applets:
+        raise ImageBuildError(f"'{busybox} --list' failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    missing = sorted(set(BUSYBOX_APPLETS) - set(applets))
+    if missing:
+        raise ImageBuildError(f"{busybox} lacks applets the test image needs: {', '.join(missing)}")
+    return applets
+
+
+def wget_lacks_timeout(busybox: Path) -> bool:
+    """Whether this busybox's wget was built without ``-T`` (and so crashes on it).
+
+    Debian builds busybox without ``FEATURE_WGET_TIMEOUT``, yet its wget still
+    parses ``-T SEC`` and stores the number through a null pointer: every
+    ``wget -T 5 ...`` (as the e2e suites run it) dies with SIGSEGV before it
+    sends a byte. The help text names ``-T`` only when the feature is built in.
+    """
+    proc = subprocess.run([str(busybox), "wget", "--help"], capture_output=True, text=True)
+    return "-T SEC" not in proc.stdout + proc.stderr
+
+
+def busybox_layer(
+    busybox: bytes,
+    applets: Sequence[str] = BUSYBOX_APPLETS,
+    wget_timeout_shim: bool = False,
+) -> ImageLayer:
+    """A complete busybox userland: the binary, a /bin link per applet and a small /etc.
+
+    * Every applet is a link in /bin, and /sbin, /usr/bin and /usr/sbin point
+      there, so both PATH lookups (``kubectl cp`` runs ``tar``) and absolute
+      paths (``/usr/bin/env``) work, as in upstream's busybox image.
+    * ``/etc/nsswitch.conf`` says ``hosts: files dns``. Debian's busybox-static
+      is a static glibc binary: without that file its resolver never asks
+      DNS at all (static glibc's built-in default has no ``dns``), so
+      ``wget http://service/`` in a pod fails with "bad address".
+    * With ``wget_timeout_shim``, ``/usr/local/bin/wget`` (first in PATH)
+      is a script that takes ``-T``/``--timeout`` off the command line and
+      enforces it with the ``timeout`` applet instead; see
+      :func:`wget_lacks_timeout` for the crash it avoids.
+    """
     layer = ImageLayer()
     layer.files["bin/busybox"] = (0o755, busybox)
     for applet in sorted(set(applets)):
         layer.symlinks[f"bin/{applet}"] = "busybox"
-    layer.files["etc/passwd"] = (0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-    layer.files["etc/group"] = (0o644, b"root:x:0:\nnogroup:x:65534:\n")
-    layer.directories.update({"tmp": 0o1777, "root": 0o700, "proc": 0o755, "sys": 0o755, "dev": 0o755})
-    # Debian's busybox applets look for their tools in /usr too; keep both valid.
+    layer.symlinks["sbin"] = "bin"
     layer.symlinks["usr/bin"] = "../bin"
+    layer.symlinks["usr/sbin"] = "../bin"
+    if wget_timeout_shim:
+        layer.files["usr/local/bin/wget"] = (0o755, (FILES_DIR / "wget-timeout.sh").read_bytes())
+    layer.files["etc/passwd"] = (0o644, b"root:x:0:0:root:/root:/bin/sh\n"
+                                        b"daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+                                        b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    layer.files["etc/group"] = (0o644, b"root:x:0:\ndaemon:x:1:\nnogroup:x:65534:\n")
+    layer.files["etc/nsswitch.conf"] = (0o644, b"passwd: files\ngroup: files\nhosts: files dns\nnetworks: files\n")
+    layer.files["etc/hosts"] = (0o644, b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    layer.directories.update({"tmp": 0o1777, "root": 0o700, "proc": 0o755, "sys": 0o755, "dev": 0o755,
+                              "etc": 0o755, "var": 0o755, "usr/local/bin": 0o755})
     return layer
+
+
+def debian_busybox_layer(progress: Progress = stderr_progress) -> ImageLayer:
+    """:func:`busybox_layer` made from Debian's ``busybox-static``, asking the binary what it has."""
+    progress("fetching busybox-static")
+    with tempfile.TemporaryDirectory() as tmp:
+        (deb,) = debian.download(["busybox-static"], Path(tmp) / "debs")
+        debian.extract(deb, Path(tmp) / "root")
+        binary = Path(tmp) / "root" / "bin" / "busybox"
+        return busybox_layer(binary.read_bytes(), busybox_applets(binary), wget_lacks_timeout(binary))
+
+
+# --- pause ---------------------------------------------------------------------
 
 
 def pause_layer(pause: bytes) -> ImageLayer:
@@ -219,7 +452,8 @@ def compile_pause(dest: Path, version: str) -> None:
         raise debian.PackageError(f"compiling pause failed:\n{proc.stderr[-3000:]}")
 
 
-def _gcc_version() -> str:
+def gcc_version() -> str:
+    """First line of ``gcc --version``: part of the cache key of anything holding pause."""
     gcc = shutil.which("gcc")
     if gcc is None:
         return "no-gcc"
@@ -233,8 +467,8 @@ def build_images(progress: Progress = stderr_progress) -> dict[str, Path]:
     """Return ``{image name: archive path}`` for :data:`PAUSE_IMAGE` and :data:`TEST_IMAGE`."""
     busybox_version, _ = debian.candidate("busybox-static")
     key = hash_inputs([
-        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, _gcc_version(), "busybox-static=" + busybox_version,
-        repr(BUSYBOX_APPLETS), Path(__file__), "oci-v1",
+        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, gcc_version(), "busybox-static=" + busybox_version,
+        repr(BUSYBOX_APPLETS), Path(__file__), FILES_DIR, "oci-v2",
     ])
 
     def build(out: Path) -> None:
@@ -245,16 +479,8 @@ def build_images(progress: Progress = stderr_progress) -> dict[str, Path]:
             docker_archive(PAUSE_IMAGE, pause_layer(pause.read_bytes()), ["/pause"], [], [])
         )
         pause.unlink()
-        progress(f"fetching busybox-static {busybox_version}")
-        with tempfile.TemporaryDirectory() as tmp:
-            (deb,) = debian.download(["busybox-static"], Path(tmp) / "debs")
-            debian.extract(deb, Path(tmp) / "root")
-            busybox = (Path(tmp) / "root" / "bin" / "busybox").read_bytes()
         (out / "busybox.tar").write_bytes(
-            docker_archive(
-                TEST_IMAGE, busybox_layer(busybox), [], ["sh"],
-                ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            )
+            docker_archive(TEST_IMAGE, debian_busybox_layer(progress), [], ["sh"], [DEFAULT_PATH])
         )
 
     root = cached_build("oci-images", key, build, progress)
