@@ -397,7 +397,7 @@ def busybox_layer(
     """
     layer = ImageLayer()
     layer.files["bin/busybox"] = (0o755, busybox)
-    for applet in sorted(set(applets)):
+    for applet in sorted(set(applets) - {"busybox"}):  # Debian's static build lists itself
         layer.symlinks[f"bin/{applet}"] = "busybox"
     layer.symlinks["sbin"] = "bin"
     layer.symlinks["usr/bin"] = "../bin"

@@ -229,6 +229,9 @@ def test_busybox_layer_links_every_applet_it_is_given() -> None:
     for applet in applets:
         assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
     assert members["usr/bin"].linkname == "../bin" and members["sbin"].linkname == "bin"
+    # A binary that lists itself as an applet must not become a link to itself.
+    itself = _tar_members(oci.busybox_layer(b"BB", ("sh", "busybox")).to_tar())["bin/busybox"]
+    assert itself.isfile() and itself.size == 2
     assert members["usr/local/bin/wget"].isfile() and members["usr/local/bin/wget"].mode == 0o755
     with tarfile.open(fileobj=io.BytesIO(oci.busybox_layer(b"BB", applets).to_tar())) as tar:
         nsswitch = tar.extractfile("etc/nsswitch.conf").read().decode()  # type: ignore[union-attr]
