@@ -1,4 +1,4 @@
-"""Building the reference node's Go programs (Kubernetes, etcd, CoreDNS).
+"""Building the reference node's Go programs (Kubernetes, etcd, CoreDNS) and the conformance suite.
 
 Each program is a tiny Go module of ours under ``images/go/<name>`` whose
 ``go.mod``/``go.sum`` pin an upstream release; ``go build`` fetches the sources
@@ -54,24 +54,69 @@ def _kube_ldflags(version: str) -> str:
 
 @dataclass(frozen=True)
 class GoProgram:
-    """One Go program of the node image: its module directory and build flags."""
+    """One Go program: its module directory, the package to build and its flags.
+
+    Most programs are ``go build .`` of their own module. The conformance suite
+    is the test binary of an upstream package (``go test -c``), built from a
+    module of ours that pins the same versions as ``kube`` so that the two
+    builds share Go's build cache.
+    """
 
     name: str
     ldflags: str
+    #: Directory under ``images/go`` holding go.mod/go.sum (default: ``name``).
+    module: str | None = None
+    #: Package to build, relative (``.``) or an import path from the module's build list.
+    package: str = "."
+    #: Build the package's test binary (``go test -c``) instead of a command.
+    test: bool = False
+    #: How long a cold build takes, for the progress message.
+    cold_build: str = "minutes"
 
     @property
     def module_dir(self) -> Path:
-        return GO_DIR / self.name
+        return GO_DIR / (self.module or self.name)
+
+    @property
+    def binary(self) -> str:
+        """File name of the built program (``e2e.test`` for a test binary, as upstream names it)."""
+        return f"{self.name}.test" if self.test else self.name
 
     def build_args(self, output: Path) -> list[str]:
         """The exact ``go build`` argv (kept identical to warm Go's build cache)."""
-        return ["go", "build", "-trimpath", "-ldflags", self.ldflags, "-o", str(output), "."]
+        if self.test:
+            # -vet=off: vet checks the suite's sources, which upstream already did.
+            return ["go", "test", "-c", "-vet=off", "-trimpath", "-ldflags", self.ldflags,
+                    "-o", str(output), self.package]
+        return ["go", "build", "-trimpath", "-ldflags", self.ldflags, "-o", str(output), self.package]
+
+    def key_parts(self) -> list[str]:
+        """What the cache key needs beyond module files and flags.
+
+        Empty for a plain ``go build .``, so the keys of the node's programs
+        stay what they were before test binaries existed.
+        """
+        if self.package == "." and not self.test:
+            return []
+        return [f"package={self.package}", f"test={self.test}"]
 
 
 PROGRAMS: dict[str, GoProgram] = {
-    "kube": GoProgram("kube", _kube_ldflags(KUBERNETES_VERSION)),
+    "kube": GoProgram("kube", _kube_ldflags(KUBERNETES_VERSION), cold_build="tens of minutes"),
     "etcd": GoProgram("etcd", "-s -w"),
     "coredns": GoProgram("coredns", "-s -w"),
+}
+
+#: Programs that run on the host against a cluster, not inside the node: kept
+#: out of :data:`PROGRAMS` so the node image neither builds nor contains them.
+#: ``e2e`` is the upstream conformance suite (``e2e.test``) with the same
+#: version stamps as ``kube``, so its version checks agree with the cluster;
+#: ``ginkgo`` is the CLI that runs it in parallel, built from the same module
+#: so that it is exactly the Ginkgo version compiled into ``e2e.test``.
+HOST_PROGRAMS: dict[str, GoProgram] = {
+    "e2e": GoProgram("e2e", _kube_ldflags(KUBERNETES_VERSION), package="k8s.io/kubernetes/test/e2e",
+                     test=True, cold_build="tens of minutes"),
+    "ginkgo": GoProgram("ginkgo", "-s -w", module="e2e", package="github.com/onsi/ginkgo/v2/ginkgo"),
 }
 
 
@@ -101,7 +146,7 @@ def _env() -> dict[str, str]:
 def program_key(program: GoProgram, version: str) -> str:
     """Cache key of one program: its module files, flags, environment and toolchain."""
     env = " ".join(f"{k}={v}" for k, v in sorted(GO_ENV.items()))
-    return hash_inputs([program.module_dir, program.ldflags, env, version, "gobuild-v1"])
+    return hash_inputs([program.module_dir, program.ldflags, env, version, "gobuild-v1", *program.key_parts()])
 
 
 def _heartbeat(name: str, progress: Progress, done: threading.Event, every: float) -> None:
@@ -116,19 +161,19 @@ def build_program(
     progress: Progress = stderr_progress,
     heartbeat_seconds: float = 60.0,
 ) -> Path:
-    """Return the path of Go program ``name`` (``kube``, ``etcd``, ``coredns``), building it if needed."""
+    """Return the path of Go program ``name`` (see :data:`PROGRAMS`, :data:`HOST_PROGRAMS`), building it if needed."""
+    known = {**PROGRAMS, **HOST_PROGRAMS}
     try:
-        program = PROGRAMS[name]
+        program = known[name]
     except KeyError:
-        raise GoBuildError(f"unknown Go program {name!r}; known: {', '.join(sorted(PROGRAMS))}") from None
+        raise GoBuildError(f"unknown Go program {name!r}; known: {', '.join(sorted(known))}") from None
     version = go_version()
     key = program_key(program, version)
 
     def build(out: Path) -> None:
-        output = out / name
-        hint = "tens of minutes" if name == "kube" else "minutes"
+        output = out / program.binary
         progress(f"go build {name} ({version.removeprefix('go version ')}); "
-                 f"a relink if Go's build cache is warm, else {hint}")
+                 f"a relink if Go's build cache is warm, else {program.cold_build}")
         done = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(name, progress, done, heartbeat_seconds), daemon=True)
         beat.start()
@@ -147,7 +192,7 @@ def build_program(
         if not output.is_file():
             raise GoBuildError(f"go build of {name} reported success but wrote no {output}")
 
-    return cached_build(f"go-{name}", key, build, progress) / name
+    return cached_build(f"go-{name}", key, build, progress) / program.binary
 
 
 def build_all(progress: Progress = stderr_progress) -> dict[str, Path]:
