@@ -6,6 +6,8 @@
     smalltown status | down                           show / stop that cluster
     smalltown dbg logs COMPONENT [--tail N] [--follow]
     smalltown dbg kubectl ARGS...                     kubectl with debug credentials
+    smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH]
+                                                      the upstream conformance suite
 
 ``up`` starts a background process that owns the cluster's VMs and records
 how to reach it in a state file; ``down`` asks that process to stop, which
@@ -235,6 +237,72 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
         return subprocess.call([str(kube), "kubectl", f"--kubeconfig={kubeconfig}", *args.kubectl_args])
 
 
+# --- conformance ----------------------------------------------------------------
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that the suite and the cluster are stopped in order."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Run e2e.test against a new reference cluster (closed afterwards) or the one of ``--kubeconfig``."""
+    from pytest_smalltown.conformance import ConformanceError, build_suite, run_conformance, smoke_focus
+    from pytest_smalltown.images.gobuild import GoBuildError
+    from pytest_smalltown.spec import MAX_NODES
+
+    if args.smoke and args.focus:
+        print("--smoke and --focus both choose the specs; give one of them", file=sys.stderr)
+        return EXIT_USAGE
+    if args.kubeconfig is None and not 1 <= args.nodes <= MAX_NODES:
+        print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.procs < 1:
+        print("--procs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        focus = smoke_focus() if args.smoke else args.focus
+    except ConformanceError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    report_dir = args.report_dir or Path(f"conformance-{time.strftime('%Y%m%d-%H%M%S')}")
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    cluster = None
+    try:
+        # Build first: a cold e2e.test build takes long, and a cluster would idle meanwhile.
+        binaries = build_suite(args.procs, stderr_progress)
+        if args.kubeconfig is not None:
+            kubeconfig = args.kubeconfig
+        else:
+            from pytest_smalltown.cluster import launch_cluster
+            from pytest_smalltown.spec import ClusterSpec
+
+            spec = ClusterSpec(nodes=args.nodes, preload=("conformance",))
+            cluster = launch_cluster(spec, _settings(args), stderr_progress)
+            kubeconfig = cluster.kubeconfig_path
+        report = run_conformance(
+            kubeconfig, focus=focus, skip=args.skip, procs=args.procs, report_dir=report_dir,
+            progress=stderr_progress, binaries=binaries,
+        )  # fmt: skip
+        if cluster is not None and not report.ok:
+            cluster.dump(report.report_dir / "consoles")
+    except (ConformanceError, GoBuildError) as error:
+        print(f"conformance: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Terminated):
+        print("conformance: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if cluster is not None:
+            cluster.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 # --- parser ---------------------------------------------------------------------
 
 
@@ -281,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     kubectl.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, help="arguments for kubectl")
     kubectl.set_defaults(func=cmd_dbg_kubectl)
+
+    conformance = commands.add_parser(
+        "conformance", help="run the upstream Kubernetes conformance suite (e2e.test) and summarise it"
+    )
+    _cluster_options(conformance)
+    conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
+    conformance.add_argument("--skip", help="Ginkgo skip regexp")
+    conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.SMOKE_TESTS)")
+    conformance.add_argument("--procs", type=int, default=1, help="parallel e2e.test processes via the Ginkgo CLI (default 1)")
+    conformance.add_argument("--report-dir", type=Path, help="JUnit, log and summary.txt (default ./conformance-TIMESTAMP)")
+    conformance.add_argument(
+        "--kubeconfig", type=Path, help="run against this existing cluster (e.g. smalltown up's) instead of launching one"
+    )
+    conformance.set_defaults(func=cmd_conformance)
     return parser
 
 
