@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import tarfile
@@ -46,6 +47,14 @@ def extract_image(archive: Path, name: str, dest: Path) -> Path:
                 data = gzip.decompress(data)
             with tarfile.open(fileobj=io.BytesIO(data)) as layer:
                 layer.extractall(dest, filter="fully_trusted")
+    # What the container runtime adds: a world-readable root and the basic
+    # device nodes (shells open /dev/null for background jobs).
+    dest.chmod(0o755)
+    (dest / "dev").mkdir(exist_ok=True)
+    for node, minor in (("null", 3), ("zero", 5), ("urandom", 9)):
+        if not (dest / "dev" / node).exists():
+            os.mknod(dest / "dev" / node, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+            (dest / "dev" / node).chmod(0o666)
     return dest
 
 
@@ -236,8 +245,11 @@ def test_nonewprivs_escalates_only_without_no_new_privs(archive: Path, tmp_path:
 ])
 def test_web_stand_ins_serve_port_80(archive: Path, tmp_path: Path, image: str, command: str, page: str) -> None:
     root = extract_image(archive, image, tmp_path)
-    script = f"{command} & for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://127.0.0.1/index.html && break; sleep 0.3; done"
-    result = run(root, "sh", "-c", script, net=True)
+    # Fetch the page, then stop the server with SIGTERM as the kubelet would:
+    # the run only ends (within the timeout) if the server really exits.
+    script = (f"{command} & server=$!; for i in 1 2 3 4 5 6 7 8 9 10; do "
+              "wget -q -O - http://127.0.0.1/index.html && break; sleep 0.3; done; kill $server; wait")
+    result = run(root, "sh", "-c", script, net=True, timeout=30)
     assert page in result.stdout, result.stderr
 
 
