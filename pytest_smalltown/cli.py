@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown.images.cache import cache_root, stderr_progress
+from pytest_smalltown.images.preload import PRELOAD_SETS
 
 EXIT_USAGE = 2
 
@@ -98,16 +99,17 @@ def cmd_accel(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The background process behind ``up``: launch, record, wait for a signal, close."""
     from pytest_smalltown.cluster import launch_cluster
-    from pytest_smalltown.spec import ClusterSpec
+    from pytest_smalltown.spec import ClusterSpec, preload_sets
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = launch_cluster(ClusterSpec(args.nodes), _settings(args))
+    cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
     try:
         state = {
             "pid": os.getpid(),
             "nodes": args.nodes,
+            "preload": list(cluster.spec.preload),
             "ports": {str(guest): host for guest, host in cluster.ports.items()},
             "kubeconfig": str(cluster.kubeconfig_path),
             "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
@@ -143,6 +145,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_path().parent.mkdir(parents=True, exist_ok=True)
     log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
+    argv += [f"--preload={name}" for name in args.preload]
     for name in ("image", "accel", "node_memory", "node_cpus", "boot_timeout"):
         if getattr(args, name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -329,10 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     accel.set_defaults(func=cmd_accel)
 
     up = commands.add_parser("up", help="start a cluster in the background and print how to reach it")
-    _cluster_options(up)
-    up.set_defaults(func=cmd_up)
     serve = commands.add_parser("_serve", help=argparse.SUPPRESS)
-    _cluster_options(serve)
+    for parser_ in (up, serve):
+        _cluster_options(parser_)
+        parser_.add_argument(
+            "--preload", action="append", default=[], choices=PRELOAD_SETS,
+            help="image set to import into every node (repeatable), e.g. conformance for `smalltown conformance "
+                 "--kubeconfig`",
+        )  # fmt: skip
+    up.set_defaults(func=cmd_up)
     serve.set_defaults(func=cmd_serve)
     commands.add_parser("status", help="show the running cluster").set_defaults(func=cmd_status)
     commands.add_parser("down", help="stop the running cluster").set_defaults(func=cmd_down)
