@@ -271,6 +271,16 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     except ConformanceError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    if args.running:
+        if args.kubeconfig is not None:
+            print("--running and --kubeconfig both name the cluster; give one of them", file=sys.stderr)
+            return EXIT_USAGE
+        state = _read_state()
+        if "conformance" not in state.get("preload", []):
+            print("the running cluster has no conformance images; restart it with: "
+                  "smalltown down && smalltown up --preload conformance", file=sys.stderr)
+            return EXIT_USAGE
+        args.kubeconfig = Path(state["kubeconfig"])
     report_dir = args.report_dir or Path(f"conformance-{time.strftime('%Y%m%d-%H%M%S')}")
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     cluster = None
@@ -368,8 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument("--procs", type=int, default=1, help="parallel e2e.test processes via the Ginkgo CLI (default 1)")
     conformance.add_argument("--report-dir", type=Path, help="JUnit, log and summary.txt (default ./conformance-TIMESTAMP)")
     conformance.add_argument(
-        "--kubeconfig", type=Path, help="run against this existing cluster (e.g. smalltown up's) instead of launching one"
+        "--kubeconfig", type=Path, help="run against this existing cluster instead of launching one"
     )
+    conformance.add_argument(
+        "--running", action="store_true",
+        help="run against the cluster `smalltown up --preload conformance` keeps (nothing is launched or stopped)",
+    )  # fmt: skip
     conformance.set_defaults(func=cmd_conformance)
     return parser
 

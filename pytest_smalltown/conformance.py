@@ -580,5 +580,5 @@ def run_conformance(
         )  # fmt: skip
         argv = build_command(suite, options)
         progress(f"conformance: running {'e2e.test' if procs == 1 else f'{procs} e2e.test processes'}; "
-                 f"focus {options.focus!r}; log: {report_dir / LOG_NAME}")
+                 f"focus {_clip(options.focus, 80)!r}; log: {report_dir / LOG_NAME}")
         return run_suite(argv, report_dir, progress)

@@ -39,3 +39,20 @@ def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.Cap
 def test_console_script_is_installed() -> None:
     result = subprocess.run([sys.executable, "-m", "pytest_smalltown.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "dbg" in result.stdout and "up" in result.stdout
+
+
+def test_conformance_running_needs_a_kept_cluster_with_the_conformance_images(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+    import os
+
+    from pytest_smalltown.cli import state_path
+
+    with pytest.raises(SystemExit, match="no cluster is running"):
+        main(["conformance", "--running", "--smoke"])
+    state_path().parent.mkdir(parents=True)
+    state_path().write_text(json.dumps({"pid": os.getpid(), "nodes": 2, "preload": [], "kubeconfig": "/x"}))
+    assert main(["conformance", "--running", "--smoke"]) == 2
+    assert "smalltown up --preload conformance" in capsys.readouterr().err
+    assert build_parser().parse_args(["up", "--preload", "conformance"]).preload == ["conformance"]
