@@ -130,7 +130,7 @@ def go_version() -> str:
     if go is None:
         raise GoBuildError(
             "the Go toolchain ('go') is not on PATH; the reference node image builds "
-            "Kubernetes, etcd and CoreDNS from source. Install Go >= 1.24 "
+            "Kubernetes, etcd and CoreDNS from source. Install Go >= 1.26 "
             "(https://go.dev/dl/) and try again."
         )
     proc = subprocess.run([go, "version"], capture_output=True, text=True, env=_env())
