@@ -254,11 +254,7 @@ def mmdebstrap_argv(target: Path, sources: list[str]) -> list[str]:
     alternatives, ``ping``'s capabilities and the ld.so cache), and mmdebstrap is
     what the node rootfs is made with already.
     """
-    argv = ["mmdebstrap", "--mode=root", "--variant=essential", "--format=directory",
-            f"--hook-dir={MERGED_USR_HOOK}", "--include=" + ",".join(TOOLS_PACKAGES)]
-    argv += [f"--dpkgopt={opt}" for opt in node.DPKG_OPTIONS]
-    argv += ["--aptopt=Acquire::Languages \"none\""]
-    return argv + [node.SUITE, str(target), *sources]
+    return node.mmdebstrap_argv(target, sources, TOOLS_PACKAGES, hook_dirs=(MERGED_USR_HOOK,))
 
 
 PATH_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")

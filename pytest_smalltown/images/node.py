@@ -305,10 +305,15 @@ def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str
                         PYTHON_VERSION, sources_text])
 
 
-def mmdebstrap_argv(target: Path, sources: list[str]) -> list[str]:
-    """The mmdebstrap command line that makes the rootfs directory ``target``."""
+def mmdebstrap_argv(target: Path, sources: list[str], packages: tuple[str, ...] = ROOTFS_PACKAGES,
+                    hook_dirs: tuple[str, ...] = ()) -> list[str]:
+    """The mmdebstrap command line that makes a bookworm tree of ``packages`` in directory ``target``.
+
+    The node rootfs and the conformance images' Debian layer are both made
+    with it, so they get the same suite, dpkg path exclusions and apt options.
+    """
     argv = ["mmdebstrap", "--mode=root", "--variant=essential", "--format=directory",
-            "--include=" + ",".join(ROOTFS_PACKAGES)]
+            *(f"--hook-dir={hook}" for hook in hook_dirs), "--include=" + ",".join(packages)]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTIONS]
     argv += ["--aptopt=Acquire::Languages \"none\""]
     return argv + [SUITE, str(target), *sources]
