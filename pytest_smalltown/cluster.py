@@ -45,6 +45,7 @@ from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.switch import Switch, launch_switch, node_address
 from pytest_smalltown.launch.vm import VM, LaunchError, Process, find_binary, make_workdir, remove_workdir
 from pytest_smalltown.launch.vm import start_swtpm, start_vm
+from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.settings import Settings
 from pytest_smalltown.spec import ClusterSpec
 
@@ -279,7 +280,8 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
                     ticket = debug.golden_ticket(node_address(index), retry_for=phases.remaining())
                     config_path = workdir / f"enrolment-node{index}.pb"
                     enrolment = enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
-                    config_path.write_bytes(enrolment.SerializeToString())
+                    # The ticket carries the node's private keys.
+                    write_private(config_path, enrolment.SerializeToString())
                     start_node(index, ((ENROLMENT_FW_CFG_NAME, config_path),))
 
         with phases.phase("kubeconfig"):

@@ -8,7 +8,6 @@ changed, so a test can never talk to the wrong cluster.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import stream
 
+from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.launch.ports import LOOPBACK
 
 T = TypeVar("T")
@@ -83,11 +83,7 @@ def write_kubeconfig(kubeconfig_yaml: str, api_port: int, path: Path) -> Path:
     document = yaml.safe_load(kubeconfig_yaml)
     for cluster in document.get("clusters", []):
         cluster["cluster"]["server"] = f"https://{LOOPBACK}:{api_port}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(document, out)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
-    return path
+    return write_private(path, yaml.safe_dump(document).encode())
 
 
 def api_client(kubeconfig_path: Path) -> k8s.ApiClient:

@@ -8,6 +8,7 @@ here needs or touches the host's package state.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -71,11 +72,13 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     """Download the ``.deb`` files of ``packages`` (no dependencies) into ``dest``."""
     _require_tool("apt-get", "images are built from Debian packages and need apt")
     dest.mkdir(parents=True, exist_ok=True)
-    # apt drops privileges to _apt for downloads; a root-owned temp dir it
-    # cannot write only produces a warning, so make dest world-writable.
-    dest.chmod(0o777)
+    # As root, apt downloads as the unprivileged _apt user, which cannot write
+    # a private temp dir. Keep the directory private (another local user must
+    # not be able to swap the kernel every VM boots) and let apt download as
+    # root instead; it still checks each .deb against the signed index.
+    sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
     proc = subprocess.run(
-        ["apt-get", "download", "-q", *packages],
+        ["apt-get", "download", "-q", *sandbox, *packages],
         cwd=dest,
         capture_output=True,
         text=True,

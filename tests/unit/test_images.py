@@ -316,3 +316,25 @@ def test_host_files_do_not_leak_into_the_rootfs(tmp_path: Path) -> None:
     resolv = tmp_path / "etc/resolv.conf"
     assert not resolv.is_symlink() and resolv.read_text() == ""  # the agent writes it from DHCP
     assert "builder-host" not in (tmp_path / "etc/hosts").read_text()
+
+
+def test_debian_download_keeps_its_directory_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A world-writable download dir would let any local user swap the kernel every VM boots."""
+    import stat
+    import subprocess
+
+    from pytest_smalltown.images import debian
+
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], cwd: Path, **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        (Path(cwd) / "x_1_amd64.deb").write_bytes(b"")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(debian.subprocess, "run", fake_run)
+    monkeypatch.setattr(debian.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    dest = tmp_path / "debs"
+    assert debian.download(["x"], dest) == [dest / "x_1_amd64.deb"]
+    assert not dest.stat().st_mode & (stat.S_IWOTH | stat.S_IWGRP)
+    assert calls[0][:3] == ["apt-get", "download", "-q"] and calls[0][-1] == "x"
