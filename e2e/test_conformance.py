@@ -20,13 +20,18 @@ from typing import Any
 import pytest
 
 from pytest_smalltown.conformance import SMOKE_TESTS, run_conformance, smoke_focus
+from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")
 
 
 @pytest.mark.timeout(3600)
-def test_conformance_smoke_subset_passes(smalltown_cluster: Any, request: pytest.FixtureRequest) -> None:
-    report_dir = Path(request.config.rootpath) / "artifacts" / "conformance-smoke"
+def test_conformance_smoke_subset_passes(
+    smalltown_cluster: Any, smalltown_settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    """JUnit, log and summary go where failure artifacts go (``--smalltown-artifacts``)."""
+    artifacts = smalltown_settings.artifacts or Path(request.config.rootpath) / "artifacts"
+    report_dir = artifacts / "conformance-smoke"
     report = run_conformance(smalltown_cluster.kubeconfig_path, focus=smoke_focus(), report_dir=report_dir)
     summary = report.render()
     print(summary)
