@@ -14,6 +14,7 @@ nodes because the suite requires two schedulable nodes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,17 @@ pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")
 
 @pytest.mark.timeout(3600)
 def test_conformance_smoke_subset_passes(
-    smalltown_cluster: Any, smalltown_settings: Settings, request: pytest.FixtureRequest
+    smalltown_cluster: Any,
+    smalltown_settings: Settings,
+    smalltown_progress: Callable[[str], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """JUnit, log and summary go where failure artifacts go (``--smalltown-artifacts``)."""
     artifacts = smalltown_settings.artifacts or Path(request.config.rootpath) / "artifacts"
     report_dir = artifacts / "conformance-smoke"
-    report = run_conformance(smalltown_cluster.kubeconfig_path, focus=smoke_focus(), report_dir=report_dir)
+    report = run_conformance(
+        smalltown_cluster.kubeconfig_path, focus=smoke_focus(), report_dir=report_dir, progress=smalltown_progress
+    )
     summary = report.render()
     print(summary)
     assert report.ok, summary

@@ -215,6 +215,16 @@ def terminal_progress(config: pytest.Config) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
+def smalltown_progress(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Print a ``[smalltown]`` progress line on the terminal even while pytest captures output.
+
+    For test steps that take minutes (a conformance run, a large image load),
+    so that a CI log shows they are alive.
+    """
+    return terminal_progress(pytestconfig)
+
+
+@pytest.fixture(scope="session")
 def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config) -> Launcher:
     """How clusters are launched; override this fixture to launch differently.
 

@@ -326,3 +326,17 @@ def test_preload_is_part_of_the_cluster_identity() -> None:
     assert preloaded == spec_from_marker((), {"nodes": 2, "preload": "conformance"}) == ClusterSpec(2, ("conformance",))
     assert plain != preloaded, "a cluster without the image set cannot serve a test that needs it"
     assert str(preloaded) == "2-node+conformance"
+
+
+def test_progress_fixture_reaches_the_terminal_through_capture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_long_step(smalltown_progress):
+            print("captured, not shown")
+            smalltown_progress("step 3/22 done")
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*[[]smalltown[]] step 3/22 done*"])
+    assert "captured, not shown" not in result.stdout.str()
