@@ -33,7 +33,7 @@ def test_conformance_smoke_subset_passes(
     smalltown_progress: Callable[[str], None],
     request: pytest.FixtureRequest,
 ) -> None:
-    """JUnit, log and summary go where failure artifacts go (``--smalltown-artifacts``)."""
+    """The smoke subset passes; its JUnit, log and summary go to the artifacts directory."""
     artifacts = smalltown_settings.artifacts or Path(request.config.rootpath) / "artifacts"
     report_dir = artifacts / "conformance-smoke"
     report = run_conformance(

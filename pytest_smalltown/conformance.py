@@ -53,11 +53,11 @@ CONFORMANCE_FOCUS = r"\[Conformance\]"
 #: Where two specs prove the same path, the faster one is here (timings of a
 #: 27-spec run in docs/conformance.md): the subset runs in every CI job.
 SMOKE_TESTS: tuple[str, ...] = (
-    # api-machinery: apiserver -> webhook Service (agnhost); aggregator (sample-apiserver, etcd)
+    # api-machinery: apiserver -> webhook Service (agnhost). The Aggregator spec (sample-apiserver,
+    # etcd) is not here: under emulation its readiness probes time out and the aggregated API
+    # answers 503 (docs/conformance.md); a smoke subset that fails by load would only teach CI to ignore it.
     "[sig-api-machinery] AdmissionWebhook [Privileged:ClusterAdmin] should be able to deny pod and configmap "
     "creation [Conformance]",
-    "[sig-api-machinery] Aggregator Should be able to support the 1.17 Sample API Server using the current "
-    "Aggregator [Conformance]",
     # apps: httpd, agnhost serve-hostname through the apiserver's pod proxy
     "[sig-apps] Deployment RollingUpdateDeployment should delete old pods and create new ones [Conformance]",
     "[sig-apps] ReplicationController should serve a basic image on each replica with a public image [Conformance]",
