@@ -239,13 +239,16 @@ def namespace_events(api: k8s.ApiClient, namespace: str) -> list[str]:
     ]
 
 
-def create_namespace(api: k8s.ApiClient, hint: str, timeout: float = 60) -> str:
+def create_namespace(api: k8s.ApiClient, hint: str, timeout: float = 180) -> str:
     """Create a uniquely named namespace derived from ``hint`` (e.g. the test name); returns its name.
 
     Returns only once the namespace's ``default`` ServiceAccount exists: the
     controller-manager creates it asynchronously, and until then every pod
     creation in the namespace is refused (Kubernetes' own e2e framework waits
-    for it the same way).
+    for it the same way). The default allowance is generous because right
+    after a 2-node cluster turns Ready under emulation, its apiserver and
+    controller-manager can lag for minutes (a CI run saw 60 s run out while
+    the kubelets' status updates were timing out).
     """
     import re
     import secrets
