@@ -8,6 +8,7 @@ default. Values are validated here, once, with messages that say what to do.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,8 +47,8 @@ class Option:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
-        raise ValueError("must be greater than zero")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a finite number greater than zero")
     return number
 
 
@@ -55,6 +56,18 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise ValueError("must be at least 1")
+    return number
+
+
+#: Below this a reference node cannot hold etcd, the apiserver and the
+#: kubelet at once; it would boot until the deadline instead of failing.
+MIN_NODE_MEMORY_MIB = 1024
+
+
+def _node_memory(value: str) -> int:
+    number = int(value)
+    if number < MIN_NODE_MEMORY_MIB:
+        raise ValueError(f"must be at least {MIN_NODE_MEMORY_MIB} MiB (a Kubernetes control plane does not fit in less)")
     return number
 
 
@@ -84,7 +97,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ovmf_code", "/usr/share/OVMF/OVMF_CODE_4M.fd", "OVMF firmware code (UEFI images only)", Path, "PATH"),
     Option("ovmf_vars", "/usr/share/OVMF/OVMF_VARS_4M.fd", "OVMF vars template (UEFI images only)", Path, "PATH"),
     Option("tpm", "false", "attach a swtpm TPM 2.0 to each node", _bool, "BOOL"),
-    Option("node_memory", "2048", "guest memory per node VM in MiB", _positive_int, "MIB"),
+    Option("node_memory", "2048", "guest memory per node VM in MiB", _node_memory, "MIB"),
     Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N"),
     Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS"),
     Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",

@@ -25,6 +25,7 @@ def test_precedence() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "fragment"),
     [("accel", "hvf", "auto, kvm, tcg"), ("node_memory", "lots", "invalid"), ("boot_timeout", "-1", "greater than zero"),
+     ("boot_timeout", "nan", "finite"), ("boot_timeout", "inf", "finite"), ("node_memory", "16", "at least 1024"),
      ("tpm", "maybe", "true or false")],
 )  # fmt: skip
 def test_bad_values_name_the_setting_and_how_to_set_it(name: str, value: str, fragment: str) -> None:
