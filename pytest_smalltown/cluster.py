@@ -124,6 +124,11 @@ class Cluster:
                 copied.append(target)
         return copied
 
+    def check_alive(self) -> None:
+        """Raise :class:`VMExitedError` (exit status, console tail) if the switch or a node VM has exited."""
+        for vm in [self.switch.vm, *(node.vm for node in self.nodes)]:
+            vm.check_running()
+
     def close(self) -> None:
         """Stop every VM and remove the work directory (idempotent)."""
         if self._closed:

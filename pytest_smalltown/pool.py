@@ -7,7 +7,10 @@ launches a spec's cluster on the first :meth:`acquire` and closes it on the
 release by its last user, so at most one cluster runs at a time when tests are
 grouped by spec (the plugin reorders them so). A launch that failed is
 remembered: every later test of that spec fails at once with the original
-error instead of booting again for another long timeout.
+error instead of booting again for another long timeout. The same holds for
+a cluster that died after its launch (a VM exited): the pool checks a live
+cluster before handing it out, closes it, and fails the tests of that spec at
+once with the VM's exit status and console tail, while other specs still run.
 """
 
 from __future__ import annotations
@@ -22,13 +25,20 @@ from pytest_smalltown.spec import ClusterSpec
 
 
 class ClusterHandle(Protocol):
-    """What the pool needs of a cluster: a way to close it."""
+    """What the pool needs of a cluster: a health check and a way to close it."""
+
+    def check_alive(self) -> None:
+        """Raise (naming the VM, its exit status and console tail) if any VM of the cluster has exited."""
 
     def close(self) -> None: ...
 
 
 class ClusterLaunchFailed(RuntimeError):
-    """The cluster for a spec failed to launch earlier in this session."""
+    """The cluster for a spec failed to launch, or died, earlier in this session."""
+
+
+class ClusterDied(RuntimeError):
+    """A cluster that had launched lost a VM; the message carries the VM's exit status and console tail."""
 
 
 Launcher = Callable[[ClusterSpec], ClusterHandle]
@@ -67,8 +77,10 @@ class ClusterPool:
         if spec in self._failed:
             original = self._failed[spec]
             raise ClusterLaunchFailed(
-                f"the {spec} cluster failed to launch earlier in this session: {original}"
+                f"the {spec} cluster failed earlier in this session: {original}"
             ) from original
+        if spec in self._live:
+            self._check_alive(spec)
         if spec not in self._live:
             # Tests are grouped by spec, but a plan can still interleave
             # (e.g. pytest -p no:randomly off, or an explicit order): close
@@ -90,6 +102,18 @@ class ClusterPool:
             record.phases = dict(getattr(cluster, "phase_seconds", {}) or {})
             self._live[spec] = cluster
         return self._live[spec]
+
+    def _check_alive(self, spec: ClusterSpec) -> None:
+        """Close and remember a live cluster whose VMs are no longer all running."""
+        try:
+            self._live[spec].check_alive()
+        except Exception as cause:
+            died = ClusterDied(f"the {spec} cluster died after its launch: {cause}")
+            died.__cause__ = cause
+            self._failed[spec] = died
+            self.records.setdefault(spec, PoolRecord(spec)).error = str(died).splitlines()[0]
+            self._close(spec)
+            raise died from cause
 
     def release(self, spec: ClusterSpec) -> None:
         """One planned use of ``spec`` is over; close its cluster after the last one."""

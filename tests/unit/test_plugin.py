@@ -28,6 +28,12 @@ class FakeCluster:
         self.kube = f"kube-of-{spec.nodes}"
         self.kubeconfig_path = Path("/nonexistent/kubeconfig")
         self.phase_seconds = {"switch": 0.5, "nodes": 1.5}
+        self.dead = False
+    def kill_a_vm(self):
+        self.dead = True
+    def check_alive(self):
+        if self.dead:
+            raise RuntimeError("VM 'node0' exited with status 137; last console lines: kernel panic")
     def close(self):
         record("close", self.spec.nodes)
 
@@ -124,7 +130,7 @@ def test_failed_launch_is_remembered(pytester: pytest.Pytester, events, monkeypa
     result.assert_outcomes(passed=1, errors=2)
     assert events() == [["launch", 2], ["launch", 1], ["close", 1]]
     result.stdout.fnmatch_lines(
-        ["*RuntimeError: boom: node 0 never became ready*", "*failed to launch earlier in this session: boom*"]
+        ["*RuntimeError: boom: node 0 never became ready*", "*failed earlier in this session: boom*"]
     )
 
 
@@ -246,6 +252,8 @@ class EvidenceCluster:
     kube = None
     def consoles(self, lines=40):
         return {"node0": ["smalltown: [ 12.0] kubelet started"], "nanoswitch": ["nanoswitch: forwarding"]}
+    def check_alive(self):
+        pass
     def dump(self, directory):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "node0.console.log").write_text("full console\n")
@@ -340,3 +348,34 @@ def test_progress_fixture_reaches_the_terminal_through_capture(pytester: pytest.
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*[[]smalltown[]] step 3/22 done*"])
     assert "captured, not shown" not in result.stdout.str()
+
+
+def test_a_cluster_that_died_fails_its_remaining_tests_at_once_and_the_next_spec_runs(
+    pytester: pytest.Pytester, events
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_first(smalltown_cluster):
+            smalltown_cluster.kill_a_vm()
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_second(smalltown_cluster):
+            pass
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_third(smalltown_cluster):
+            pass
+
+        @pytest.mark.smalltown(nodes=2)
+        def test_other_spec(smalltown_cluster):
+            assert smalltown_cluster.spec.nodes == 2
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(["*died after its launch*status 137*kernel panic*"])
+    # The dead cluster is closed once and never relaunched; the other spec launches normally.
+    assert events() == [["launch", 1], ["close", 1], ["launch", 2], ["close", 2]]
