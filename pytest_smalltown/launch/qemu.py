@@ -58,7 +58,14 @@ class SocketNic:
 
 @dataclass(frozen=True)
 class UserNic:
-    """A NIC on QEMU user-mode networking (SLIRP), with host port forwards."""
+    """A NIC on QEMU user-mode networking (SLIRP), with host port forwards.
+
+    Always ``restrict=on``: the guest reaches nothing through it, neither the
+    host (SLIRP maps 10.0.2.2 to the host's loopback, where other clusters'
+    debug services and a CI machine's local services listen) nor anything
+    beyond; only the forwards, which the host opens towards the guest, work.
+    Nodes cannot pull from registries anyway here; images are preloaded.
+    """
 
     mac: str
     forwards: PortMap = field(default_factory=lambda: PortMap({}))
@@ -211,7 +218,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
         if isinstance(nic, SocketNic):
             netdev = f"socket,id=net{index},fd={nic.fd}"
         else:
-            netdev = ",".join([f"user,id=net{index}", *nic.forwards.hostfwd_rules()])
+            netdev = ",".join([f"user,id=net{index}", "restrict=on", *nic.forwards.hostfwd_rules()])
         argv += ["-netdev", netdev, "-device", f"{_virtio(config.machine, 'net')},netdev=net{index},mac={nic.mac}"]
 
     for name, path in config.fw_cfg:

@@ -217,6 +217,12 @@ class Agent:
                 network.ensure_masquerade(cfg.bins.resolve("iptables"), contract.POD_NETWORK)
             except (OSError, subprocess.CalledProcessError) as exc:
                 self.log(f"pod egress masquerade rule failed: {exc}")
+            if self.lease is not None and self.lease.router:
+                try:
+                    network.fence_port(cfg.bins.resolve("iptables"), cfg.ports.debug, self.lease.router)
+                    self.log(f"debug service :{cfg.ports.debug} accepts only loopback and {self.lease.router}")
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    self.log(f"debug service fence failed: {exc}")
 
         if self.role.bootstrap:
             self.start_control_plane()

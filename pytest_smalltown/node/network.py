@@ -271,3 +271,19 @@ def ensure_masquerade(iptables: str, pod_network: str) -> None:
     check = [iptables, "-w", "-t", "nat", "-C", *rule[2:]]
     if subprocess.run(check, capture_output=True).returncode != 0:
         subprocess.run([iptables, "-w", "-t", "nat", "-A", *rule[2:]], check=True, capture_output=True)
+
+
+def fence_port(iptables: str, port: int, allowed_source: str) -> None:
+    """Refuse TCP ``port`` to everyone but loopback and ``allowed_source``.
+
+    The debug service hands out cluster-admin credentials and golden tickets
+    without authentication; the harness reaches it only through the switch's
+    forward (whose connections come from the switch's own address). Without
+    this rule every pod could call it: on its own node directly, on other
+    nodes through the pod egress masquerade.
+    """
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "!", "-i", "lo", "!", "-s", allowed_source,
+            "-m", "comment", "--comment", "smalltown debug service fence", "-j", "REJECT",
+            "--reject-with", "tcp-reset"]
+    if subprocess.run([iptables, "-w", "-C", *rule], capture_output=True).returncode != 0:
+        subprocess.run([iptables, "-w", "-I", *rule], check=True, capture_output=True)

@@ -104,7 +104,7 @@ def test_microvm_uses_mmio_devices_and_skips_tsc_calibration() -> None:
     assert option_values(argv, "-M") == ["microvm"]
     assert option_values(argv, "-append") == ["console=ttyS0 tsc_early_khz=2500000"]
     netdevs = option_values(argv, "-netdev")
-    assert netdevs[0] == "user,id=net0,hostfwd=tcp:127.0.0.1:40002-:6443,hostfwd=tcp:127.0.0.1:40001-:7837"
+    assert netdevs[0] == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40002-:6443,hostfwd=tcp:127.0.0.1:40001-:7837"
     assert netdevs[1] == "socket,id=net1,fd=7"
     devices = option_values(argv, "-device")
     assert "virtio-net-device,netdev=net0,mac=02:72:82:bf:c3:56" in devices

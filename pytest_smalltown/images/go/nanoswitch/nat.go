@@ -15,9 +15,10 @@ func ifname(name string) []byte {
 }
 
 // setupNAT masquerades traffic from the bridge network leaving by the uplink,
-// so that nodes reach whatever the host's user networking reaches (the SLIRP
-// DNS, the host at 10.0.2.2) with the uplink's address. The equivalent nft
-// ruleset is:
+// so that it carries the uplink's address. The launcher starts the uplink
+// with QEMU's restrict=on, so SLIRP drops what leaves this way (the host's
+// loopback at 10.0.2.2 included); only the host-to-guest forwards cross it.
+// The equivalent nft ruleset is:
 //
 //	table ip nanoswitch {
 //	  chain postrouting {
