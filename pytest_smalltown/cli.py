@@ -52,6 +52,14 @@ def _read_state() -> dict[str, Any]:
         state = json.loads(path.read_text())
     except FileNotFoundError:
         raise SystemExit("no cluster is running (start one with: smalltown up)") from None
+    except (OSError, ValueError) as error:  # unreadable, or not JSON (a crash mid-write, an edit)
+        raise SystemExit(
+            f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
+            f"'smalltown up' process, then remove the file and start again with: smalltown up"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        raise SystemExit(f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
+                         "start again with: smalltown up")
     try:
         os.kill(state["pid"], 0)
     except ProcessLookupError:

@@ -276,7 +276,12 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
                 fw_cfg=fw_cfg,
                 tpm_socket=tpm_socket,
             )
-            vm = start_vm(config, workdir, settings.qemu)
+            try:
+                vm = start_vm(config, workdir, settings.qemu)
+            except BaseException:
+                if tpm_process is not None:  # no VM will ever own it: stop it here
+                    tpm_process.stop(grace=2)
+                raise
             phases.nodes.append(ClusterNode(index, node_address(index), vm, tpm_process))
 
         with phases.phase("node0-debug"):

@@ -19,6 +19,7 @@ bad QEMU option from a kernel panic from a hanging init.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
 from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, inherited_fds, qemu_argv
@@ -176,18 +178,47 @@ class VM(Process):
         self._reader.start()
 
     def _read_console(self) -> None:
+        """Copy QEMU's serial output to the log file and the in-memory tail until EOF.
+
+        The pipe must be drained whatever happens: if this thread stopped,
+        QEMU's serial writes would block and the guest would stall, and the
+        failure would read as a console timeout. So a failing log file (disk
+        full, removed directory) is reported once, in the tail, and reading
+        goes on into memory only.
+        """
         assert self._popen.stdout is not None
-        with open(self.console_log, "wb") as log:
+        log: BinaryIO | None = None
+        try:
+            log = open(self.console_log, "wb")
+        except OSError as error:
+            self._note_log_error(error)
+        try:
             for raw in self._popen.stdout:
-                log.write(raw)
-                log.flush()
+                if log is not None:
+                    try:
+                        log.write(raw)
+                        log.flush()
+                    except OSError as error:
+                        self._note_log_error(error)
+                        with contextlib.suppress(OSError):
+                            log.close()
+                        log = None
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 with self._cond:
                     self._tail.append(line)
                     self._lines_seen += 1
                     self._cond.notify_all()
+        finally:
+            if log is not None:
+                with contextlib.suppress(OSError):
+                    log.close()
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _note_log_error(self, error: OSError) -> None:
         with self._cond:
-            self._eof = True
+            self._tail.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
             self._cond.notify_all()
 
     def console_tail(self, lines: int = 50) -> list[str]:
@@ -269,6 +300,10 @@ def start_vm_with_ports(
             if "host forwarding rule" not in error.stderr:
                 raise
             last_error = error
+        except BaseException:
+            # Any other failure, Ctrl-C included: the VM is ours to stop.
+            vm.stop()
+            raise
     assert last_error is not None
     raise LaunchError(f"could not bind forwarded ports after {PORT_RETRIES} attempts: {last_error}")
 

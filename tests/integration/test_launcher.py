@@ -67,6 +67,44 @@ def test_forwarded_port_reaches_a_server_in_the_guest(tiny_image: TinyImage, acc
         vm.stop()
 
 
+def test_user_networking_reaches_nothing_on_the_host(tiny_image: TinyImage, accel: str, workdir: Path) -> None:
+    """SLIRP maps 10.0.2.2 to the host's loopback; restrict=on must keep a guest off it (forwards still work)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(0.2)
+        host_port = listener.getsockname()[1]
+
+        def config(port_map: PortMap) -> VMConfig:
+            return tiny_config(tiny_image, "fenced", accel, "tiny.ip=dhcp", "tiny.serve=7837",
+                               f"tiny.connect=10.0.2.2:{host_port}", nics=(UserNic(random_mac(), port_map),))  # fmt: skip
+
+        vm, port_map = start_vm_with_ports(config, [7837], workdir)
+        try:
+            verdict = vm.wait_for_console(r"^tinyvm: connect \S+ (ok|fail)$", BOOT_TIMEOUT).group(1)
+            assert read_line(port_map[7837]) == "tinyvm fenced port 7837"
+        finally:
+            vm.stop()
+        with pytest.raises(TimeoutError):
+            listener.accept()[0].close()
+    assert verdict == "fail"
+
+
+def test_console_keeps_flowing_when_its_log_file_cannot_be_written(
+    tiny_image: TinyImage, accel: str, workdir: Path
+) -> None:
+    """A full disk must not stall the guest: the tail keeps the lines and says why the log stopped."""
+    (workdir / "fulldisk.console.log").symlink_to("/dev/full")
+    vm = start_vm(tiny_config(tiny_image, "fulldisk", accel), workdir)
+    try:
+        vm.wait_for_console(READY_LINE, BOOT_TIMEOUT)
+        tail = vm.console_tail(200)
+    finally:
+        vm.stop()
+    assert HELLO_LINE in tail
+    assert any("console log" in line and "not written" in line for line in tail), tail
+
+
 def test_a_port_taken_before_qemu_binds_it_is_retried(
     tiny_image: TinyImage, accel: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

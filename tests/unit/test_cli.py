@@ -31,6 +31,17 @@ def test_commands_needing_a_cluster_say_how_to_start_one(command: list[str]) -> 
         main(command)
 
 
+@pytest.mark.parametrize("content", ['{"pid": 12', "[1, 2]", '{"ports": {}}'])
+def test_a_corrupt_state_file_is_a_clear_error_not_a_traceback(content: str) -> None:
+    from pytest_smalltown.cli import state_path
+
+    state_path().parent.mkdir(parents=True)
+    state_path().write_text(content)
+    with pytest.raises(SystemExit, match="cluster state file .* start again with: smalltown up"):
+        main(["status"])
+    assert state_path().read_text() == content, "the file is evidence: left as it was"
+
+
 def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["up", "--nodes", "0"]) == 2
     assert "--nodes must be between 1 and 8" in capsys.readouterr().err
