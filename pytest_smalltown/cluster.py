@@ -259,7 +259,7 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
         with phases.phase("switch"):
             phases.switch = launch_switch(
                 spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=switch_image,
-                ready_timeout=phases.remaining(), progress=progress,
+                ready_timeout=phases.remaining(), progress=progress, qemu=settings.qemu,
             )  # fmt: skip
         switch = phases.switch
 

@@ -43,7 +43,7 @@ from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
 from pytest_smalltown.launch.ports import PortMap
-from pytest_smalltown.launch.qemu import Accel, DirectBoot, SocketNic, UserNic, VMConfig
+from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, SocketNic, UserNic, VMConfig
 from pytest_smalltown.launch.vm import (
     VM,
     ConsoleTimeoutError,
@@ -306,6 +306,7 @@ def launch_switch(
     image: SwitchImage | None = None,
     ready_timeout: float | None = READY_TIMEOUT,
     progress: Progress = stderr_progress,
+    qemu: str = QEMU_BINARY,
 ) -> Switch:
     """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0.
 
@@ -338,7 +339,7 @@ def launch_switch(
 
         started = time.monotonic()
         # Retries with a fresh port map if another process grabs a chosen host port first.
-        vm, port_map = start_vm_with_ports(make_config, port_tuple, work)
+        vm, port_map = start_vm_with_ports(make_config, port_tuple, work, qemu)
     except BaseException:
         for a, b in pairs:
             a.close()

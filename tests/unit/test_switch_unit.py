@@ -99,6 +99,15 @@ def test_launch_switch_rejects_unknown_accelerator_before_starting_anything(monk
         sw.launch_switch(1, accel="hvf", image=FAKE_IMAGE)
 
 
+def test_launch_switch_starts_the_qemu_it_is_given(tmp_path: Path) -> None:
+    """--smalltown-qemu reaches the switch too, not only the nodes."""
+    from pytest_smalltown.launch.vm import QemuNotFoundError
+
+    image = SwitchImage(tmp_path / "vmlinuz", tmp_path / "initramfs")
+    with pytest.raises(QemuNotFoundError, match="/nonexistent/qemu-of-the-user"):
+        sw.launch_switch(1, workdir=tmp_path, accel="tcg", image=image, qemu="/nonexistent/qemu-of-the-user")
+
+
 def test_node_count_error_names_the_limit() -> None:
     with pytest.raises(ValueError) as info:
         sw.check_node_count(sw.MAX_NODES + 1)
