@@ -340,10 +340,11 @@ def _neutralise_host_files(root: Path) -> None:
 
 
 def build_rootfs(progress: Progress = stderr_progress) -> Path:
-    """Return the cached bookworm rootfs directory (stage 1), building it if needed."""
-    _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
-    if os.geteuid() != 0:
-        raise NodeImageError("building the node rootfs needs root (mmdebstrap --mode=root)")
+    """Return the cached bookworm rootfs directory (stage 1), building it if needed.
+
+    Root and mmdebstrap are needed only to build it: a cached rootfs serves
+    any user.
+    """
     versions = resolved_versions()
     wheels = wheel_requirements()
     sources = host_debian_sources()
@@ -351,6 +352,10 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
     key = rootfs_key(versions, wheels, sources_text)
 
     def build(out: Path) -> None:
+        _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
+        if os.geteuid() != 0:
+            raise NodeImageError("building the node rootfs needs root (mmdebstrap --mode=root); run "
+                                 "'sudo smalltown image build' once, later runs use the cached image as any user")
         root = out / "rootfs"
         progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
         started = time.monotonic()
@@ -522,12 +527,15 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
         progress(f"step {name}: {steps[name]:.1f}s")
         return result
 
+    # The steps whose host prerequisites are most often missing (root and
+    # mmdebstrap for the rootfs, gcc for the OCI images) go first, so that a
+    # host that cannot build says so in seconds, not after the Go builds.
+    rootfs: Path = step("rootfs", lambda: build_rootfs(progress))
+    archives: dict[str, Path] = step("oci-images", lambda: oci.build_images(progress))
     kernel: Kernel = step("kernel", lambda: get_kernel(progress))
     binaries: dict[str, Path] = {}
     for program in gobuild.PROGRAMS:
         binaries[program] = step(f"go-{program}", functools.partial(gobuild.build_program, program, progress))
-    archives: dict[str, Path] = step("oci-images", lambda: oci.build_images(progress))
-    rootfs: Path = step("rootfs", lambda: build_rootfs(progress))
     busybox_version, _ = debian.candidate("busybox-static")
     sources = python_sources()
     if not any(rel.startswith("node/") for rel in sources):

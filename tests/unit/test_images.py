@@ -338,3 +338,18 @@ def test_debian_download_keeps_its_directory_private(tmp_path: Path, monkeypatch
     assert debian.download(["x"], dest) == [dest / "x_1_amd64.deb"]
     assert not dest.stat().st_mode & (stat.S_IWOTH | stat.S_IWGRP)
     assert calls[0][:3] == ["apt-get", "download", "-q"] and calls[0][-1] == "x"
+
+
+def test_a_host_that_cannot_build_the_rootfs_says_so_before_any_go_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cold cache, not root: the error comes first, not after tens of minutes of Go builds."""
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(node.os, "geteuid", lambda: 1000)
+
+    def no_go_build(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("a Go build started before the rootfs prerequisites were checked")
+
+    monkeypatch.setattr(gobuild, "build_program", no_go_build)
+    with pytest.raises(node.NodeImageError, match="needs root .*'sudo smalltown image build'"):
+        node.build_node_image(progress=lambda line: None)
