@@ -114,15 +114,31 @@ def cached_build(
 
 
 def prune(name: str, keep: int = KEEP_PER_NAME) -> list[Path]:
-    """Remove all but the ``keep`` newest complete builds of ``name``; returns what was removed.
+    """Remove all but the ``keep`` newest complete builds of ``name``, and dead builds' leftovers.
 
     Images are hundreds of MiB each and every input change makes a new one,
-    so without this the cache grows without bound during development.
+    so without this the cache grows without bound during development. Each
+    removal takes the lock :func:`cached_build` holds for that key, without
+    waiting: a build another session is making (or re-making) right now is
+    left alone. A work directory (``.name-key.*``) whose lock nobody holds
+    belongs to a build that was killed (SIGKILL leaves no chance to clean up)
+    and is removed. Returns what was removed.
     """
-    pattern = re.compile(rf"^{re.escape(name)}-[0-9a-f]{{16}}$")
-    builds = [p for p in cache_root().iterdir() if pattern.match(p.name) and (p / ".complete").exists()]
+    root = cache_root()
+    pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{16}})$")
+    builds = [p for p in root.iterdir() if pattern.match(p.name) and (p / ".complete").exists()]
     builds.sort(key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)
-    removed = builds[keep:]
-    for old in removed:
-        shutil.rmtree(old, ignore_errors=True)
+    work_pattern = re.compile(rf"^\.{re.escape(name)}-([0-9a-f]{{16}})\.(?!lock$).+$")
+    leftovers = [p for p in root.iterdir() if work_pattern.match(p.name) and p.is_dir()]
+    removed = []
+    for victim in [*builds[keep:], *leftovers]:
+        match = pattern.match(victim.name) or work_pattern.match(victim.name)
+        assert match is not None
+        with open(root / f".{name}-{match.group(1)}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being built right now
+            shutil.rmtree(victim, ignore_errors=True)
+            removed.append(victim)
     return removed

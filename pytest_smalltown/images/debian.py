@@ -91,8 +91,24 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.deb"))
 
 
+def run_tool(argv: list[str], what: str) -> None:
+    """Run a packaging tool (dpkg-deb, depmod); a failure is a :class:`PackageError` with its output.
+
+    A bare CalledProcessError would say only the exit status; the tool's
+    own message (a truncated download, a full disk) is what tells the user
+    what to do.
+    """
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PackageError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{(proc.stderr or proc.stdout).strip()[-2000:]}\n"
+            "If the package file is damaged, run the build again (nothing half-built is kept); if the disk is "
+            "full, free space under the cache directory (smalltown image prune)."
+        )
+
+
 def extract(deb: Path, dest: Path) -> None:
     """Unpack the files of ``deb`` into ``dest`` (no maintainer scripts run)."""
     _require_tool("dpkg-deb", "images are built from Debian packages and need dpkg")
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
+    run_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")

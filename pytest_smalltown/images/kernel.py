@@ -10,7 +10,6 @@ dependency order at boot (:func:`add_modules`).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ def get_kernel(progress: Progress = stderr_progress) -> Kernel:
             debian.extract(deb, out / "root")
         release = package.removeprefix("linux-image-")
         # The package ships no modules.dep: depmod makes it at install time.
-        subprocess.run(["depmod", "-b", str(out / "root"), release], check=True)
+        debian.run_tool(["depmod", "-b", str(out / "root"), release], f"depmod for {release}")
         (out / "release").write_text(release)
         (out / "version").write_text(version)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -61,3 +62,18 @@ def test_prune_keeps_the_newest_builds(private_cache: Path) -> None:
     prune("img", keep=2)
     left = sorted(p.name for p in private_cache.iterdir() if not p.name.startswith("."))
     assert left == ["img-0000000000000002", "img-0000000000000003", "img-other-0000000000000009"]
+
+
+def test_prune_removes_dead_builds_leftovers_but_not_a_build_in_progress(private_cache: Path) -> None:
+    cached_build("img", f"{1:016x}", lambda out: None, progress=lambda _: None)
+    dead = private_cache / f".img-{2:016x}.k1ll3d"  # what a SIGKILLed build leaves
+    dead.mkdir()
+    (dead / "half.raw").write_text("partial")
+    busy = private_cache / f".img-{3:016x}.bu5y00"
+    busy.mkdir()
+    with open(private_cache / f".img-{3:016x}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another session is building key 3
+        removed = prune("img", keep=2)
+        assert busy.exists()
+    assert removed == [dead] and not dead.exists()
+    assert (private_cache / f"img-{1:016x}").exists()

@@ -353,3 +353,11 @@ def test_a_host_that_cannot_build_the_rootfs_says_so_before_any_go_build(
     monkeypatch.setattr(gobuild, "build_program", no_go_build)
     with pytest.raises(node.NodeImageError, match="needs root .*'sudo smalltown image build'"):
         node.build_node_image(progress=lambda line: None)
+
+
+def test_a_damaged_package_is_a_package_error_with_the_tools_own_words(tmp_path: Path) -> None:
+    deb = tmp_path / "broken_1.0_amd64.deb"
+    deb.write_bytes(b"!<arch>\nthis is not a Debian package")
+    with pytest.raises(debian.PackageError, match=r"unpacking broken_1\.0_amd64\.deb failed \(exit \d+\)") as caught:
+        debian.extract(deb, tmp_path / "out")
+    assert "dpkg-deb" in str(caught.value) and "run the build again" in str(caught.value)
