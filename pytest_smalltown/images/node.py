@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pytest_smalltown.images import debian, gobuild, oci
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
 
@@ -354,8 +354,10 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
     def build(out: Path) -> None:
         _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
         if os.geteuid() != 0:
-            raise NodeImageError("building the node rootfs needs root (mmdebstrap --mode=root); run "
-                                 "'sudo smalltown image build' once, later runs use the cached image as any user")
+            raise NodeImageError(
+                "building the node rootfs needs root (mmdebstrap --mode=root); build the images once as root "
+                f"into this cache, then run as yourself: sudo env SMALLTOWN_CACHE_DIR={cache_root()} smalltown "
+                "image build")
         root = out / "rootfs"
         progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
         started = time.monotonic()

@@ -351,7 +351,7 @@ def test_a_host_that_cannot_build_the_rootfs_says_so_before_any_go_build(
         raise AssertionError("a Go build started before the rootfs prerequisites were checked")
 
     monkeypatch.setattr(gobuild, "build_program", no_go_build)
-    with pytest.raises(node.NodeImageError, match="needs root .*'sudo smalltown image build'"):
+    with pytest.raises(node.NodeImageError, match="needs root .*sudo env SMALLTOWN_CACHE_DIR=.* smalltown image build"):
         node.build_node_image(progress=lambda line: None)
 
 
