@@ -102,6 +102,7 @@ def cached_build(
         try:
             build(work)
             (work / ".complete").write_text(f"{time.time():.0f}\n")
+            os.chmod(work, 0o755)  # mkdtemp made it 0700: a cache built as root serves other users too
             if final.exists():
                 shutil.rmtree(final)
             os.rename(work, final)
@@ -134,11 +135,15 @@ def prune(name: str, keep: int = KEEP_PER_NAME) -> list[Path]:
     for victim in [*builds[keep:], *leftovers]:
         match = pattern.match(victim.name) or work_pattern.match(victim.name)
         assert match is not None
-        with open(root / f".{name}-{match.group(1)}.lock", "w") as lock:
+        # Read-only is enough for flock, and works on a lock file another user created.
+        lock = os.open(root / f".{name}-{match.group(1)}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # being built right now
             shutil.rmtree(victim, ignore_errors=True)
             removed.append(victim)
+        finally:
+            os.close(lock)
     return removed
