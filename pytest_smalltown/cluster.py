@@ -161,13 +161,18 @@ def preload_disks(spec: ClusterSpec, progress: Progress) -> tuple[Disk, ...]:
     )
 
 
-def node_boot(settings: Settings, progress: Progress) -> tuple[DirectBoot | UefiBoot, Disk]:
-    """Boot method and disk of the configured node image (building the reference image if needed)."""
-    if settings.image == "reference":
-        from pytest_smalltown.images.node import build_node_image
+def check_host_inputs(settings: Settings) -> None:
+    """Fail in milliseconds, naming the option, on what no build or probe can fix.
 
-        image = build_node_image(progress)
-        return DirectBoot(image.kernel, image.initramfs, image.cmdline), Disk(image.disk, "raw")
+    QEMU, a user-given image and its firmware, swtpm when a TPM is asked for:
+    checked before the accelerator probe and any image build (minutes when
+    cold), so a typo costs nothing.
+    """
+    find_binary(settings.qemu, "install QEMU (Debian: apt-get install qemu-system-x86) or set --smalltown-qemu")
+    if settings.tpm:
+        find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or drop --smalltown-tpm")
+    if settings.image == "reference":
+        return
     path = Path(settings.image).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -177,6 +182,19 @@ def node_boot(settings: Settings, progress: Progress) -> tuple[DirectBoot | Uefi
     for what, firmware in (("--smalltown-ovmf-code", settings.ovmf_code), ("--smalltown-ovmf-vars", settings.ovmf_vars)):
         if not firmware.exists():
             raise FileNotFoundError(f"{what} {firmware} does not exist; install Debian's ovmf package or set it")
+
+
+def node_boot(settings: Settings, progress: Progress) -> tuple[DirectBoot | UefiBoot, Disk]:
+    """Boot method and disk of the configured node image (building the reference image if needed).
+
+    Its user-given inputs were checked by :func:`check_host_inputs`.
+    """
+    if settings.image == "reference":
+        from pytest_smalltown.images.node import build_node_image
+
+        image = build_node_image(progress)
+        return DirectBoot(image.kernel, image.initramfs, image.cmdline), Disk(image.disk, "raw")
+    path = Path(settings.image).expanduser()
     return UefiBoot(settings.ovmf_code, settings.ovmf_vars), Disk(path, "qcow2" if path.suffix == ".qcow2" else "raw")
 
 
@@ -239,8 +257,7 @@ def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> 
 
 def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = stderr_progress) -> Cluster:
     """Launch a cluster of ``spec.nodes`` nodes behind a Nanoswitch and wait until it is ready."""
-    # Fail before any image build (minutes when cold) if QEMU cannot run at all.
-    find_binary(settings.qemu, "install QEMU (Debian: apt-get install qemu-system-x86) or set --smalltown-qemu")
+    check_host_inputs(settings)
     accel = resolve_accel(settings.accel, settings.qemu).accel
     phases = _Phases(spec, time.monotonic() + settings.boot_timeout, progress)
     workdir = make_workdir("st-c-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,12 +27,31 @@ def test_missing_qemu_is_reported_before_anything_is_built(monkeypatch: pytest.M
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
 
 
-def test_missing_image_names_the_option_and_starts_no_vm(tmp_path: Path) -> None:
+def test_missing_image_names_the_option_before_the_accelerator_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = qemu_processes()
-    settings = resolve({"image": str(tmp_path / "smalltown.qcow2"), "accel": "tcg"}, {}, environ={})
-    with pytest.raises(ClusterLaunchError) as caught:
+
+    def no_probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the accelerator probe ran before the image path was checked")
+
+    monkeypatch.setattr("pytest_smalltown.cluster.resolve_accel", no_probe)
+    settings = resolve({"image": str(tmp_path / "smalltown.qcow2"), "accel": "auto"}, {}, environ={})
+    with pytest.raises(FileNotFoundError, match="--smalltown-image .*smalltown.qcow2 does not exist"):
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
-    message = str(caught.value)
-    assert "phase 'images' did not finish" in message
-    assert "--smalltown-image" in message and "smalltown.qcow2 does not exist" in message
     assert qemu_processes() == before
+
+
+def test_missing_firmware_and_swtpm_are_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = tmp_path / "smalltown.img"
+    image.write_bytes(b"")
+    settings = resolve({"image": str(image), "accel": "tcg", "ovmf_code": str(tmp_path / "CODE.fd")}, {}, environ={})
+    with pytest.raises(FileNotFoundError, match="--smalltown-ovmf-code .*CODE.fd does not exist"):
+        launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
+    qemu = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no swtpm (and no QEMU: it is given by absolute path)
+    settings = resolve({"qemu": qemu, "tpm": "true", "accel": "tcg"}, {}, environ={})
+    with pytest.raises(QemuNotFoundError, match="swtpm.*drop --smalltown-tpm"):
+        launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
