@@ -320,9 +320,15 @@ def kube_proxy_argv(cfg: AgentConfig) -> list[str]:
 
 
 def corefile(cfg: AgentConfig, upstream: tuple[str, ...]) -> str:
-    """CoreDNS serving the cluster domain from the API, forwarding the rest upstream."""
+    """CoreDNS serving the cluster domain from the API, forwarding the rest upstream if there is one.
+
+    Behind the Nanoswitch there is none (its uplink is fenced, so its DHCP
+    names no DNS server): names outside the cluster are then refused at once
+    rather than timing out, and CoreDNS does not refuse to start, as its
+    forward plugin does when it has no nameserver.
+    """
     f = Files(cfg)
-    forward = " ".join(upstream) if upstream else "/etc/resolv.conf"
+    forward = f"\n    forward . {' '.join(upstream)}" if upstream else ""
     return f""".:{cfg.ports.dns} {{
     errors
     health 127.0.0.1:{cfg.ports.coredns_health}
@@ -331,8 +337,7 @@ def corefile(cfg: AgentConfig, upstream: tuple[str, ...]) -> str:
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
         ttl 5
-    }}
-    forward . {forward}
+    }}{forward}
     cache 30
     loadbalance
 }}

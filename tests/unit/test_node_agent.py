@@ -259,6 +259,8 @@ def test_kube_proxy_config_and_corefile(tmp_path: Path) -> None:
     corefile = components.corefile(cfg, ("10.0.2.3",))
     assert "kubernetes cluster.local in-addr.arpa ip6.arpa" in corefile
     assert "forward . 10.0.2.3" in corefile and "kubeconfig " in corefile
+    fenced = components.corefile(cfg, ())  # no upstream (the fenced switch names none): no forward plugin
+    assert "forward" not in fenced and "kubernetes cluster.local" in fenced
 
 
 def test_cni_conflist(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import (
 // The switch's fixed addressing. The bridge side is a /24 that the launcher
 // plans node addresses in (node i -> 10.1.0.(2+i)); the uplink side is QEMU
 // user networking (SLIRP), whose layout is fixed: guest 10.0.2.15, gateway
-// 10.0.2.2, DNS 10.0.2.3. Hard-coding the SLIRP layout avoids running a DHCP
+// 10.0.2.2. Hard-coding the SLIRP layout avoids running a DHCP
 // client on the uplink, which would cost boot time under emulation.
 var (
 	bridgeIP    = net.IPv4(10, 1, 0, 1).To4()
@@ -19,7 +19,6 @@ var (
 	uplinkIP    = net.IPv4(10, 0, 2, 15).To4()
 	uplinkNet   = net.IPNet{IP: uplinkIP, Mask: net.CIDRMask(24, 32)}
 	uplinkGW    = net.IPv4(10, 0, 2, 2).To4()
-	slirpDNS    = net.IPv4(10, 0, 2, 3).To4()
 	poolFirst   = 200 // unknown MACs get 10.1.0.200 .. 10.1.0.254
 	poolLast    = 254
 	defaultMAC  = "02:72:82:bf:c3:56"

@@ -79,7 +79,7 @@ func TestDHCPFixedLease(t *testing.T) {
 	if offer.MessageType() != dhcpv4.MessageTypeOffer || !offer.YourIPAddr.Equal(net.IPv4(10, 1, 0, 3)) {
 		t.Fatalf("offer %v", offer.Summary())
 	}
-	if !offer.Router()[0].Equal(bridgeIP) || !offer.DNS()[0].Equal(slirpDNS) {
+	if !offer.Router()[0].Equal(bridgeIP) || len(offer.DNS()) != 0 {
 		t.Fatalf("offer options %v", offer.Summary())
 	}
 	ack, note := table.reply(request(t, "02:53:4d:01:00:03", dhcpv4.MessageTypeRequest, net.IPv4(10, 1, 0, 3)))

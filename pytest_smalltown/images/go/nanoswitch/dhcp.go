@@ -99,7 +99,10 @@ func (t *leaseTable) reply(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, string) {
 		resp.YourIPAddr = ip
 		resp.UpdateOption(dhcpv4.OptSubnetMask(bridgeNet.Mask))
 		resp.UpdateOption(dhcpv4.OptRouter(bridgeIP))
-		resp.UpdateOption(dhcpv4.OptDNS(slirpDNS))
+		// No DNS option: the uplink is restricted (QEMU restrict=on), so SLIRP's
+		// resolver at 10.0.2.3 is out of reach, and a node told about it would
+		// wait for timeouts on every name outside the cluster. Nodes run
+		// CoreDNS for the cluster domain and forward nothing.
 		resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(leaseTime))
 		resp.UpdateOption(dhcpv4.OptBroadcastAddress(net.IPv4(10, 1, 0, 255)))
 	}
