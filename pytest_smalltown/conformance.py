@@ -28,7 +28,6 @@ Ginkgo CLI's worker processes) in that case too.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -39,6 +38,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pytest_smalltown.images.cache import Progress, stderr_progress
 
@@ -111,7 +111,6 @@ JUNIT_NAME = "junit_01.xml"
 LOG_NAME = "e2e.log"
 SUMMARY_NAME = "summary.txt"
 
-_PR_SET_PDEATHSIG = 1
 
 
 class ConformanceError(RuntimeError):
@@ -435,13 +434,6 @@ class ConformanceReport:
 # --- running ----------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: the kernel SIGKILLs the child
-    # when the thread that started it dies, even by SIGKILL.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def _killpg(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -489,22 +481,12 @@ def start_suite(argv: list[str], cwd: Path, watch: bool = True) -> SuiteProcess:
     the suite in order; ``watch`` registers the group with the reaper, which
     kills it if we die without doing so.
     """
-    popen = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
-    process = SuiteProcess(popen)
-    if watch:
-        from pytest_smalltown.launch.reaper import reaper
+    from pytest_smalltown.launch.reaper import die_with_parent, supervised_popen
 
-        reaper().watch_process_group(popen.pid)
-        process.watched = True
-    return process
+    options: dict[str, Any] = dict(cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if watch:
+        return SuiteProcess(supervised_popen(argv, **options), watched=True)
+    return SuiteProcess(subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **options))
 
 
 def run_suite(

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_smalltown.launch.reaper import run_supervised
+
 
 class PackageError(RuntimeError):
     """A Debian package could not be resolved or fetched."""
@@ -77,12 +79,7 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     # not be able to swap the kernel every VM boots) and let apt download as
     # root instead; it still checks each .deb against the signed index.
     sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-    proc = subprocess.run(
-        ["apt-get", "download", "-q", *sandbox, *packages],
-        cwd=dest,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_supervised(["apt-get", "download", "-q", *sandbox, *packages], cwd=dest)
     if proc.returncode != 0:
         raise PackageError(
             f"apt-get download {' '.join(packages)} failed; run 'apt-get update' and check "
@@ -98,7 +95,7 @@ def run_tool(argv: list[str], what: str) -> None:
     own message (a truncated download, a full disk) is what tells the user
     what to do.
     """
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = run_supervised(argv)
     if proc.returncode != 0:
         raise PackageError(
             f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{(proc.stderr or proc.stdout).strip()[-2000:]}\n"

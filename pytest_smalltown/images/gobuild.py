@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.launch.reaper import run_supervised
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 
 GO_DIR = Path(__file__).parent / "go"
@@ -178,13 +179,7 @@ def build_program(
         beat = threading.Thread(target=_heartbeat, args=(name, progress, done, heartbeat_seconds), daemon=True)
         beat.start()
         try:
-            proc = subprocess.run(
-                program.build_args(output),
-                cwd=program.module_dir,
-                env=_env(),
-                capture_output=True,
-                text=True,
-            )
+            proc = run_supervised(program.build_args(output), cwd=program.module_dir, env=_env())
         finally:
             done.set()
         if proc.returncode != 0:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pytest_smalltown.images import debian, gobuild, oci
+from pytest_smalltown.launch.reaper import run_supervised
 from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
@@ -230,7 +231,7 @@ def _require(tool: str, hint: str) -> str:
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    proc = run_supervised(argv, env=env)
     if proc.returncode != 0:
         raise NodeImageError(f"{what} failed (exit {proc.returncode}): {' '.join(argv[:3])} ...\n"
                              f"{(proc.stderr or proc.stdout)[-4000:]}")

@@ -18,13 +18,16 @@ Protocol (one command per line on stdin): ``pgid N``, ``path P``,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class Reaper:
@@ -79,6 +82,65 @@ def reaper() -> Reaper:
             _reaper = Reaper()
             _reaper_pid_owner = os.getpid()
         return _reaper
+
+
+# --- starting processes that die with us ------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+# Resolved once, here, before any fork: the child then only calls a function
+# that is already loaded (no dlopen between fork and exec, where another
+# thread of ours may have held the loader's lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel SIGKILLs the child
+    # when the thread that started it dies, even by SIGKILL.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def supervised_popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start ``argv`` as the leader of a new process group that cannot outlive us.
+
+    Its own session, so that a Ctrl-C in the terminal reaches only pytest,
+    which then stops it in order; PDEATHSIG, so that the kernel kills it if
+    we die; and the group is registered with the watchdog, which kills what
+    the leader started (Go's compilers, apt's methods, Ginkgo's workers) if
+    we die without cleaning up. Whoever calls this must call
+    :func:`stop_group` when done with it.
+    """
+    popen = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=die_with_parent, **kwargs)
+    reaper().watch_process_group(popen.pid)
+    return popen
+
+
+def stop_group(popen: subprocess.Popen[Any]) -> int:
+    """SIGKILL what is left of the group of ``popen``, reap it, and forget it; returns its exit status."""
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    returncode = popen.wait()
+    reaper().forget_process_group(popen.pid)
+    return returncode
+
+
+def run_supervised(
+    argv: Sequence[str], *, cwd: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a build tool to completion like :func:`subprocess.run` (text output captured), supervised.
+
+    Image builds run go, apt-get, mmdebstrap and friends for minutes; if the
+    session is interrupted or killed meanwhile, they must not go on building
+    (and holding the cache lock) behind it.
+    """
+    popen = supervised_popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        stdout, stderr = popen.communicate()
+    finally:
+        returncode = stop_group(popen)
+    return subprocess.CompletedProcess(list(argv), returncode, stdout, stderr)
 
 
 def _clean(pgids: set[int], paths: set[str]) -> None:

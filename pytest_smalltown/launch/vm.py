@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -35,10 +33,9 @@ from typing import BinaryIO
 
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
 from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, inherited_fds, qemu_argv
-from pytest_smalltown.launch.reaper import reaper
+from pytest_smalltown.launch.reaper import reaper, stop_group, supervised_popen
 
 CONSOLE_TAIL_LINES = 2000
-_PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(RuntimeError):
@@ -73,12 +70,6 @@ class ConsoleTimeoutError(LaunchError):
 
 class QemuNotFoundError(LaunchError):
     """QEMU is not installed."""
-
-
-def _set_pdeathsig() -> None:
-    # Runs in the child between fork and exec.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -117,16 +108,13 @@ class Process:
         self.argv = argv
         self._stderr_path = workdir / f"{name}.stderr"
         with open(self._stderr_path, "wb") as stderr:
-            self._popen = subprocess.Popen(
+            self._popen = supervised_popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture_stdout else stderr,
                 stderr=stderr,
                 pass_fds=tuple(pass_fds),
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig,
             )
-        reaper().watch_process_group(self._popen.pid)
         self.started_at = time.monotonic()
 
     @property
@@ -151,13 +139,7 @@ class Process:
                 self._popen.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self._popen.pid, signal.SIGKILL)  # anything it left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
-        returncode = self._popen.wait()
-        reaper().forget_process_group(self._popen.pid)
-        return returncode
+        return stop_group(self._popen)  # and anything it left in its group
 
 
 class VM(Process):

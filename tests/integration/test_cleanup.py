@@ -1,9 +1,11 @@
 """Nothing outlives a pytest session that booted a VM, however the session ends.
 
 Each case runs a real pytest session in a subprocess whose (tiny-VM) cluster
-is launched through the plugin's pool, waits until the VM is up, then ends the
-session with SIGINT (Ctrl-C), SIGTERM or SIGKILL, and checks that no QEMU
-process and no temporary directory of that session remains.
+is launched through the plugin's pool, and ends the session with SIGINT
+(Ctrl-C), SIGTERM or SIGKILL at one of three moments: while an image build
+tool runs (a process that itself started a child, as ``go build`` does),
+while the VM boots, or once the cluster is up and a test holds it. It then
+checks that no process and no temporary directory of that session remains.
 """
 
 from __future__ import annotations
@@ -20,20 +22,35 @@ import pytest
 
 INNER_CONFTEST = r'''
 import os
+import sys
 import pytest
 from pytest_smalltown.images.tinyvm import READY_LINE, TinyImage, build_tiny_image
 from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
 from pytest_smalltown.launch.vm import make_workdir, remove_workdir, start_vm
 
+from pytest_smalltown.launch.reaper import run_supervised
+
 TOKEN = os.environ["CLEANUP_TOKEN"]
+PHASE = os.environ["CLEANUP_PHASE"]
+# A build tool that starts a worker of its own (go build -> compile), both named by the token.
+BUILD = ("import subprocess, sys, time; "
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', 'worker-' + sys.argv[1]]); "
+         "time.sleep(600)")
 
 class TinyCluster:
     def __init__(self):
         image = build_tiny_image()
         self.workdir = make_workdir("st-cleanup-")
+        print(f"WORKDIR {self.workdir}", flush=True)
+        if PHASE == "build":
+            print("BLOCKING in a build", flush=True)
+            run_supervised([sys.executable, "-c", BUILD, TOKEN])
         config = VMConfig(name=f"cleanup-{TOKEN}", accel=os.environ.get("CLEANUP_ACCEL", "tcg"), memory_mib=256,
                           boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline()))
         self.vm = start_vm(config, self.workdir)
+        if PHASE == "boot":
+            print("BLOCKING in a boot", flush=True)
+            self.vm.wait_for_console("a line that never comes", 600)
         self.vm.wait_for_console(READY_LINE, 120)
 
     def close(self):
@@ -51,23 +68,23 @@ import pytest
 
 @pytest.mark.smalltown(nodes=1)
 def test_hold_cluster(smalltown_cluster):
-    print(f"WORKDIR {smalltown_cluster.workdir}", flush=True)
-    print(f"QEMU {smalltown_cluster.vm.pid}", flush=True)
+    print("BLOCKING in a test", flush=True)
     time.sleep(600)
 '''
 
 
 def processes_with(token: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if token in line and "ps -eo" not in line]
 
 
+@pytest.mark.parametrize("phase", ["build", "boot", "test"])
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"])
-def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Signals) -> None:
+def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Signals, phase: str) -> None:
     token = uuid.uuid4().hex[:12]
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
     (tmp_path / "test_hold.py").write_text(INNER_TEST)
-    env = {**os.environ, "CLEANUP_TOKEN": token, "CLEANUP_ACCEL": accel}
+    env = {**os.environ, "CLEANUP_TOKEN": token, "CLEANUP_ACCEL": accel, "CLEANUP_PHASE": phase}
     session = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", str(tmp_path)],
         cwd=tmp_path,
@@ -78,7 +95,7 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
         start_new_session=True,  # like a terminal job; signals go to pytest itself
     )
     workdir: Path | None = None
-    qemu_pid: int | None = None
+    blocked = False
     output: list[str] = []
     assert session.stdout is not None
     try:
@@ -86,11 +103,15 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
             output.append(line)
             if "WORKDIR " in line:
                 workdir = Path(line.split("WORKDIR ")[1].strip())
-            if "QEMU " in line:
-                qemu_pid = int(line.split("QEMU ")[1])
+            if f"BLOCKING in a {phase}" in line:
+                blocked = True
                 break
-        assert workdir is not None and qemu_pid is not None, "".join(output)
-        assert workdir.exists() and processes_with(token)
+        assert workdir is not None and blocked, "".join(output)
+        # What the session must clean up is there: the build and its worker, or QEMU.
+        deadline = time.monotonic() + 30
+        while len(processes_with(token)) < (2 if phase == "build" else 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert workdir.exists() and len(processes_with(token)) >= (2 if phase == "build" else 1), processes_with(token)
         session.send_signal(how)
         session.wait(60)
     finally:
@@ -100,7 +121,7 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
     deadline = time.monotonic() + 20
     while (processes_with(token) or workdir.exists()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert processes_with(token) == [], f"QEMU survived {how.name}"
+    assert processes_with(token) == [], f"processes survived {how.name} during the {phase}"
     assert not workdir.exists(), f"{workdir} survived {how.name}"
     if how != signal.SIGKILL:
         rest = session.stdout.read()

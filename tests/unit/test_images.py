@@ -332,7 +332,7 @@ def test_debian_download_keeps_its_directory_private(tmp_path: Path, monkeypatch
         (Path(cwd) / "x_1_amd64.deb").write_bytes(b"")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    monkeypatch.setattr(debian.subprocess, "run", fake_run)
+    monkeypatch.setattr(debian, "run_supervised", fake_run)
     monkeypatch.setattr(debian.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     dest = tmp_path / "debs"
     assert debian.download(["x"], dest) == [dest / "x_1_amd64.deb"]
