@@ -18,6 +18,7 @@ import pytest
 
 from pytest_smalltown.pool import ClusterPool, Launcher
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
+from pytest_smalltown.shard import NO_CLUSTER, ShardError, assign, estimate, load_durations, record_durations
 from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
 
 #: Fixtures that need a live cluster; an item using any of them is planned into the pool.
@@ -28,11 +29,13 @@ SESSION_KEY = pytest.StashKey["SmalltownSession"]()
 
 
 class SmalltownSession:
-    """Per-session state: the settings and the cluster pool."""
+    """Per-session state: the settings, the cluster pool, and seconds spent per spec (for durations)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pool = ClusterPool()
+        self.group_seconds: dict[str, float] = {}
+        self.shard_summary: str | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,7 +115,45 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     order = sorted(range(len(items)), key=position)
     items[:] = [items[i] for i in order]
-    _session(config).pool.plan(specs.values())
+    session_state = _session(config)
+    if session_state.settings.shard is not None:
+        _keep_shard(config, items, session_state)
+    session_state.pool.plan(spec for item in items if (spec := item.stash.get(SPEC_KEY, None)) is not None)
+
+
+def group_label(item: pytest.Item) -> str:
+    """The label a test's time is recorded and sharded under: its spec, or :data:`shard.NO_CLUSTER`."""
+    spec = item.stash.get(SPEC_KEY, None)
+    return str(spec) if spec is not None else NO_CLUSTER
+
+
+def _keep_shard(config: pytest.Config, items: list[pytest.Item], state: SmalltownSession) -> None:
+    """Deselect every test whose spec is assigned to another shard."""
+    shard = state.settings.shard
+    assert shard is not None
+    try:
+        recorded = load_durations(state.settings.durations)
+    except ShardError as error:
+        raise pytest.UsageError(str(error)) from None
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        groups.setdefault(group_label(item), []).append(item)
+    weights = {}
+    for label, members in groups.items():
+        spec = members[0].stash.get(SPEC_KEY, None)
+        weights[label] = recorded.get(label, estimate(spec.nodes if spec is not None else 0, len(members)))
+    assignment = assign(weights, shard.total)
+    kept = [item for item in items if assignment[group_label(item)] == shard.index]
+    deselected = [item for item in items if assignment[group_label(item)] != shard.index]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
+    mine = sorted(label for label, index in assignment.items() if index == shard.index)
+    share = sum(weights[label] for label in mine)
+    state.shard_summary = (
+        f"smalltown shard {shard}: {', '.join(mine) or 'nothing'} ({len(kept)} tests, about {share:.0f}s "
+        f"of {sum(weights.values()):.0f}s{' by recorded durations' if recorded else ' estimated'})"
+    )
 
 
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -125,6 +166,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
+    seconds = _session(item.config).group_seconds
+    seconds[group_label(item)] = seconds.get(group_label(item), 0.0) + report.duration
     spec = item.stash.get(SPEC_KEY, None)
     if not report.failed or spec is None or report.when == "teardown":
         return
@@ -160,8 +203,20 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if SESSION_KEY in session.config.stash:
-        _session(session.config).pool.close_all()
+    if SESSION_KEY not in session.config.stash:
+        return
+    state = _session(session.config)
+    state.pool.close_all()
+    if state.settings.durations is not None and state.group_seconds:
+        # A spec's figure is its tests' setup, call and teardown: the first
+        # setup includes the cluster's launch, the last teardown its close.
+        record_durations(state.settings.durations, state.group_seconds)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    if SESSION_KEY not in config.stash:
+        return None
+    return _session(config).shard_summary
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

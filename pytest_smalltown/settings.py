@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown.launch.accel import ACCEL_MODES
+from pytest_smalltown.shard import Shard, parse_shard
 
 
 class SettingsError(ValueError):
@@ -90,6 +91,10 @@ def _optional_path(value: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _shard(value: str) -> Shard | None:
+    return parse_shard(value)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("image", "reference", "node image: 'reference' (built from upstream parts on demand) or the path "
            "of a Smalltown disk image booted by UEFI", metavar="IMAGE"),
@@ -104,6 +109,10 @@ OPTIONS: tuple[Option, ...] = (
            _optional_path, "DIR"),
     Option("keep_namespace", "false", "keep a failed test's namespace for inspection", _bool, "BOOL"),
     Option("qemu", "qemu-system-x86_64", "QEMU binary", str, "PATH"),
+    Option("shard", "", "run only shard I of N (e.g. 2/4): whole cluster specs per shard, balanced by the "
+           "durations file", _shard, "I/N"),
+    Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
+           "the end of the session", _optional_path, "FILE"),
 )  # fmt: skip
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -124,6 +133,8 @@ class Settings:
     artifacts: Path | None = None
     keep_namespace: bool = False
     qemu: str = "qemu-system-x86_64"
+    shard: Shard | None = None
+    durations: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -379,3 +379,66 @@ def test_a_cluster_that_died_fails_its_remaining_tests_at_once_and_the_next_spec
     result.stdout.fnmatch_lines(["*died after its launch*status 137*kernel panic*"])
     # The dead cluster is closed once and never relaunched; the other spec launches normally.
     assert events() == [["launch", 1], ["close", 1], ["launch", 2], ["close", 2]]
+
+
+SHARDED_SUITE = """
+import pytest
+
+@pytest.mark.smalltown(nodes=1)
+@pytest.mark.parametrize("i", range(3))
+def test_one(smalltown_cluster, i):
+    pass
+
+@pytest.mark.smalltown(nodes=2)
+def test_two(smalltown_cluster):
+    pass
+
+@pytest.mark.smalltown(nodes=3)
+def test_three(smalltown_cluster):
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_shards_keep_whole_specs_balance_by_recorded_durations_and_cover_every_test(
+    pytester: pytest.Pytester, events
+) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    durations = pytester.path / "durations.json"
+    ran: dict[int, set[str]] = {}
+    launched: dict[int, list[int]] = {}
+    for index in (1, 2):
+        # Every CI job starts from the same committed file (each run then updates its own copy).
+        durations.write_text(json.dumps({"version": 1, "groups": {"1-node": 100, "2-node": 500, "3-node": 450}}))
+        before = len(events())
+        result = pytester.runpytest("-v", f"--smalltown-shard={index}/2", f"--smalltown-durations={durations}")
+        assert result.ret == pytest.ExitCode.OK
+        ran[index] = {line.split("::")[1].split(" ")[0] for line in result.outlines if " PASSED" in line}
+        launched[index] = [nodes for what, nodes in events()[before:] if what == "launch"]
+        result.stdout.fnmatch_lines([f"smalltown shard {index}/2: *by recorded durations*"])
+    # Heaviest first onto the lightest shard: 2-node (500) -> 1; 3-node (450) -> 2; 1-node (100) -> 2
+    # (450 < 500); the quick plain test -> 1 (500 < 550).
+    assert ran[1] == {"test_two", "test_plain"}
+    assert ran[2] == {"test_three", "test_one[0]", "test_one[1]", "test_one[2]"}
+    assert sorted(launched[1]) == [2] and sorted(launched[2]) == [1, 3]
+
+
+def test_durations_are_recorded_per_spec_and_merged(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    durations = pytester.path / "durations.json"
+    durations.write_text(json.dumps({"version": 1, "groups": {"5-node": 999.0}}))
+    pytester.runpytest(f"--smalltown-durations={durations}").assert_outcomes(passed=6)
+    groups = json.loads(durations.read_text())["groups"]
+    assert set(groups) == {"1-node", "2-node", "3-node", "no-cluster", "5-node"}
+    assert groups["5-node"] == 999.0 and all(seconds >= 0 for seconds in groups.values())
+
+
+@pytest.mark.parametrize("shard", ["3/2", "0/2", "two", "1/0"])
+def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester, events, shard: str) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    result = pytester.runpytest(f"--smalltown-shard={shard}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--smalltown-shard*is invalid*"])
+    assert events() == []
