@@ -18,6 +18,7 @@ import pytest
 
 from pytest_smalltown.pool import ClusterPool, Launcher
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
+from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
 from pytest_smalltown.shard import NO_CLUSTER, ShardError, assign, estimate, load_durations, record_durations
 from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
 
@@ -36,6 +37,8 @@ class SmalltownSession:
         self.pool = ClusterPool()
         self.group_seconds: dict[str, float] = {}
         self.shard_summary: str | None = None
+        self.worker_summary_lines: list[str] = []
+        self.spec_groups: SpecGroups | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +72,11 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini)
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
-    config.stash[SESSION_KEY] = SmalltownSession(settings)
+    state = SmalltownSession(settings)
+    config.stash[SESSION_KEY] = state
+    if getattr(config.option, "dist", "no") == "load" and not _is_xdist_worker(config):
+        state.spec_groups = SpecGroups.create()
+        config.add_cleanup(state.spec_groups.remove)
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -118,6 +125,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     session_state = _session(config)
     if session_state.settings.shard is not None:
         _keep_shard(config, items, session_state)
+    if _is_xdist_worker(config) and "smalltown_spec_groups" in config.workerinput:  # type: ignore[attr-defined]
+        # Written before this worker reports its collection, so the controller's scheduler sees it.
+        SpecGroups.write(Path(config.workerinput["smalltown_spec_groups"]),  # type: ignore[attr-defined]
+                         {item.nodeid: group_label(item) for item in items})
     session_state.pool.plan(spec for item in items if (spec := item.stash.get(SPEC_KEY, None)) is not None)
 
 
@@ -207,6 +218,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     state = _session(session.config)
     state.pool.close_all()
+    if _is_xdist_worker(session.config):
+        # The controller prints the summary and writes the durations file, once, for all workers.
+        session.config.workeroutput["smalltown"] = {  # type: ignore[attr-defined]
+            "workerid": session.config.workerinput["workerid"],  # type: ignore[attr-defined]
+            "summary": [record.summary_line() for _, record in sorted(state.pool.records.items())],
+            "group_seconds": dict(state.group_seconds),
+        }
+        return
     if state.settings.durations is not None and state.group_seconds:
         # A spec's figure is its tests' setup, call and teardown: the first
         # setup includes the cluster's launch, the last teardown its close.
@@ -222,21 +241,76 @@ def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if SESSION_KEY not in config.stash:
         return
-    records = _session(config).pool.records
-    if not records:
+    state = _session(config)
+    lines = [record.summary_line() for _, record in sorted(state.pool.records.items())]
+    lines += state.worker_summary_lines  # from pytest-xdist workers, each prefixed with its id
+    if lines:
+        terminalreporter.section("smalltown clusters")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+# --- pytest-xdist: one worker per spec, workers sized by the node budget ------------
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: as many workers as the host can run clusters side by side, not one per core.
+
+    Each worker boots its own clusters; a core per worker would oversubscribe
+    the host many times over under emulation.
+    """
+    import os
+
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own override wins
+    cli = {option.name: config.getoption(f"smalltown_{option.name}") for option in OPTIONS}
+    ini = {option.name: config.getini(option.ini) for option in OPTIONS}
+    try:
+        settings = resolve(cli, ini)
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    return auto_workers(settings.node_cpus, settings.node_memory)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller side: where a new worker writes which spec each of its tests needs."""
+    state = _session(node.config)
+    if state.spec_groups is not None:
+        node.workerinput["smalltown_spec_groups"] = str(state.spec_groups.file_for(node.gateway.id))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n`` with the default ``--dist load``: each spec's tests go to one worker, which boots it once.
+
+    A scheduler of ours rather than xdist's ``loadgroup``: that one groups
+    by rewriting node ids, which pytest 9.2 no longer reads (``Item.nodeid``
+    comes from ``_id``), so its groups are silently lost.
+    """
+    state = _session(config)
+    if config.getvalue("dist") != "load" or state.spec_groups is None:
+        return None  # an explicit --dist mode is the user's choice
+    return spec_scheduler(config, log, state.spec_groups)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Controller side: take a finished worker's cluster summary and measured seconds."""
+    config = node.config
+    output = getattr(node, "workeroutput", None) or {}
+    if SESSION_KEY not in config.stash or "smalltown" not in output:
         return
-    terminalreporter.section("smalltown clusters")
-    for spec, record in sorted(records.items()):
-        if record.error is not None:
-            terminalreporter.write_line(f"{spec} cluster: FAILED to launch: {record.error.splitlines()[0]}")
-            continue
-        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in record.phases.items())
-        line = f"{spec} cluster: launched in {record.launch_seconds or 0:.1f}s"
-        if phases:
-            line += f" ({phases})"
-        if record.close_seconds is not None:
-            line += f", closed in {record.close_seconds:.1f}s"
-        terminalreporter.write_line(line)
+    state = _session(config)
+    worker = output["smalltown"]["workerid"]
+    state.worker_summary_lines += [f"[{worker}] {line}" for line in output["smalltown"]["summary"]]
+    for label, seconds in output["smalltown"]["group_seconds"].items():
+        state.group_seconds[label] = state.group_seconds.get(label, 0.0) + seconds
 
 
 # --- fixtures -----------------------------------------------------------------

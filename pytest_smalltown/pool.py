@@ -54,6 +54,17 @@ class PoolRecord:
     phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
+    def summary_line(self) -> str:
+        """One line for the terminal summary: how long the launch took, phase by phase, or why it failed."""
+        if self.error is not None:
+            return f"{self.spec} cluster: FAILED: {self.error.splitlines()[0] if self.error else 'unknown error'}"
+        line = f"{self.spec} cluster: launched in {self.launch_seconds or 0:.1f}s"
+        if self.phases:
+            line += " (" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases.items()) + ")"
+        if self.close_seconds is not None:
+            line += f", closed in {self.close_seconds:.1f}s"
+        return line
+
 
 class ClusterPool:
     """Lazily launched clusters keyed by spec, with use counting."""

@@ -57,9 +57,17 @@ class TinyCluster:
         self.vm.stop()
         remove_workdir(self.workdir)
 
+    def check_alive(self):
+        self.vm.check_running()
+
 @pytest.fixture(scope="session")
 def smalltown_launcher():
-    return lambda spec: TinyCluster()
+    def launch(spec):
+        cluster = TinyCluster()
+        with open(os.environ["CLEANUP_EVENTS"], "a") as events:
+            events.write(f"{spec} {os.environ.get('PYTEST_XDIST_WORKER', '-')} {cluster.workdir}\n")
+        return cluster
+    return launch
 '''
 
 INNER_TEST = r'''
@@ -84,7 +92,8 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
     token = uuid.uuid4().hex[:12]
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
     (tmp_path / "test_hold.py").write_text(INNER_TEST)
-    env = {**os.environ, "CLEANUP_TOKEN": token, "CLEANUP_ACCEL": accel, "CLEANUP_PHASE": phase}
+    env = {**os.environ, "CLEANUP_TOKEN": token, "CLEANUP_ACCEL": accel, "CLEANUP_PHASE": phase,
+           "CLEANUP_EVENTS": str(tmp_path / "events")}  # fmt: skip
     session = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", str(tmp_path)],
         cwd=tmp_path,
@@ -126,3 +135,39 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
     if how != signal.SIGKILL:
         rest = session.stdout.read()
         assert "Interrupted" in rest or "KeyboardInterrupt" in rest, rest[-2000:]
+
+
+TWO_SPECS = r'''
+import pytest
+
+@pytest.mark.smalltown(nodes=1)
+@pytest.mark.parametrize("i", range(3))
+def test_first_spec(smalltown_cluster, i):
+    assert smalltown_cluster.vm.returncode is None
+
+@pytest.mark.smalltown(nodes=2)
+@pytest.mark.parametrize("i", range(3))
+def test_second_spec(smalltown_cluster, i):
+    assert smalltown_cluster.vm.returncode is None
+'''
+
+
+def test_xdist_launches_each_spec_once_on_one_worker_and_leaks_nothing(tmp_path: Path, accel: str) -> None:
+    """``pytest -n 2`` over two specs: one (tiny-VM) cluster per spec, each on its own worker."""
+    token = uuid.uuid4().hex[:12]
+    (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
+    (tmp_path / "test_two_specs.py").write_text(TWO_SPECS)
+    events = tmp_path / "events"
+    env = {**os.environ, "CLEANUP_TOKEN": token, "CLEANUP_ACCEL": accel, "CLEANUP_PHASE": "none",
+           "CLEANUP_EVENTS": str(events)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "6 passed" in result.stdout
+    launches = [line.split() for line in events.read_text().splitlines()]
+    assert sorted(spec for spec, _, _ in launches) == ["1-node", "2-node"], launches
+    assert {worker for _, worker, _ in launches} == {"gw0", "gw1"}, "the two specs ran side by side"
+    assert processes_with(token) == []
+    assert not any(Path(workdir).exists() for _, _, workdir in launches)

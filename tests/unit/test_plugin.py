@@ -442,3 +442,49 @@ def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester, events, shard: 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--smalltown-shard*is invalid*"])
     assert events() == []
+
+
+def test_xdist_runs_each_spec_on_one_worker_launches_it_once_and_merges_the_summary(
+    pytester: pytest.Pytester, events
+) -> None:
+    pytest.importorskip("xdist")  # a dev dependency: installed by setup-host with the package
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        @pytest.mark.parametrize("i", range(4))
+        def test_one(smalltown_cluster, i):
+            print("RAN", os.environ["PYTEST_XDIST_WORKER"], smalltown_cluster.spec.nodes)
+
+        @pytest.mark.smalltown(nodes=2)
+        @pytest.mark.parametrize("i", range(4))
+        def test_two(smalltown_cluster, i):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-v")
+    result.assert_outcomes(passed=9)
+    launches = [nodes for what, nodes in events() if what == "launch"]
+    assert sorted(launches) == [1, 2], "each spec's cluster is launched exactly once across the workers"
+    # Each spec's tests ran on a single worker (its group), and the controller shows both workers' clusters.
+    workers_by_spec: dict[str, set[str]] = {}
+    for line in result.outlines:
+        if "PASSED" in line and ("test_one" in line or "test_two" in line):
+            worker = line.split("]")[0].split("[")[-1]
+            workers_by_spec.setdefault("one" if "test_one" in line else "two", set()).add(worker)
+    assert all(len(workers) == 1 for workers in workers_by_spec.values()), workers_by_spec
+    result.stdout.fnmatch_lines_random(["[[]gw?[]] 1-node cluster: launched in *", "[[]gw?[]] 2-node cluster: launched in *"])
+
+
+def test_auto_workers_follow_the_node_budget_not_the_core_count() -> None:
+    from pytest_smalltown.parallel import auto_workers
+
+    assert auto_workers(2, 2048, cpus=2, memory_mib=24 * 1024) == 1  # this kind of machine
+    assert auto_workers(2, 2048, cpus=16, memory_mib=24 * 1024) == 8
+    assert auto_workers(2, 2048, cpus=64, memory_mib=16 * 1024) == 6  # memory-bound
+    assert auto_workers(4, 2048, cpus=2, memory_mib=4096) == 1  # never zero
