@@ -30,13 +30,9 @@ from typing import Any
 
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
+from pytest_smalltown.kept import KeptClusterError, read_state, state_path, write_state
 
 EXIT_USAGE = 2
-
-
-def state_path() -> Path:
-    """Where ``up`` records the running cluster."""
-    return cache_root() / "run" / "cluster.json"
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -47,25 +43,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _read_state() -> dict[str, Any]:
-    path = state_path()
     try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit("no cluster is running (start one with: smalltown up)") from None
-    except (OSError, ValueError) as error:  # unreadable, or not JSON (a crash mid-write, an edit)
-        raise SystemExit(
-            f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
-            f"'smalltown up' process, then remove the file and start again with: smalltown up"
-        ) from None
-    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
-        raise SystemExit(f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
-                         "start again with: smalltown up")
-    try:
-        os.kill(state["pid"], 0)
-    except ProcessLookupError:
-        path.unlink(missing_ok=True)
-        raise SystemExit("the recorded cluster is gone (its process exited); start one with: smalltown up") from None
-    return state
+        return read_state()
+    except KeptClusterError as error:
+        raise SystemExit(str(error)) from None
 
 
 # --- image ----------------------------------------------------------------------
@@ -114,20 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
     try:
-        state = {
-            "pid": os.getpid(),
-            "nodes": args.nodes,
-            "preload": list(cluster.spec.preload),
-            "ports": {str(guest): host for guest, host in cluster.ports.items()},
-            "kubeconfig": str(cluster.kubeconfig_path),
-            "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
-            "phases": cluster.phase_seconds,
-        }
-        path = state_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, path)
+        write_state(cluster, os.getpid())
         while not stop.wait(1.0):
             for node in cluster.nodes:
                 node.vm.check_running()

@@ -39,17 +39,21 @@ class SmalltownSession:
         self.shard_summary: str | None = None
         self.worker_summary_lines: list[str] = []
         self.spec_groups: SpecGroups | None = None
+        self.reported: set[ClusterSpec] = set()  # specs whose launch timings went into a JUnit report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("smalltown", "Smalltown clusters in QEMU")
     for option in OPTIONS:
+        # A yes/no setting also works as a bare flag (--smalltown-attach); =false still turns it off.
+        flag_like = {"nargs": "?", "const": "true"} if option.metavar == "BOOL" else {}
         group.addoption(
             option.flag,
             dest=f"smalltown_{option.name}",
             default=None,
             metavar=option.metavar,
             help=f"{option.help} (env {option.env}, ini {option.ini}; default {option.default!r})",
+            **flag_like,
         )
         parser.addini(option.ini, help=option.help, default=None)
 
@@ -183,6 +187,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed or spec is None or report.when == "teardown":
         return
     session = _session(item.config)
+    if session.settings.keep_on_failure and not session.settings.attach:
+        session.pool.keep(spec)
     cluster = session.pool.live(spec)
     if cluster is None or not hasattr(cluster, "consoles"):
         return  # launch failed (its error already shows the consoles) or not a real cluster
@@ -217,6 +223,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if SESSION_KEY not in session.config.stash:
         return
     state = _session(session.config)
+    kept = state.pool.kept_clusters()
+    if kept and not _is_xdist_worker(session.config):
+        _wait_while_kept(session.config, kept)
     state.pool.close_all()
     if _is_xdist_worker(session.config):
         # The controller prints the summary and writes the durations file, once, for all workers.
@@ -230,6 +239,58 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # A spec's figure is its tests' setup, call and teardown: the first
         # setup includes the cluster's launch, the last teardown its close.
         record_durations(state.settings.durations, state.group_seconds)
+
+
+def _wait_while_kept(config: pytest.Config, kept: dict[ClusterSpec, Any]) -> None:
+    """``--smalltown-keep-on-failure``: leave the failed specs' clusters up until Ctrl-C or ``smalltown down``.
+
+    The session itself stays alive as their owner, so nothing it started
+    outlives it; the first kept cluster is recorded like one of ``smalltown
+    up``, so the CLI's ``status``/``dbg``/``down`` and ``--smalltown-attach``
+    reach it.
+    """
+    import os
+    import time
+
+    from pytest_smalltown.kept import remove_state, write_state
+
+    say = terminal_progress(config)
+    first_spec, first = next(iter(kept.items()))
+    write_state(first, os.getpid())
+    say(f"kept the {first_spec} cluster after a failure; reach it with: smalltown status, smalltown dbg kubectl "
+        f"get pods -A, smalltown dbg logs kube.kubelet (kubeconfig {first.kubeconfig_path})")
+    for spec, cluster in list(kept.items())[1:]:
+        say(f"also kept the {spec} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
+    say(f"stop with: smalltown down (or Ctrl-C here, or kill {os.getpid()})")
+    try:
+        while True:
+            for cluster in kept.values():
+                cluster.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("stopping the kept clusters")
+    except Exception as error:  # a kept VM died: nothing left to wait for
+        say(f"a kept cluster died: {str(error).splitlines()[0]}")
+    finally:
+        remove_state(os.getpid())
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """What every run's log should say first: which image, which accelerator, which cache."""
+    from pytest_smalltown.images.cache import cache_root
+    from pytest_smalltown.launch.accel import cached_verdict
+
+    if SESSION_KEY not in config.stash:
+        return []
+    settings = _session(config).settings
+    if settings.attach:
+        return ["smalltown: attached to the cluster 'smalltown up' keeps (smalltown status)"]
+    if settings.accel != "auto":
+        accel = f"{settings.accel} (chosen)"
+    else:
+        verdict = cached_verdict(settings.qemu)
+        accel = f"{verdict.accel} (probed: {verdict.reason})" if verdict else "auto (probed at the first launch)"
+    return [f"smalltown: image {settings.image}, accelerator {accel}, cache {cache_root()}"]
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
@@ -361,7 +422,10 @@ def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config
     ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.cluster.launch_cluster`.
     """
     from pytest_smalltown.cluster import launch_cluster
+    from pytest_smalltown.kept import attach
 
+    if smalltown_settings.attach:
+        return attach
     progress = terminal_progress(pytestconfig)
 
     def launch(spec: ClusterSpec) -> Any:
@@ -379,7 +443,15 @@ def smalltown_cluster(request: pytest.FixtureRequest, smalltown_launcher: Launch
         spec = DEFAULT_SPEC
         request.node.stash[SPEC_KEY] = spec
         pool.plan([spec])
-    yield pool.acquire(spec, smalltown_launcher)
+    cluster = pool.acquire(spec, smalltown_launcher)
+    # For CI dashboards (JUnit <property>): which cluster, and on the test that booted it, where the time went.
+    request.node.user_properties.append(("smalltown_spec", str(spec)))
+    record = pool.records.get(spec)
+    if record is not None and record.launch_seconds is not None and spec not in _session(request.config).reported:
+        _session(request.config).reported.add(spec)
+        request.node.user_properties.append(("smalltown_launch_seconds", f"{record.launch_seconds:.1f}"))
+        request.node.user_properties += [(f"smalltown_phase_{name}", f"{sec:.1f}") for name, sec in record.phases.items()]
+    yield cluster
 
 
 @pytest.fixture

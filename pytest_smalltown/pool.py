@@ -57,7 +57,8 @@ class PoolRecord:
     def summary_line(self) -> str:
         """One line for the terminal summary: how long the launch took, phase by phase, or why it failed."""
         if self.error is not None:
-            return f"{self.spec} cluster: FAILED: {self.error.splitlines()[0] if self.error else 'unknown error'}"
+            what = "FAILED to launch" if self.launch_seconds is None else "FAILED after its launch"
+            return f"{self.spec} cluster: {what}: {self.error.splitlines()[0] if self.error else 'unknown error'}"
         line = f"{self.spec} cluster: launched in {self.launch_seconds or 0:.1f}s"
         if self.phases:
             line += " (" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases.items()) + ")"
@@ -75,6 +76,7 @@ class ClusterPool:
         self._failed: dict[ClusterSpec, BaseException] = {}
         self.records: dict[ClusterSpec, PoolRecord] = {}
         self.launch_count: Counter[ClusterSpec] = Counter()
+        self._kept: set[ClusterSpec] = set()
 
     def plan(self, specs: Iterable[ClusterSpec]) -> None:
         """Record one upcoming use per element of ``specs``."""
@@ -96,7 +98,7 @@ class ClusterPool:
             # Tests are grouped by spec, but a plan can still interleave
             # (e.g. pytest -p no:randomly off, or an explicit order): close
             # clusters nobody needs any more before starting another.
-            for other in [s for s in self._live if self._remaining[s] <= 0]:
+            for other in [s for s in self._live if self._remaining[s] <= 0 and s not in self._kept]:
                 self._close(other)
             record = self.records.setdefault(spec, PoolRecord(spec))
             started = time.monotonic()
@@ -127,10 +129,18 @@ class ClusterPool:
             raise died from cause
 
     def release(self, spec: ClusterSpec) -> None:
-        """One planned use of ``spec`` is over; close its cluster after the last one."""
+        """One planned use of ``spec`` is over; close its cluster after the last one (unless kept)."""
         self._remaining[spec] -= 1
-        if self._remaining[spec] <= 0 and spec in self._live:
+        if self._remaining[spec] <= 0 and spec in self._live and spec not in self._kept:
             self._close(spec)
+
+    def keep(self, spec: ClusterSpec) -> None:
+        """Do not close the cluster of ``spec`` when its tests are done (only :meth:`close_all` does)."""
+        self._kept.add(spec)
+
+    def kept_clusters(self) -> dict[ClusterSpec, ClusterHandle]:
+        """The live clusters that :meth:`keep` held back, by spec."""
+        return {spec: cluster for spec, cluster in sorted(self._live.items()) if spec in self._kept}
 
     def is_live(self, spec: ClusterSpec) -> bool:
         return spec in self._live

@@ -109,6 +109,10 @@ OPTIONS: tuple[Option, ...] = (
            _optional_path, "DIR"),
     Option("keep_namespace", "false", "keep a failed test's namespace for inspection", _bool, "BOOL"),
     Option("qemu", "qemu-system-x86_64", "QEMU binary", str, "PATH"),
+    Option("attach", "false", "run against the cluster 'smalltown up' keeps running (same spec) instead of "
+           "booting one; nothing is torn down", _bool, "BOOL"),
+    Option("keep_on_failure", "false", "when a test failed, keep that cluster running after the tests and "
+           "wait (reach it with 'smalltown status/dbg', stop it with 'smalltown down' or Ctrl-C)", _bool, "BOOL"),
     Option("shard", "", "run only shard I of N (e.g. 2/4): whole cluster specs per shard, balanced by the "
            "durations file", _shard, "I/N"),
     Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
@@ -133,6 +137,8 @@ class Settings:
     artifacts: Path | None = None
     keep_namespace: bool = False
     qemu: str = "qemu-system-x86_64"
+    attach: bool = False
+    keep_on_failure: bool = False
     shard: Shard | None = None
     durations: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -87,20 +87,27 @@ def _cache_file() -> str:
     return str(cache_root() / "accel-probe.json")
 
 
+def cached_verdict(qemu: str = QEMU_BINARY) -> ProbeResult | None:
+    """The verdict of an earlier ``auto`` probe on this host, or None (without probing)."""
+    try:
+        with open(_cache_file()) as cached:
+            data = json.load(cached)
+        if data.get("host") == _host_fingerprint(qemu):
+            return ProbeResult(**data)
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
 def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
     """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
     if mode not in ACCEL_MODES:
         raise ValueError(f"accelerator must be one of {', '.join(ACCEL_MODES)}, not {mode!r}")
     if mode != "auto":
         return ProbeResult(mode, "chosen explicitly", 0.0, "")  # type: ignore[arg-type]
-    host = _host_fingerprint(qemu)
-    try:
-        with open(_cache_file()) as cached:
-            data = json.load(cached)
-        if data.get("host") == host:
-            return ProbeResult(**data)
-    except (OSError, ValueError, TypeError):
-        pass
+    cached = cached_verdict(qemu)
+    if cached is not None:
+        return cached
     result = probe_kvm(qemu)
     with open(_cache_file(), "w") as out:
         json.dump(asdict(result), out)

@@ -28,6 +28,8 @@ class FakeCluster:
         self.kube = f"kube-of-{spec.nodes}"
         self.kubeconfig_path = Path("/nonexistent/kubeconfig")
         self.phase_seconds = {"switch": 0.5, "nodes": 1.5}
+        self.ports = {7837: 1, 6443: 2}
+        self.nodes = []
         self.dead = False
     def kill_a_vm(self):
         self.dead = True
@@ -488,3 +490,115 @@ def test_auto_workers_follow_the_node_budget_not_the_core_count() -> None:
     assert auto_workers(2, 2048, cpus=16, memory_mib=24 * 1024) == 8
     assert auto_workers(2, 2048, cpus=64, memory_mib=16 * 1024) == 6  # memory-bound
     assert auto_workers(4, 2048, cpus=2, memory_mib=4096) == 1  # never zero
+
+
+def test_keep_on_failure_keeps_the_failed_specs_cluster_until_smalltown_down(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    (tmp_path / "conftest.py").write_text(DOUBLE)
+    (tmp_path / "test_keep.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.smalltown(nodes=1)\ndef test_broken(smalltown_cluster):\n    assert False\n\n"
+        "@pytest.mark.smalltown(nodes=2)\ndef test_fine(smalltown_cluster):\n    pass\n"
+    )
+    events = tmp_path / "events.jsonl"
+    env = {**os.environ, "SMALLTOWN_TEST_EVENTS": str(events), "SMALLTOWN_CACHE_DIR": str(tmp_path / "cache")}
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "--smalltown-keep-on-failure"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        state = tmp_path / "cache" / "run" / "cluster.json"
+        deadline = time.monotonic() + 60
+        while not state.exists() and session.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state.exists(), session.communicate(timeout=10)[0] if session.poll() is not None else "no state"
+        assert json.loads(state.read_text())["pid"] == session.pid and json.loads(state.read_text())["nodes"] == 1
+        read = lambda: [json.loads(line) for line in events.read_text().splitlines()]  # noqa: E731
+        assert read() == [["launch", 1], ["launch", 2], ["close", 2]], "the passing spec's cluster closes as usual"
+        status = subprocess.run([sys.executable, "-m", "pytest_smalltown.cli", "status"], env=env,
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert status.returncode == 0 and '"nodes": 1' in status.stdout, status.stderr
+        # Reap the session as it exits, as the shell that started it would (down polls for the pid).
+        outputs: list[str] = []
+        reaper = threading.Thread(target=lambda: outputs.append(session.communicate(timeout=90)[0]))
+        reaper.start()
+        down = subprocess.run([sys.executable, "-m", "pytest_smalltown.cli", "down"], env=env,
+                              capture_output=True, text=True, timeout=90)  # fmt: skip
+        reaper.join(timeout=90)
+        assert down.returncode == 0 and "cluster stopped" in down.stdout, down.stdout + down.stderr
+        output = outputs[0]
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert session.returncode == 1, output
+    assert "kept the 1-node cluster after a failure" in output and "smalltown down" in output
+    assert read()[-1] == ["close", 1] and not state.exists()
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_attach_uses_the_kept_cluster_of_the_same_spec_and_tears_nothing_down(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    cache = pytester.path / "cache"
+    (cache / "run").mkdir(parents=True)
+    kubeconfig = pytester.path / "kept.kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    state = {"pid": os.getpid(), "nodes": 2, "preload": [], "ports": {"7837": 1, "6443": 2},
+             "kubeconfig": str(kubeconfig), "consoles": {}, "phases": {}}  # fmt: skip
+    (cache / "run" / "cluster.json").write_text(json.dumps(state))
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(cache))
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from pytest_smalltown.kept import AttachedCluster
+
+        @pytest.mark.smalltown(nodes=2)
+        def test_on_the_kept_cluster(smalltown_cluster, kubeconfig):
+            assert isinstance(smalltown_cluster, AttachedCluster)
+            assert str(kubeconfig) == {str(kubeconfig)!r}
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_needs_another_spec(smalltown_cluster):
+            pass
+        """
+    )
+    result = pytester.runpytest("--smalltown-attach", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the kept cluster is 2-node, but these tests need 1-node*smalltown up --nodes 1*"])
+    assert (cache / "run" / "cluster.json").exists(), "attaching leaves the kept cluster and its record alone"
+
+
+def test_report_header_and_junit_properties(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=2)
+        @pytest.mark.parametrize("i", range(2))
+        def test_two(smalltown_cluster, i):
+            pass
+        """
+    )
+    result = pytester.runpytest("--junitxml=report.xml", "--smalltown-accel=tcg")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["smalltown: image reference, accelerator tcg (chosen), cache *"])
+    junit = (pytester.path / "report.xml").read_text()
+    assert junit.count('name="smalltown_spec" value="2-node"') == 2
+    assert junit.count('name="smalltown_launch_seconds"') == 1, "only the test that booted the cluster"
+    assert 'name="smalltown_phase_switch" value="0.5"' in junit

@@ -1,0 +1,156 @@
+"""A cluster kept running between sessions, and how a session attaches to it.
+
+``smalltown up`` (and a pytest session run with ``--smalltown-keep-on-failure``
+whose tests failed) records the running cluster in one state file: the
+process that owns the VMs, the forwarded ports, the kubeconfig and the
+console logs. The CLI's ``status``/``dbg``/``down`` read it, and
+``pytest --smalltown-attach`` runs a session against that cluster instead of
+booting one: fresh namespaces per test as always, nothing torn down at the
+end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_smalltown.images.cache import cache_root
+from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.spec import ClusterSpec
+
+
+class KeptClusterError(RuntimeError):
+    """No usable kept cluster; the message says how to get one."""
+
+
+def state_path() -> Path:
+    """Where the kept cluster is recorded."""
+    return cache_root() / "run" / "cluster.json"
+
+
+def read_state() -> dict[str, Any]:
+    """The recorded cluster, checked to be one whose owning process is still alive."""
+    path = state_path()
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeptClusterError("no cluster is running (start one with: smalltown up)") from None
+    except (OSError, ValueError) as error:  # unreadable, or not JSON (a crash mid-write, an edit)
+        raise KeptClusterError(
+            f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
+            f"'smalltown up' process, then remove the file and start again with: smalltown up"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        raise KeptClusterError(
+            f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
+            "start again with: smalltown up"
+        )
+    try:
+        os.kill(state["pid"], 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        raise KeptClusterError(
+            "the recorded cluster is gone (its process exited); start one with: smalltown up"
+        ) from None
+    return state
+
+
+def write_state(cluster: Any, pid: int) -> None:
+    """Record ``cluster`` (a :class:`~pytest_smalltown.cluster.Cluster`) as kept by process ``pid``."""
+    state = {
+        "pid": pid,
+        "nodes": cluster.spec.nodes,
+        "preload": list(cluster.spec.preload),
+        "ports": {str(guest): host for guest, host in cluster.ports.items()},
+        "kubeconfig": str(cluster.kubeconfig_path),
+        "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
+        "phases": cluster.phase_seconds,
+    }
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def remove_state(pid: int) -> None:
+    """Forget the kept cluster, if it is the one process ``pid`` recorded."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(state_path().read_text()).get("pid") == pid:
+            state_path().unlink()
+
+
+@dataclass
+class AttachedCluster:
+    """The kept cluster as a session sees it: the same clients as a launched one; closing leaves it running."""
+
+    spec: ClusterSpec
+    debug: Any  # DebugClient
+    kube: Any  # kubernetes.client.ApiClient
+    kubeconfig_path: Path
+    ports: PortMap
+    owner_pid: int
+    console_paths: dict[str, Path]
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def check_alive(self) -> None:
+        try:
+            os.kill(self.owner_pid, 0)
+        except ProcessLookupError:
+            raise KeptClusterError(
+                f"the kept cluster's process (pid {self.owner_pid}) exited; start one again with: smalltown up"
+            ) from None
+
+    def consoles(self, lines: int = 40) -> dict[str, list[str]]:
+        """The last ``lines`` lines of each node's console log."""
+        tails = {}
+        for name, path in self.console_paths.items():
+            with contextlib.suppress(OSError):
+                tails[name] = path.read_text(errors="replace").splitlines()[-lines:]
+        return tails
+
+    def dump(self, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for path in self.console_paths.values():
+            with contextlib.suppress(OSError):
+                copied.append(Path(shutil.copy(path, directory / path.name)))
+        return copied
+
+    def close(self) -> None:
+        """Close this session's clients; the cluster itself stays up for the next session."""
+        with contextlib.suppress(Exception):
+            self.kube.close()
+        with contextlib.suppress(Exception):
+            self.debug.close()
+
+
+def attach(spec: ClusterSpec) -> AttachedCluster:
+    """Clients for the kept cluster, which must be of ``spec``."""
+    from pytest_smalltown.debug import DebugClient
+    from pytest_smalltown.kube import api_client
+
+    state = read_state()
+    kept = ClusterSpec(int(state["nodes"]), tuple(state.get("preload", ())))
+    if kept != spec:
+        raise KeptClusterError(
+            f"--smalltown-attach: the kept cluster is {kept}, but these tests need {spec}; run them without "
+            f"--smalltown-attach, or keep a matching one: smalltown down && smalltown up --nodes {spec.nodes}"
+            + "".join(f" --preload {name}" for name in spec.preload)
+        )
+    ports = PortMap({int(guest): int(host) for guest, host in state["ports"].items()})
+    kubeconfig = Path(state["kubeconfig"])
+    return AttachedCluster(
+        spec=spec,
+        debug=DebugClient(ports.dial_grpc(7837)),
+        kube=api_client(kubeconfig),
+        kubeconfig_path=kubeconfig,
+        ports=ports,
+        owner_pid=int(state["pid"]),
+        console_paths={name: Path(path) for name, path in state.get("consoles", {}).items()},
+    )
