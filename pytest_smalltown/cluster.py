@@ -43,8 +43,17 @@ from pytest_smalltown.launch.accel import resolve_accel
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.switch import Switch, launch_switch, node_address
-from pytest_smalltown.launch.vm import VM, LaunchError, Process, find_binary, make_workdir, remove_workdir
-from pytest_smalltown.launch.vm import start_swtpm, start_vm
+from pytest_smalltown.launch.vm import (
+    VM,
+    GuestHungError,
+    LaunchError,
+    Process,
+    find_binary,
+    make_workdir,
+    remove_workdir,
+    start_swtpm,
+    start_vm,
+)
 from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.settings import Settings
 from pytest_smalltown.spec import ClusterSpec
@@ -223,6 +232,7 @@ class _Phases:
     def check_alive(self) -> None:
         for node in self.nodes:
             node.vm.check_running()
+            node.vm.check_not_hung()
         if self.switch is not None:
             self.switch.vm.check_running()
 
@@ -256,7 +266,28 @@ def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> 
 
 
 def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = stderr_progress) -> Cluster:
-    """Launch a cluster of ``spec.nodes`` nodes behind a Nanoswitch and wait until it is ready."""
+    """Launch a cluster of ``spec.nodes`` nodes behind a Nanoswitch and wait until it is ready.
+
+    A guest whose kernel hangs while booting (both vCPUs of a reference
+    node stuck for minutes in a soft lockup, seen once under TCG) fails the
+    launch as soon as the kernel reports it, and the cluster is launched
+    once more from scratch; the terminal summary shows the relaunch as the
+    ``hung-relaunch`` phase. Any other failure, or a second hang, is raised.
+    """
+    started = time.monotonic()
+    try:
+        return _launch_once(spec, settings, progress)
+    except ClusterLaunchError as error:
+        if not isinstance(error.__cause__, GuestHungError):
+            raise
+        progress(f"{spec} cluster: {str(error.__cause__).splitlines()[0]} Launching it again, once.")
+    lost = time.monotonic() - started
+    cluster = _launch_once(spec, settings, progress)
+    cluster.phase_seconds = {"hung-relaunch": lost, **cluster.phase_seconds}
+    return cluster
+
+
+def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> Cluster:
     check_host_inputs(settings)
     accel = resolve_accel(settings.accel, settings.qemu).accel
     phases = _Phases(spec, time.monotonic() + settings.boot_timeout, progress)

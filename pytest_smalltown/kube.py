@@ -118,9 +118,9 @@ def wait_nodes_ready(
         nodes: list[Any] = core.list_node(_request_timeout=10).items
         return ", ".join(f"{n.metadata.name}: {'Ready' if node_ready(n) else 'NotReady'}" for n in nodes) or "no nodes"
 
-    from pytest_smalltown.launch.vm import VMExitedError
+    from pytest_smalltown.launch.vm import LaunchError
 
-    return wait_for(f"{count} Ready node(s)", check, timeout, interval=1.0, describe=describe, fatal=(VMExitedError,))
+    return wait_for(f"{count} Ready node(s)", check, timeout, interval=1.0, describe=describe, fatal=(LaunchError,))
 
 
 def wait_pod_phase(api: k8s.ApiClient, namespace: str, name: str, phases: tuple[str, ...], timeout: float) -> Any:

@@ -68,6 +68,24 @@ class ConsoleTimeoutError(LaunchError):
         super().__init__(f"VM {name!r}: {what} not seen within {timeout:.0f}s; last console lines:\n{tail}")
 
 
+class GuestHungError(LaunchError):
+    """A running guest's kernel reports a CPU stuck (soft lockup) for longer than any load explains."""
+
+    def __init__(self, name: str, seconds: int, console_tail: list[str]) -> None:
+        self.name = name
+        self.seconds = seconds
+        self.console_tail = console_tail
+        tail = "\n".join(f"    {line}" for line in console_tail[-20:])
+        super().__init__(f"VM {name!r}: its kernel reports a CPU stuck for {seconds}s (soft lockup); the guest "
+                         f"hung.\n  last console lines:\n{tail}")
+
+
+#: A soft lockup this long is a hung guest, not a busy host: under TCG on a
+#: loaded host the kernel reports CPUs stuck for 20-60 s and then recovers.
+HUNG_GUEST_SECONDS = 120
+_SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
+
+
 class QemuNotFoundError(LaunchError):
     """QEMU is not installed."""
 
@@ -217,6 +235,13 @@ class VM(Process):
         """Raise :class:`VMExitedError` if QEMU has exited."""
         if self._popen.poll() is not None:
             raise self.exited_error()
+
+    def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
+        """Raise :class:`GuestHungError` if the guest kernel's last console lines report a long soft lockup."""
+        tail = self.console_tail(60)
+        stuck = [int(match.group(1)) for line in tail if (match := _SOFT_LOCKUP.search(line))]
+        if stuck and max(stuck) >= threshold:
+            raise GuestHungError(self.name, max(stuck), self.console_tail(50))
 
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, what: str | None = None) -> re.Match[str]:
         """Block until a console line (seen at any time since boot) matches ``pattern``.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
-from pytest_smalltown.launch.vm import QemuNotFoundError
+from pytest_smalltown.launch.vm import VM, GuestHungError, QemuNotFoundError
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -55,3 +58,47 @@ def test_missing_firmware_and_swtpm_are_named_before_anything_starts(
     settings = resolve({"qemu": qemu, "tpm": "true", "accel": "tcg"}, {}, environ={})
     with pytest.raises(QemuNotFoundError, match="swtpm.*drop --smalltown-tpm"):
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
+
+
+def _console(lines: list[str]) -> VM:
+    """A VM object with only a console tail (no QEMU): what the hang check reads."""
+    vm = VM.__new__(VM)
+    vm.name = "node0"
+    vm._cond = threading.Condition()
+    vm._tail = collections.deque(lines)
+    return vm
+
+
+def test_a_long_soft_lockup_is_a_hung_guest_a_short_one_is_load() -> None:
+    busy = _console(["[  60.1] watchdog: BUG: soft lockup - CPU#1 stuck for 48s! [kube:279]"])
+    busy.check_not_hung()
+    hung = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]", "[ 171.0] rcu: ..."])
+    with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
+        hung.check_not_hung()
+
+
+def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_smalltown import cluster as cluster_module
+
+    attempts: list[int] = []
+
+    def hang_then(results: list[object]) -> Callable[..., object]:
+        def launch_once(spec: ClusterSpec, settings: object, progress: object) -> object:
+            attempts.append(1)
+            result = results.pop(0)
+            if result == "hang":
+                cause = GuestHungError("node0", 131, ["soft lockup"])
+                raise ClusterLaunchError(spec, "nodes-ready", cause, {}) from cause
+            return result
+        return launch_once
+
+    class Launched:
+        phase_seconds = {"switch": 1.0}
+
+    monkeypatch.setattr(cluster_module, "_launch_once", hang_then(["hang", Launched()]))
+    relaunched = launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), progress=lambda _: None)
+    assert len(attempts) == 2 and list(relaunched.phase_seconds) == ["hung-relaunch", "switch"]  # type: ignore[attr-defined]
+    monkeypatch.setattr(cluster_module, "_launch_once", hang_then(["hang", "hang"]))
+    with pytest.raises(ClusterLaunchError, match="stuck for 131s"):
+        launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), progress=lambda _: None)
+    assert len(attempts) == 4
