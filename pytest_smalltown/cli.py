@@ -295,8 +295,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------
 
 
-def _cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+def _cluster_options(parser: argparse.ArgumentParser, nodes: int = 1, why: str = "") -> None:
+    parser.add_argument("--nodes", type=int, default=nodes, help=f"number of nodes (default {nodes}{why})")
     parser.add_argument("--image", help="'reference' or a Smalltown disk image (default: $SMALLTOWN_IMAGE or reference)")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="accelerator (default auto)")
     parser.add_argument("--node-memory", type=int, help="MiB per node")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     conformance = commands.add_parser(
         "conformance", help="run the upstream Kubernetes conformance suite (e2e.test) and summarise it"
     )
-    _cluster_options(conformance)
+    _cluster_options(conformance, nodes=2, why=": the suite needs two schedulable nodes")
     conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
     conformance.add_argument("--skip", help="Ginkgo skip regexp")
     conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.SMOKE_TESTS)")

@@ -289,7 +289,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         accel = f"{settings.accel} (chosen)"
     else:
         verdict = cached_verdict(settings.qemu)
-        accel = f"{verdict.accel} (probed: {verdict.reason})" if verdict else "auto (probed at the first launch)"
+        # The probe's reason can end in a console tail; its first clause says enough here.
+        reason = verdict.reason.split(";")[0] if verdict else ""
+        accel = f"{verdict.accel} (probed: {reason})" if verdict else "auto (probed at the first launch)"
     return [f"smalltown: image {settings.image}, accelerator {accel}, cache {cache_root()}"]
 
 

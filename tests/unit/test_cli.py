@@ -67,3 +67,9 @@ def test_conformance_running_needs_a_kept_cluster_with_the_conformance_images(
     assert main(["conformance", "--running", "--smoke"]) == 2
     assert "smalltown up --preload conformance" in capsys.readouterr().err
     assert build_parser().parse_args(["up", "--preload", "conformance"]).preload == ["conformance"]
+
+
+def test_conformance_boots_two_nodes_by_default() -> None:
+    """The suite itself requires two schedulable nodes; one would fail a spec before anything else."""
+    assert build_parser().parse_args(["conformance"]).nodes == 2
+    assert build_parser().parse_args(["up"]).nodes == 1
