@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
 from pytest_smalltown.pool import ClusterPool, Launcher
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
-from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
 from pytest_smalltown.shard import NO_CLUSTER, ShardError, assign, estimate, load_durations, record_durations
 from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
 
@@ -68,15 +68,19 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"received signal {signum}")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_HELP)
+def _resolve_settings(config: pytest.Config) -> Settings:
+    """The ``--smalltown-*`` settings from the command line, environment and ini; bad values are usage errors."""
     cli = {option.name: config.getoption(f"smalltown_{option.name}") for option in OPTIONS}
     ini = {option.name: config.getini(option.ini) for option in OPTIONS}
     try:
-        settings = resolve(cli, ini)
+        return resolve(cli, ini)
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
-    state = SmalltownSession(settings)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    state = SmalltownSession(_resolve_settings(config))
     config.stash[SESSION_KEY] = state
     if getattr(config.option, "dist", "no") == "load" and not _is_xdist_worker(config):
         state.spec_groups = SpecGroups.create()
@@ -331,12 +335,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own override wins
-    cli = {option.name: config.getoption(f"smalltown_{option.name}") for option in OPTIONS}
-    ini = {option.name: config.getini(option.ini) for option in OPTIONS}
-    try:
-        settings = resolve(cli, ini)
-    except SettingsError as error:
-        raise pytest.UsageError(str(error)) from None
+    settings = _resolve_settings(config)  # called before pytest_configure
     return auto_workers(settings.node_cpus, settings.node_memory)
 
 
