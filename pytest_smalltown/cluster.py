@@ -134,9 +134,11 @@ class Cluster:
         return copied
 
     def check_alive(self) -> None:
-        """Raise :class:`VMExitedError` (exit status, console tail) if the switch or a node VM has exited."""
-        for vm in [self.switch.vm, *(node.vm for node in self.nodes)]:
-            vm.check_running()
+        """Raise (with the console tail) if the switch or a node VM has exited, or a node's kernel hung."""
+        self.switch.vm.check_running()
+        for node in self.nodes:
+            node.vm.check_running()
+            node.vm.check_not_hung()
 
     def close(self) -> None:
         """Stop every VM and remove the work directory (idempotent)."""

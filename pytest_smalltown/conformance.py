@@ -112,7 +112,6 @@ LOG_NAME = "e2e.log"
 SUMMARY_NAME = "summary.txt"
 
 
-
 class ConformanceError(RuntimeError):
     """The suite could not be run at all (as opposed to: it ran and specs failed)."""
 
