@@ -135,10 +135,7 @@ class Cluster:
 
     def check_alive(self) -> None:
         """Raise (with the console tail) if the switch or a node VM has exited, or a node's kernel hung."""
-        self.switch.vm.check_running()
-        for node in self.nodes:
-            node.vm.check_running()
-            node.vm.check_not_hung()
+        _check_vms(self.switch, self.nodes)
 
     def close(self) -> None:
         """Stop every VM and remove the work directory (idempotent)."""
@@ -151,6 +148,15 @@ class Cluster:
             self.debug.close()
         _stop_all(self.nodes, self.switch)
         remove_workdir(self.workdir)
+
+
+def _check_vms(switch: Switch | None, nodes: list[ClusterNode]) -> None:
+    """Raise if the switch or a node VM exited, or a node's kernel reports a hang."""
+    if switch is not None:
+        switch.vm.check_running()
+    for node in nodes:
+        node.vm.check_running()
+        node.vm.check_not_hung()
 
 
 def _stop_all(nodes: list[ClusterNode], switch: Switch | None) -> None:
@@ -232,11 +238,7 @@ class _Phases:
         return tails
 
     def check_alive(self) -> None:
-        for node in self.nodes:
-            node.vm.check_running()
-            node.vm.check_not_hung()
-        if self.switch is not None:
-            self.switch.vm.check_running()
+        _check_vms(self.switch, self.nodes)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

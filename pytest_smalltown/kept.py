@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.spec import ClusterSpec
@@ -147,7 +148,7 @@ def attach(spec: ClusterSpec) -> AttachedCluster:
     kubeconfig = Path(state["kubeconfig"])
     return AttachedCluster(
         spec=spec,
-        debug=DebugClient(ports.dial_grpc(7837)),
+        debug=DebugClient(ports.dial_grpc(NodePort.DEBUG_SERVICE)),
         kube=api_client(kubeconfig),
         kubeconfig_path=kubeconfig,
         ports=ports,

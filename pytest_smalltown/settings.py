@@ -91,10 +91,6 @@ def _optional_path(value: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _shard(value: str) -> Shard | None:
-    return parse_shard(value)
-
-
 OPTIONS: tuple[Option, ...] = (
     Option("image", "reference", "node image: 'reference' (built from upstream parts on demand) or the path "
            "of a Smalltown disk image booted by UEFI", metavar="IMAGE"),
@@ -114,7 +110,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep_on_failure", "false", "when a test failed, keep that cluster running after the tests and "
            "wait (reach it with 'smalltown status/dbg', stop it with 'smalltown down' or Ctrl-C)", _bool, "BOOL"),
     Option("shard", "", "run only shard I of N (e.g. 2/4): whole cluster specs per shard, balanced by the "
-           "durations file", _shard, "I/N"),
+           "durations file", parse_shard, "I/N"),
     Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
            "the end of the session", _optional_path, "FILE"),
 )  # fmt: skip
