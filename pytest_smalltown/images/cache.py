@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CACHE_ENV = "SMALLTOWN_CACHE_DIR"
 #: How many builds of one artifact to keep: the current one and the one before
@@ -68,6 +72,83 @@ def hash_inputs(parts: Iterable[str | bytes | Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+#: How many answers each memo of :func:`remembered` keeps, newest last: enough
+#: for the current inputs of every image and a few earlier states, small
+#: enough that reading the memo costs microseconds.
+MEMO_ENTRIES = 64
+
+#: A file whose mtime or ctime is this recent when it is hashed is not
+#: remembered by :func:`file_digest`: file timestamps tick in jiffies, so a
+#: write in the same tick as the one before could leave the signature as it was.
+RACY_SECONDS = 2.0
+
+
+def remembered(kind: str, token: str, compute: Callable[[], T]) -> T:
+    """``compute()``, or the answer an earlier call (in any process) got for the same ``token``.
+
+    For inputs of cache keys that are slow to find out but cheap to recognise
+    as unchanged (apt's candidate versions, the digest of a 130 MB binary):
+    every cluster launch looks its images up, and a warm lookup must take
+    milliseconds, not seconds. ``token`` must change whenever the answer
+    could (a stat signature, apt's state). Answers must be JSON values; they
+    live in ``<cache root>/memo-<kind>.json``. Concurrent writers may drop each
+    other's newest entry, and a cache directory we cannot write (a cache built
+    by root, used by someone else) keeps nothing: both only cost a recomputation.
+    A ``compute`` that raises leaves nothing behind.
+    """
+    path = cache_root() / f"memo-{kind}.json"
+    try:
+        entries: dict[str, Any] = json.loads(path.read_text())
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    if token in entries:
+        found: T = entries[token]
+        return found
+    value = compute()
+    entries[token] = value
+    kept = dict(list(entries.items())[-MEMO_ENTRIES:])
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(json.dumps(kept))
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+    return value
+
+
+def stat_signature(info: os.stat_result) -> str:
+    """Device, inode, size, mtime and ctime: what changes whenever a file's contents may have.
+
+    The ctime is there because tools that keep mtimes (``cp -p``, ``tar``,
+    ``rsync -t``) cannot set it back: replacing a file always shows.
+    """
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 (hex) of the contents of file ``path``, remembered for as long as its stat signature holds.
+
+    Image keys cover built binaries and archives by content, so that a rebuild
+    with the same bytes keeps the images built on it; reading the kube binary
+    (130 MB) for that on every lookup cost more than all else a warm lookup did.
+    """
+    resolved = path.resolve()
+    info = os.stat(resolved)
+    if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < RACY_SECONDS * 1e9:
+        return _sha256_file(resolved)
+    return remembered("sha256", f"{resolved}:{stat_signature(info)}", lambda: _sha256_file(resolved))
+
+
 Progress = Callable[[str], None]
 
 
@@ -114,7 +195,7 @@ def cached_build(
     return final
 
 
-def prune(name: str, keep: int = KEEP_PER_NAME) -> list[Path]:
+def prune(name: str, keep: int = KEEP_PER_NAME, root: Path | None = None) -> list[Path]:
     """Remove all but the ``keep`` newest complete builds of ``name``, and dead builds' leftovers.
 
     Images are hundreds of MiB each and every input change makes a new one,
@@ -123,9 +204,10 @@ def prune(name: str, keep: int = KEEP_PER_NAME) -> list[Path]:
     waiting: a build another session is making (or re-making) right now is
     left alone. A work directory (``.name-key.*``) whose lock nobody holds
     belongs to a build that was killed (SIGKILL leaves no chance to clean up)
-    and is removed. Returns what was removed.
+    and is removed. ``root`` is the directory the artifacts are in (default:
+    :func:`cache_root`). Returns what was removed.
     """
-    root = cache_root()
+    root = root or cache_root()
     pattern = re.compile(rf"^{re.escape(name)}-([0-9a-f]{{16}})$")
     builds = [p for p in root.iterdir() if pattern.match(p.name) and (p / ".complete").exists()]
     builds.sort(key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)

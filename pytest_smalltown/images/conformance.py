@@ -49,7 +49,6 @@ deduplicates them by digest in the same way.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -63,7 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_smalltown.images import debian, gobuild, node, oci
-from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
 
 E2E = "registry.k8s.io/e2e-test-images"
@@ -150,48 +149,9 @@ def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text
     ])
 
 
-#: What apt resolves candidate versions from: its package lists, sources and pins.
-APT_STATE: tuple[str, ...] = ("/var/lib/apt/lists/*", "/etc/apt/sources.list", "/etc/apt/sources.list.d/*",
-                              "/etc/apt/preferences", "/etc/apt/preferences.d/*")
-
-
-def apt_state() -> str:
-    """A hash of the names, sizes and mtimes of the files in :data:`APT_STATE`.
-
-    It changes whenever ``apt-get update`` or a change of sources or pins could
-    change a candidate version, and costs a few ``stat`` calls.
-    """
-    parts = []
-    for pattern in APT_STATE:
-        for path in sorted(glob.glob(pattern)):
-            info = os.stat(path)
-            parts.append(f"{path}:{info.st_size}:{info.st_mtime_ns}")
-    return hash_inputs(parts)
-
-
 def resolved_versions() -> list[str]:
-    """``name=version`` of every Debian package we ask for (part of the archive's key).
-
-    Asking apt costs seconds on hosts whose apt keeps no binary cache (Debian's
-    container images configure it so), which would make every warm lookup
-    slow; so the answer is remembered in the cache directory for as long as
-    :func:`apt_state` is unchanged, and apt is asked once after each change.
-    """
-    packages = ("busybox-static", *TOOLS_PACKAGES)
-    memo = cache_root() / f"apt-candidates-{hash_inputs([apt_state(), *packages])}.json"
-    try:
-        remembered: list[str] = json.loads(memo.read_text())
-        return remembered
-    except (FileNotFoundError, ValueError):
-        pass
-    found = debian.candidates(packages)
-    versions = [f"{name}={found[name]['Version']}" for name in packages]
-    for old in memo.parent.glob("apt-candidates-*.json"):
-        old.unlink(missing_ok=True)
-    partial = memo.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(versions))
-    os.replace(partial, memo)
-    return versions
+    """``name=version`` of every Debian package we ask for (part of the archive's key)."""
+    return debian.versions(("busybox-static", *TOOLS_PACKAGES))
 
 
 # --- Go programs ---------------------------------------------------------------

@@ -8,13 +8,24 @@ here needs or touches the host's package state.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_smalltown.images.cache import hash_inputs, remembered
 from pytest_smalltown.launch.reaper import run_supervised
+
+#: What apt resolves candidate versions from: its package lists, sources, pins
+#: and configuration, and dpkg's installed state and architectures (apt does
+#: not downgrade an installed package that is newer than the archive's).
+APT_STATE: tuple[str, ...] = (
+    "/var/lib/apt/lists/*", "/etc/apt/sources.list", "/etc/apt/sources.list.d/*",
+    "/etc/apt/preferences", "/etc/apt/preferences.d/*", "/etc/apt/apt.conf", "/etc/apt/apt.conf.d/*",
+    "/var/lib/dpkg/status", "/var/lib/dpkg/arch",
+)
 
 
 class PackageError(RuntimeError):
@@ -46,12 +57,23 @@ def parse_show(show_output: str) -> dict[str, dict[str, str]]:
     return packages
 
 
-def candidates(packages: Sequence[str]) -> dict[str, dict[str, str]]:
-    """The fields of the version apt would install, for each of ``packages``, in one apt-cache call.
+def apt_state() -> str:
+    """A hash of the names, sizes and mtimes of the files in :data:`APT_STATE` (and of ``$APT_CONFIG``).
 
-    Image cache keys are built from these versions on every lookup, so one
-    call for many packages matters.
+    It changes whenever ``apt-get update``, an install or a change of sources,
+    pins or configuration could change a candidate version, and costs a few
+    ``stat`` calls.
     """
+    parts = [os.environ.get("APT_CONFIG", "")]
+    for pattern in APT_STATE:
+        for path in sorted(glob.glob(pattern)):
+            info = os.stat(path)
+            parts.append(f"{path}:{info.st_size}:{info.st_mtime_ns}")
+    return hash_inputs(parts)
+
+
+def _ask_apt(packages: Sequence[str]) -> dict[str, dict[str, str]]:
+    """What :func:`candidates` answers, from apt itself: one ``apt-cache`` call for all ``packages``."""
     _require_tool("apt-cache", "images are built from Debian packages and need apt")
     proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
     found = parse_show(proc.stdout)
@@ -62,6 +84,25 @@ def candidates(packages: Sequence[str]) -> dict[str, dict[str, str]]:
             f"and try again. apt said: {proc.stderr.strip()}"
         )
     return {name: found[name] for name in packages}
+
+
+def candidates(packages: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The fields of the version apt would install, for each of ``packages``.
+
+    Image cache keys are built from these versions on every lookup, and one
+    ``apt-cache show`` costs about half a second (more on hosts whose apt
+    keeps no binary cache, as Debian's container images configure it). So the
+    answer is remembered (:func:`cache.remembered`) for as long as
+    :func:`apt_state` is unchanged, and apt is asked once after each change.
+    """
+    token = f"{apt_state()}:{' '.join(packages)}"
+    return remembered("apt-candidates", token, lambda: _ask_apt(packages))
+
+
+def versions(packages: Sequence[str]) -> list[str]:
+    """``name=version`` of the candidate of each of ``packages``, in their order (as image keys record them)."""
+    found = candidates(packages)
+    return [f"{name}={found[name]['Version']}" for name in packages]
 
 
 def candidate(package: str) -> tuple[str, str]:

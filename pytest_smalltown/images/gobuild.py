@@ -16,6 +16,7 @@ first time, so two caches matter:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_smalltown.launch.reaper import run_supervised
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stat_signature, stderr_progress
 
 GO_DIR = Path(__file__).parent / "go"
 
@@ -126,7 +127,13 @@ class GoBuildError(RuntimeError):
 
 
 def go_version() -> str:
-    """``go version`` output, e.g. ``go version go1.26.8 linux/amd64``; part of every cache key."""
+    """``go version`` output, e.g. ``go version go1.26.8 linux/amd64``; part of every cache key.
+
+    A lookup of the node image asks for it once per program; the answer is
+    remembered per process for as long as the ``go`` binary is the same file
+    (path and stat signature). A ``go`` that is a script (a version manager's
+    shim, which may pick another toolchain on each call) is asked every time.
+    """
     go = shutil.which("go")
     if go is None:
         raise GoBuildError(
@@ -134,6 +141,21 @@ def go_version() -> str:
             "Kubernetes, etcd and CoreDNS from source. Install Go >= 1.26 "
             "(https://go.dev/dl/) and try again."
         )
+    binary = os.path.realpath(go)
+    with open(binary, "rb") as handle:
+        is_elf = handle.read(4) == b"\x7fELF"
+    if is_elf:
+        return _remembered_go_version(binary, stat_signature(os.stat(binary)))
+    return _ask_go_version(go)
+
+
+@functools.lru_cache(maxsize=8)
+def _remembered_go_version(binary: str, signature: str) -> str:
+    """:func:`_ask_go_version` of ``binary``, once per stat ``signature`` of it."""
+    return _ask_go_version(binary)
+
+
+def _ask_go_version(go: str) -> str:
     proc = subprocess.run([go, "version"], capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
         raise GoBuildError(f"'go version' failed: {proc.stderr.strip()}")

@@ -54,7 +54,7 @@ from typing import TypeVar
 
 from pytest_smalltown.images import debian, gobuild, oci
 from pytest_smalltown.launch.reaper import run_supervised
-from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import Progress, cache_root, cached_build, file_digest, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
 
@@ -296,8 +296,7 @@ def host_debian_sources() -> list[str]:
 
 def resolved_versions(packages: tuple[str, ...] = ROOTFS_PACKAGES) -> list[str]:
     """``name=version`` as apt on this host resolves each package (part of the rootfs key)."""
-    found = debian.candidates(packages)
-    return [f"{name}={found[name]['Version']}" for name in packages]
+    return debian.versions(packages)
 
 
 def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str:
@@ -460,22 +459,14 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
           "-d", str(root), str(disk), f"{size_mib}M"], "mke2fs", env=env)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def image_key(rootfs: Path, kernel: Kernel, binaries: dict[str, Path], archives: dict[str, Path],
               sources: dict[str, bytes], busybox_version: str) -> str:
     """Cache key of the final image: every stage's identity plus our code and recipe."""
     return hash_inputs([
         rootfs.parent.name,  # "node-rootfs-<its key>": the rootfs's identity, not where the cache lives
         kernel.cache_key, busybox_version,
-        *(f"{name}:{_file_digest(path)}" for name, path in sorted(binaries.items())),
-        *(f"{name}:{_file_digest(path)}" for name, path in sorted(archives.items())),
+        *(f"{name}:{file_digest(path)}" for name, path in sorted(binaries.items())),
+        *(f"{name}:{file_digest(path)}" for name, path in sorted(archives.items())),
         _sources_digest(sources), INIT_SCRIPT, AGENT_SCRIPT, CMDLINE, repr(BOOT_MODULES),
         repr(ROOTFS_MODULE_DIRS), str(DISK_FREE_BYTES), Path(__file__),
     ])

@@ -350,23 +350,3 @@ def test_warm_archive_is_found_without_building(tmp_path: Path, monkeypatch: pyt
     path = conformance.build_conformance_archive(progress=lambda message: pytest.fail(f"built: {message}"))
     assert time.monotonic() - started < 1.0
     assert path == done / conformance.ARCHIVE_NAME
-
-
-def test_apt_is_asked_once_per_apt_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    (lists / "Packages").write_text("one")
-    monkeypatch.setattr(conformance, "APT_STATE", (str(lists / "*"),))
-    calls: list[tuple[str, ...]] = []
-
-    def candidates(packages: tuple[str, ...]) -> dict[str, dict[str, str]]:
-        calls.append(packages)
-        return {name: {"Version": str(len(calls))} for name in packages}
-
-    monkeypatch.setattr(conformance.debian, "candidates", candidates)
-    first = conformance.resolved_versions()
-    assert conformance.resolved_versions() == first and len(calls) == 1
-    (lists / "Packages").write_text("two, after apt-get update")
-    assert conformance.resolved_versions() != first and len(calls) == 2
-    assert len(list(tmp_path.glob("apt-candidates-*.json"))) == 1
