@@ -31,14 +31,17 @@ from typing import Any
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import KeptClusterError, read_state, state_path, write_state
+from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
 
 EXIT_USAGE = 2
+#: The launch settings the cluster commands take as flags (the rest come from $SMALLTOWN_* or defaults).
+CLUSTER_SETTINGS = ("image", "accel", "node_memory", "node_cpus", "boot_timeout", "snapshots")
 
 
 def _settings(args: argparse.Namespace) -> Any:
     from pytest_smalltown.settings import resolve
 
-    cli = {name: getattr(args, name, None) for name in ("image", "accel", "node_memory", "node_cpus", "boot_timeout")}
+    cli = {name: getattr(args, name, None) for name in CLUSTER_SETTINGS}
     return resolve({k: (str(v) if v is not None else None) for k, v in cli.items()}, {})
 
 
@@ -122,8 +125,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
-    for name in ("image", "accel", "node_memory", "node_cpus", "boot_timeout"):
-        if getattr(args, name) is not None:
+    for name in CLUSTER_SETTINGS:
+        if getattr(args, name, None) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -139,7 +142,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         offset = len(text)
         time.sleep(1)
     state = json.loads(state_path().read_text())
-    print(f"cluster up (pid {state['pid']}):")
+    print(f"cluster up (pid {state['pid']}), {state.get('how', 'booted')}:")
     print(f"  Kubernetes API   https://127.0.0.1:{state['ports']['6443']}")
     print(f"  debug service    127.0.0.1:{state['ports']['7837']}")
     print(f"  kubeconfig       {state['kubeconfig']}")
@@ -302,6 +305,8 @@ def _cluster_options(parser: argparse.ArgumentParser, nodes: int = 1, why: str =
     parser.add_argument("--node-memory", type=int, help="MiB per node")
     parser.add_argument("--node-cpus", type=int, help="vCPUs per node")
     parser.add_argument("--boot-timeout", type=float, help="seconds to wait for readiness")
+    parser.add_argument("--snapshots", choices=SNAPSHOT_MODES,
+                        help="restore a saved cluster (auto, the default), boot and save anew (refresh), or boot (off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,19 +26,30 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from kubernetes import client as k8s
 
 from pytest_smalltown.api import debug_pb2, enrolment_pb2
 from pytest_smalltown.contract import ENROLMENT_FW_CFG_NAME, SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.debug import DebugClient
 from pytest_smalltown.images.cache import Progress, stderr_progress
-from pytest_smalltown.kube import api_client, node_addresses, wait_nodes_ready, write_kubeconfig
+from pytest_smalltown.kube import (
+    api_client,
+    node_addresses,
+    node_ready_since,
+    serving_certificate_not_after,
+    server_time,
+    wait_nodes_ready,
+    write_kubeconfig,
+)
 from pytest_smalltown.launch.accel import resolve_accel
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
@@ -54,9 +65,33 @@ from pytest_smalltown.launch.vm import (
     start_swtpm,
     start_vm,
 )
+from pytest_smalltown.launch.vmstate import (
+    Monitor,
+    create_overlay,
+    divert_writes,
+    incoming_uri,
+    pause,
+    resume,
+    start_save,
+    wait_incoming,
+    wait_migration,
+)
 from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.settings import Settings
+from pytest_smalltown.snapshots import (
+    Snapshot,
+    SnapshotMissing,
+    SnapshotRefused,
+    SnapshotStore,
+    SnapshotWarning,
+    SnapshotWriter,
+    describe_size,
+    snapshot_inputs,
+)
 from pytest_smalltown.spec import ClusterSpec
+
+if TYPE_CHECKING:
+    from pytest_smalltown.images.switch import SwitchImage
 
 CONSOLE_TAIL = 40
 #: Extra seconds of boot deadline per preloaded image set. Importing the
@@ -109,6 +144,10 @@ class Cluster:
     kubeconfig_path: Path
     workdir: Path
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    #: How it came up, for the summary: "booted (...)", "booted, saved as a snapshot (...)", "restored from ...".
+    how: str = "booted"
+    #: The snapshot it was restored from (its manifest has the facts recorded at the save).
+    snapshot: Snapshot | None = None
     _closed: bool = False
 
     @property
@@ -215,6 +254,30 @@ def node_boot(settings: Settings, progress: Progress) -> tuple[DirectBoot | Uefi
     return UefiBoot(settings.ovmf_code, settings.ovmf_vars), Disk(path, "qcow2" if path.suffix == ".qcow2" else "raw")
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What every VM of a cluster boots from: the node image, preloaded disks, the switch image."""
+
+    boot: DirectBoot | UefiBoot
+    disk: Disk
+    extra_disks: tuple[Disk, ...]
+    switch_image: SwitchImage
+
+    def files(self) -> dict[str, Path]:
+        """Every file the VMs are started from, by role (for snapshot keys)."""
+        files = {"node-disk": self.disk.path, "switch-kernel": self.switch_image.kernel}
+        if self.switch_image.initramfs is not None:
+            files["switch-initramfs"] = self.switch_image.initramfs
+        if isinstance(self.boot, DirectBoot):
+            files["node-kernel"] = self.boot.kernel
+            if self.boot.initramfs is not None:
+                files["node-initramfs"] = self.boot.initramfs
+        else:
+            files["ovmf-code"], files["ovmf-vars"] = self.boot.ovmf_code, self.boot.ovmf_vars
+        files.update({f"preload-{index}": disk.path for index, disk in enumerate(self.extra_disks)})
+        return files
+
+
 class _Phases:
     """Times the launch phases and turns a failure into a ClusterLaunchError naming the phase."""
 
@@ -251,6 +314,9 @@ class _Phases:
         self.seconds[name] = time.monotonic() - started
         self.progress(f"{self.spec} cluster: {name} done in {self.seconds[name]:.1f}s")
 
+    def stop_all(self) -> None:
+        _stop_all(self.nodes, self.switch)
+
 
 def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> None:
     """Wait until node 0's debug service answers an RPC (any answer counts)."""
@@ -271,6 +337,12 @@ def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> 
 
 def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = stderr_progress) -> Cluster:
     """Launch a cluster of ``spec.nodes`` nodes behind a Nanoswitch and wait until it is ready.
+
+    With ``settings.snapshots`` at ``auto`` (the default) a cluster saved by
+    an earlier launch with the same inputs is restored instead of booted; a
+    snapshot that cannot be used is refused with a :class:`SnapshotWarning`
+    and the cluster is booted cold and saved anew (``refresh`` always does
+    that, ``off`` never saves nor restores). See :mod:`pytest_smalltown.snapshots`.
 
     A guest whose kernel hangs while booting (both vCPUs of a reference
     node stuck for minutes in a soft lockup, seen once under TCG) fails the
@@ -295,49 +367,126 @@ def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> C
     check_host_inputs(settings)
     accel = resolve_accel(settings.accel, settings.qemu).accel
     phases = _Phases(spec, time.monotonic() + settings.boot_timeout, progress)
+    with phases.phase("images"):
+        boot, disk = node_boot(settings, progress)
+        extra_disks = preload_disks(spec, progress)
+        from pytest_smalltown.images.switch import build_switch_image
+
+        parts = _Parts(boot, disk, extra_disks, build_switch_image(progress))
+        store = None
+        if settings.snapshots != "off" and not settings.tpm:
+            inputs = snapshot_inputs(
+                spec, boot_files=parts.files(), cmdline=boot.cmdline if isinstance(boot, DirectBoot) else "",
+                qemu=settings.qemu, memory_mib=settings.node_memory, cpus=settings.node_cpus, accel=accel,
+                tpm=settings.tpm,
+            )  # fmt: skip
+            store = SnapshotStore(spec, inputs)
+    images_seconds = phases.seconds["images"]
+
+    refusal = "--smalltown-snapshots=refresh"
+    if settings.snapshots == "off":
+        refusal = "snapshots are off"
+    elif store is None:
+        refusal = "snapshots of nodes with a TPM are not supported yet"
+    if store is not None and settings.snapshots == "auto":
+        try:
+            snapshot = store.lookup()
+            return _restore(spec, settings, parts, accel, store, snapshot, images_seconds, progress)
+        except SnapshotMissing as missing:  # the first launch with these inputs: nothing to warn about
+            refusal = str(missing)
+        except SnapshotRefused as refused:
+            refusal = f"snapshot refused: {refused}"
+            store.discard()  # it exists but cannot be used: make room for a new one
+            warnings.warn(SnapshotWarning(f"{spec} cluster: {refusal}; booting it cold"), stacklevel=3)
+        progress(f"{spec} cluster: not restored ({refusal}); booting")
+    return _boot(spec, settings, parts, accel, phases, store, refusal, progress)
+
+
+def _node_config(
+    index: int,
+    settings: Settings,
+    parts: _Parts,
+    accel: str,
+    switch: Switch,
+    workdir: Path,
+    disk: Disk,
+    fw_cfg: tuple[tuple[str, Path], ...],
+    tpm_socket: Path | None,
+    incoming: str | None = None,
+) -> VMConfig:
+    """Node ``index``'s VM: the same devices whether it boots or is restored (a restore needs exactly that)."""
+    return VMConfig(
+        name=f"node{index}",
+        boot=parts.boot,
+        accel=accel,  # type: ignore[arg-type]
+        memory_mib=settings.node_memory,
+        cpus=settings.node_cpus,
+        nics=(switch.node_nic(index),),
+        disks=(disk, *parts.extra_disks),
+        fw_cfg=fw_cfg,
+        tpm_socket=tpm_socket,
+        qmp_socket=workdir / f"node{index}.qmp",
+        incoming=incoming,
+        paused=incoming is not None,
+    )
+
+
+def _start_node(phases: _Phases, settings: Settings, workdir: Path, make: Callable[[Path | None], VMConfig],
+                index: int, history: Sequence[str] = ()) -> ClusterNode:  # fmt: skip
+    """Start node ``index`` (and its swtpm when asked for) and add it to ``phases.nodes``."""
+    tpm_process, tpm_socket = start_swtpm(workdir, f"swtpm{index}") if settings.tpm else (None, None)
+    try:
+        vm = start_vm(make(tpm_socket), workdir, settings.qemu, history)
+    except BaseException:
+        if tpm_process is not None:  # no VM will ever own it: stop it here
+            tpm_process.stop(grace=2)
+        raise
+    node = ClusterNode(index, node_address(index), vm, tpm_process)
+    phases.nodes.append(node)
+    return node
+
+
+def _boot(
+    spec: ClusterSpec,
+    settings: Settings,
+    parts: _Parts,
+    accel: str,
+    phases: _Phases,
+    store: SnapshotStore | None,
+    not_restored: str,
+    progress: Progress,
+) -> Cluster:
+    """Boot the cluster from nothing; save it as a snapshot once Ready when ``store`` is given."""
+    # The image build does not count against the boot deadline; importing
+    # preloaded image sets does (nodes are not Ready before), so it gets its own allowance.
+    phases.deadline = time.monotonic() + settings.boot_timeout + PRELOAD_IMPORT_ALLOWANCE * len(spec.preload)
     workdir = make_workdir("st-c-")
+    # A snapshot's disks are qcow2 overlays written from the first boot on, so
+    # that at the save they hold exactly what the guests wrote: they are made
+    # straight in the snapshot's work directory (no copy at save time).
+    writer = store.begin() if store is not None else None
     debug: DebugClient | None = None
     try:
-        with phases.phase("images"):
-            boot, disk = node_boot(settings, progress)
-            extra_disks = preload_disks(spec, progress)
-            from pytest_smalltown.images.switch import build_switch_image
-
-            switch_image = build_switch_image(progress)
-        # The image build does not count against the boot deadline; importing
-        # preloaded image sets does (nodes are not Ready before), so it gets its own allowance.
-        phases.deadline = time.monotonic() + settings.boot_timeout + PRELOAD_IMPORT_ALLOWANCE * len(spec.preload)
-
         with phases.phase("switch"):
             phases.switch = launch_switch(
-                spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=switch_image,
+                spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=parts.switch_image,
                 ready_timeout=phases.remaining(), progress=progress, qemu=settings.qemu,
             )  # fmt: skip
         switch = phases.switch
 
-        def start_node(index: int, fw_cfg: tuple[tuple[str, Path], ...] = ()) -> None:
-            tpm_process, tpm_socket = start_swtpm(workdir, f"swtpm{index}") if settings.tpm else (None, None)
-            config = VMConfig(
-                name=f"node{index}",
-                boot=boot,
-                accel=accel,  # type: ignore[arg-type]
-                memory_mib=settings.node_memory,
-                cpus=settings.node_cpus,
-                nics=(switch.node_nic(index),),
-                disks=(disk, *extra_disks),
-                fw_cfg=fw_cfg,
-                tpm_socket=tpm_socket,
-            )
-            try:
-                vm = start_vm(config, workdir, settings.qemu)
-            except BaseException:
-                if tpm_process is not None:  # no VM will ever own it: stop it here
-                    tpm_process.stop(grace=2)
-                raise
-            phases.nodes.append(ClusterNode(index, node_address(index), vm, tpm_process))
+        def boot_node(index: int, fw_cfg: tuple[tuple[str, Path], ...] = ()) -> None:
+            disk = parts.disk
+            if writer is not None:
+                overlay = create_overlay(disk.path, disk.format, writer.work / f"node{index}.qcow2")
+                disk = Disk(overlay, "qcow2", snapshot=False)
+
+            def make(tpm_socket: Path | None) -> VMConfig:
+                return _node_config(index, settings, parts, accel, switch, workdir, disk, fw_cfg, tpm_socket)
+
+            _start_node(phases, settings, workdir, make, index)
 
         with phases.phase("node0-debug"):
-            start_node(0)
+            boot_node(0)
             debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
             _wait_debug_service(debug, phases, phases.remaining())
 
@@ -345,40 +494,218 @@ def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> C
             with phases.phase("enrolment"):
                 for index in range(1, spec.nodes):
                     ticket = debug.golden_ticket(node_address(index), retry_for=phases.remaining())
-                    config_path = workdir / f"enrolment-node{index}.pb"
+                    # A restore needs the very file the node booted with (fw_cfg), so it is kept with the snapshot.
+                    config_path = (writer.work if writer is not None else workdir) / f"enrolment-node{index}.pb"
                     enrolment = enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
                     # The ticket carries the node's private keys.
                     write_private(config_path, enrolment.SerializeToString())
-                    start_node(index, ((ENROLMENT_FW_CFG_NAME, config_path),))
+                    boot_node(index, ((ENROLMENT_FW_CFG_NAME, config_path),))
 
-        with phases.phase("kubeconfig"):
-            kubeconfig_yaml = debug.debug_kubeconfig(retry_for=phases.remaining())
-            kubeconfig_path = write_kubeconfig(
-                kubeconfig_yaml, switch.ports[NodePort.KUBERNETES_API], workdir / "kubeconfig"
-            )
-            kube = api_client(kubeconfig_path)
-
-        with phases.phase("nodes-ready"):
-            ready = wait_nodes_ready(kube, spec.nodes, phases.remaining(), phases.check_alive)
-            # Node objects can be Ready before node 0's control plane is whole
-            # (scheduler, controller-manager); the node's own view decides.
-            debug.wait_condition("KubernetesReady", phases.remaining())
-            addresses = sorted(node_addresses(node).get("InternalIP", "?") for node in ready)
-            progress(f"{spec} cluster: nodes Ready at {', '.join(addresses)}")
+        kube, kubeconfig_path = _connect(phases, debug, switch, workdir)
+        how = f"booted ({not_restored})"
+        if writer is not None:
+            how = _save(phases, kube, writer, workdir, progress)
+            writer = None
     except BaseException:
         if debug is not None:
             debug.close()
-        _stop_all(phases.nodes, phases.switch)
+        phases.stop_all()
         remove_workdir(workdir)
+        if writer is not None:
+            writer.abort()
         raise
-    assert phases.switch is not None
     return Cluster(
-        spec=spec,
-        switch=phases.switch,
-        nodes=phases.nodes,
-        debug=debug,
-        kube=kube,
-        kubeconfig_path=kubeconfig_path,
-        workdir=workdir,
-        phase_seconds=phases.seconds,
-    )
+        spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
+        workdir=workdir, phase_seconds=phases.seconds, how=how,
+    )  # fmt: skip
+
+
+def _connect(phases: _Phases, debug: DebugClient, switch: Switch, workdir: Path) -> tuple[Any, Path]:
+    """Fetch fresh debug credentials, then wait until every node is Ready; returns the client and kubeconfig."""
+    with phases.phase("kubeconfig"):
+        kubeconfig_yaml = debug.debug_kubeconfig(retry_for=phases.remaining())
+        kubeconfig_path = write_kubeconfig(kubeconfig_yaml, switch.ports[NodePort.KUBERNETES_API], workdir / "kubeconfig")
+        kube = api_client(kubeconfig_path)
+
+    with phases.phase("nodes-ready"):
+        ready = wait_nodes_ready(kube, phases.spec.nodes, phases.remaining(), phases.check_alive)
+        # Node objects can be Ready before node 0's control plane is whole
+        # (scheduler, controller-manager); the node's own view decides.
+        debug.wait_condition("KubernetesReady", phases.remaining())
+        addresses = sorted(node_addresses(node).get("InternalIP", "?") for node in ready)
+        phases.progress(f"{phases.spec} cluster: nodes Ready at {', '.join(addresses)}")
+    return kube, kubeconfig_path
+
+
+#: Seconds a save may take: every VM's RAM through zstd, on a host busy with nothing else.
+SAVE_TIMEOUT = 300.0
+#: Seconds a restored cluster gets to load and be Ready again. It needs a few;
+#: a snapshot that takes longer is broken, and booting cold is better than waiting.
+RESTORE_TIMEOUT = 180.0
+
+
+def cluster_facts(kube: Any, nodes: int) -> dict[str, Any]:
+    """What a restored cluster must still show: node names, addresses, Ready times, restarts, clocks.
+
+    Recorded in the snapshot's manifest at the save; the snapshot tests
+    compare a restored cluster against it.
+    """
+    core = k8s.CoreV1Api(kube)
+    listed: list[Any] = core.list_node(_request_timeout=30).items
+    pods: list[Any] = core.list_pod_for_all_namespaces(_request_timeout=30).items
+    return {
+        "nodes": {
+            n.metadata.name: {"address": node_addresses(n).get("InternalIP"), "ready_since": node_ready_since(n)}
+            for n in listed
+        },
+        "pod_restarts": {
+            f"{p.metadata.namespace}/{p.metadata.name}": sum(c.restart_count for c in p.status.container_statuses or [])
+            for p in pods
+        },
+        "cluster_time": server_time(kube),
+        "host_time": time.time(),
+    }
+
+
+def _save(phases: _Phases, kube: Any, writer: SnapshotWriter, workdir: Path, progress: Progress) -> str:
+    """Save the Ready cluster into ``writer`` and let it run on; returns how it was launched, for the summary.
+
+    Every VM is paused, so that no node sees another one move; each node's
+    disk writes are diverted to a new overlay in ``workdir`` (the saved one
+    stays as it was at this instant); every VM's RAM and devices go to a
+    file; then all run on. A save that fails is a warning, not a failure:
+    the cluster runs on unsaved.
+    """
+    assert phases.switch is not None
+    vms = [phases.switch.vm, *(node.vm for node in phases.nodes)]
+    monitors: list[Monitor] = []
+    paused: list[Monitor] = []
+    started = time.monotonic()
+    try:
+        with phases.phase("snapshot-save"):
+            facts = cluster_facts(kube, phases.spec.nodes)
+            facts["api_certificate_not_after"] = serving_certificate_not_after(
+                phases.switch.ports[NodePort.KUBERNETES_API]
+            )
+            monitors = [Monitor(vm) for vm in vms]
+            for monitor in monitors:
+                pause(monitor)
+                paused.append(monitor)
+            for node, monitor in zip(phases.nodes, monitors[1:]):
+                divert_writes(monitor, "disk0", workdir / f"node{node.index}.qcow2")
+            for vm, monitor in zip(vms, monitors):
+                start_save(monitor, writer.work / f"{vm.name}.state.zst")
+            for monitor in monitors:
+                wait_migration(monitor, SAVE_TIMEOUT)
+            for vm in vms:
+                shutil.copyfile(vm.console_log, writer.work / vm.console_log.name)
+            for monitor in paused:
+                resume(monitor)
+            paused = []
+            snapshot = writer.commit(facts)
+    except ClusterLaunchError as error:
+        writer.abort()
+        for monitor in paused:  # if this fails too, the cluster is lost: that is a launch failure
+            resume(monitor)
+        message = f"{phases.spec} cluster: not saved as a snapshot: {error.__cause__}"
+        warnings.warn(SnapshotWarning(message), stacklevel=4)
+        progress(message)
+        return "booted (saving a snapshot failed)"
+    finally:
+        for monitor in monitors:
+            monitor.close()
+    size = describe_size(snapshot.directory) / 2**20
+    return f"booted, saved as a snapshot ({size:.0f} MiB, {time.monotonic() - started:.1f}s)"
+
+
+def _restore(
+    spec: ClusterSpec,
+    settings: Settings,
+    parts: _Parts,
+    accel: str,
+    store: SnapshotStore,
+    snapshot: Snapshot,
+    images_seconds: float,
+    progress: Progress,
+) -> Cluster:
+    """Start every VM of a saved cluster from its state and wait until the cluster is Ready again.
+
+    The VMs get fresh cables, host ports, work directories and disk
+    overlays on top of the snapshot's (which is only read, so any number of
+    sessions may restore it at once); they load their saved state paused and
+    are resumed together. The files are checksummed meanwhile; a mismatch,
+    or anything else going wrong, raises :class:`SnapshotRefused` after
+    stopping whatever was started, and the caller boots cold.
+    """
+    phases = _Phases(spec, time.monotonic() + min(settings.boot_timeout, RESTORE_TIMEOUT), progress)
+    phases.seconds["images"] = images_seconds
+    workdir = make_workdir("st-c-")
+    debug: DebugClient | None = None
+    monitors: list[Monitor] = []
+    try:
+        with store.reading(), phases.phase("restore"):
+            verified: list[BaseException | None] = []
+            checker = threading.Thread(target=_verify_into, args=(snapshot, verified), name="verify", daemon=True)
+            checker.start()
+            phases.switch = launch_switch(
+                spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=parts.switch_image,
+                progress=progress, qemu=settings.qemu,
+                restore=(incoming_uri(snapshot.state_file("nanoswitch")), snapshot.console_history("nanoswitch")),
+            )  # fmt: skip
+            switch = phases.switch
+            for index in range(spec.nodes):
+                overlay = create_overlay(snapshot.disk(index), "qcow2", workdir / f"node{index}.qcow2")
+                disk = Disk(overlay, "qcow2", snapshot=False)
+                enrolment = snapshot.file(f"enrolment-node{index}.pb")
+                fw_cfg = ((ENROLMENT_FW_CFG_NAME, enrolment),) if index > 0 else ()
+                incoming = incoming_uri(snapshot.state_file(f"node{index}"))
+
+                def make(tpm_socket: Path | None, index: int = index, disk: Disk = disk,
+                         fw_cfg: tuple[tuple[str, Path], ...] = fw_cfg, incoming: str = incoming) -> VMConfig:  # fmt: skip
+                    return _node_config(index, settings, parts, accel, switch, workdir, disk, fw_cfg, tpm_socket,
+                                        incoming)  # fmt: skip
+
+                _start_node(phases, settings, workdir, make, index, snapshot.console_history(f"node{index}"))
+            monitors = [Monitor(switch.vm), *(Monitor(node.vm) for node in phases.nodes)]
+            for monitor in monitors:
+                wait_incoming(monitor, phases.remaining())
+            checker.join()
+            if verified[0] is not None:
+                raise verified[0]
+            for monitor in monitors:
+                resume(monitor)
+
+        with phases.phase("node0-debug"):
+            debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
+            _wait_debug_service(debug, phases, phases.remaining())
+        kube, kubeconfig_path = _connect(phases, debug, switch, workdir)
+    except KeyboardInterrupt:
+        _abandon(phases, debug, workdir)
+        raise
+    except Exception as error:
+        _abandon(phases, debug, workdir)
+        cause = error.__cause__ if isinstance(error, ClusterLaunchError) and error.__cause__ else error
+        raise SnapshotRefused(f"restoring {snapshot.directory.name} failed: {str(cause).splitlines()[0]}") from error
+    finally:
+        for monitor in monitors:
+            monitor.close()
+    return Cluster(
+        spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
+        workdir=workdir, phase_seconds=phases.seconds, how=f"restored from {snapshot.directory.name}",
+        snapshot=snapshot,
+    )  # fmt: skip
+
+
+def _verify_into(snapshot: Snapshot, result: list[BaseException | None]) -> None:
+    try:
+        snapshot.verify()
+        result.append(None)
+    except BaseException as error:  # handed to the launching thread
+        result.append(error)
+
+
+def _abandon(phases: _Phases, debug: DebugClient | None, workdir: Path) -> None:
+    if debug is not None:
+        debug.close()
+    phases.stop_all()
+    remove_workdir(workdir)

@@ -71,6 +71,7 @@ def write_state(cluster: Any, pid: int) -> None:
         "kubeconfig": str(cluster.kubeconfig_path),
         "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
         "phases": cluster.phase_seconds,
+        "how": cluster.how,
     }
     path = state_path()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ changed, so a test can never talk to the wrong cluster.
 
 from __future__ import annotations
 
+import email.utils
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import stream
@@ -97,6 +100,31 @@ def node_ready(node: Any) -> bool:
 
 def node_addresses(node: Any) -> dict[str, str]:
     return {a.type: a.address for a in (node.status.addresses or [])}
+
+
+def node_ready_since(node: Any) -> float | None:
+    """When the node's Ready condition last changed (cluster time, seconds since the epoch)."""
+    for condition in node.status.conditions or []:
+        if condition.type == "Ready" and condition.last_transition_time is not None:
+            return float(condition.last_transition_time.timestamp())
+    return None
+
+
+def serving_certificate_not_after(port: int, host: str = LOOPBACK) -> float:
+    """When the certificate the API server presents on ``host:port`` expires (seconds since the epoch)."""
+    pem = ssl.get_server_certificate((host, port), timeout=30)
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    return certificate.not_valid_after_utc.timestamp()
+
+
+def server_time(api: k8s.ApiClient) -> float:
+    """The API server's clock (its HTTP ``Date`` header, whole seconds since the epoch).
+
+    The cluster's notion of now, which is not the host's after a restore
+    from a snapshot: guest clocks continue from the instant of the save.
+    """
+    _, _, headers = k8s.VersionApi(api).get_code_with_http_info(_request_timeout=10)
+    return email.utils.parsedate_to_datetime(headers["Date"]).timestamp()
 
 
 def wait_nodes_ready(

@@ -52,6 +52,8 @@ class PoolRecord:
     launch_seconds: float | None = None
     close_seconds: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    #: How the cluster came up: booted (and why not restored), saved as a snapshot, restored from one.
+    how: str = ""
     error: str | None = None
 
     def summary_line(self) -> str:
@@ -60,6 +62,8 @@ class PoolRecord:
             what = "FAILED to launch" if self.launch_seconds is None else "FAILED after its launch"
             return f"{self.spec} cluster: {what}: {self.error.splitlines()[0] if self.error else 'unknown error'}"
         line = f"{self.spec} cluster: launched in {self.launch_seconds or 0:.1f}s"
+        if self.how:
+            line += f", {self.how}"
         if self.phases:
             line += " (" + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases.items()) + ")"
         if self.close_seconds is not None:
@@ -113,6 +117,7 @@ class ClusterPool:
                 raise
             record.launch_seconds = time.monotonic() - started
             record.phases = dict(getattr(cluster, "phase_seconds", {}) or {})
+            record.how = str(getattr(cluster, "how", "") or "")
             self._live[spec] = cluster
         return self._live[spec]
 

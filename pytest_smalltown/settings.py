@@ -17,6 +17,7 @@ from typing import Any
 
 from pytest_smalltown.launch.accel import ACCEL_MODES
 from pytest_smalltown.shard import Shard, parse_shard
+from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
 
 
 class SettingsError(ValueError):
@@ -78,6 +79,12 @@ def _accel(value: str) -> str:
     return value
 
 
+def _snapshot_mode(value: str) -> str:
+    if value not in SNAPSHOT_MODES:
+        raise ValueError(f"must be one of {', '.join(SNAPSHOT_MODES)}")
+    return value
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -100,6 +107,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("tpm", "false", "attach a swtpm TPM 2.0 to each node", _bool, "BOOL"),
     Option("node_memory", "2048", "guest memory per node VM in MiB", _node_memory, "MIB"),
     Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N"),
+    Option("snapshots", "auto", "auto: restore a cluster saved by an earlier session with the same inputs, "
+           "else boot it and save it once Ready; refresh: always boot and save anew; off: always boot, "
+           "never save", _snapshot_mode, "MODE"),
     Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS"),
     Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",
            _optional_path, "DIR"),
@@ -129,6 +139,7 @@ class Settings:
     tpm: bool = False
     node_memory: int = 2048
     node_cpus: int = 2
+    snapshots: str = "auto"
     boot_timeout: float = 600.0
     artifacts: Path | None = None
     keep_namespace: bool = False

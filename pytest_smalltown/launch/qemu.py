@@ -113,6 +113,12 @@ class VMConfig:
     no_reboot: bool = True
     #: TSC rate handed to a microVM kernel (None: the host's rate, see below).
     tsc_khz: int | None = None
+    #: UNIX socket for QMP, QEMU's control protocol (pause, save, restore).
+    qmp_socket: Path | None = None
+    #: Restore from a saved state: a migration URI (``exec:...``) QEMU reads at start.
+    incoming: str | None = None
+    #: Start with the vCPUs stopped (``-S``); QMP ``cont`` starts them.
+    paused: bool = False
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -173,7 +179,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
 
     The serial console is connected to QEMU's stdout (``-chardev stdio``) so that
     the supervisor can keep both a log file and an in-memory tail; there is no
-    monitor and no display.
+    human monitor and no display, and QMP only when asked for.
     """
     argv = [qemu, "-name", config.name, "-nodefaults", "-no-user-config", "-display", "none"]
     if config.machine == "microvm":
@@ -186,6 +192,12 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
     argv += ["-m", str(config.memory_mib), "-smp", str(config.cpus)]
     argv += ["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]
     argv += ["-monitor", "none"]
+    if config.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{config.qmp_socket},server=on,wait=off"]
+    if config.paused:
+        argv.append("-S")
+    if config.incoming is not None:
+        argv += ["-incoming", config.incoming]
     if config.no_reboot:
         argv.append("-no-reboot")
 

@@ -168,11 +168,14 @@ def switch_vm_config(
     accel: Accel = "tcg",
     name: str = "nanoswitch",
     extra_kernel_args: Sequence[str] = (),
+    qmp_socket: Path | None = None,
+    incoming: str | None = None,
 ) -> VMConfig:
     """The switch's VM: microvm, uplink first, then one socket NIC per node end.
 
     The switch's own NIC MACs do not matter (nodes are told apart by theirs);
     they are made distinct and recognisable: 02:72:82:00:00:<node index>.
+    ``incoming`` restores a saved switch (paused until resumed over QMP).
     """
     check_node_count(nodes)
     if len(switch_fds) != nodes:
@@ -188,6 +191,9 @@ def switch_vm_config(
         cpus=1,
         nics=tuple(nics),
         rng=False,  # the switch needs no entropy beyond what the kernel has
+        qmp_socket=qmp_socket,
+        incoming=incoming,
+        paused=incoming is not None,
     )
 
 
@@ -307,6 +313,7 @@ def launch_switch(
     ready_timeout: float | None = READY_TIMEOUT,
     progress: Progress = stderr_progress,
     qemu: str = QEMU_BINARY,
+    restore: tuple[str, Sequence[str]] | None = None,
 ) -> Switch:
     """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0.
 
@@ -315,6 +322,11 @@ def launch_switch(
     so the returned switch is ready for nodes (nodes may also be started
     before it is ready: their DHCP client retries). On any failure everything
     started so far is torn down before the error propagates.
+
+    ``restore`` is (incoming migration URI, console history) of a saved
+    switch: it starts paused, with fresh cables and host ports, and is not
+    waited for (it said "forwarding" before it was saved); the caller resumes
+    it over QMP (the VM's socket is ``<workdir>/<name>.qmp``).
     """
     check_node_count(nodes)
     port_tuple = check_ports(ports)
@@ -335,11 +347,14 @@ def launch_switch(
         switch_fds = [a.fileno() for a, _ in pairs]
 
         def make_config(port_map: PortMap) -> VMConfig:
-            return switch_vm_config(switch_image, nodes, switch_fds, port_map, resolved)
+            return switch_vm_config(
+                switch_image, nodes, switch_fds, port_map, resolved,
+                qmp_socket=work / "nanoswitch.qmp", incoming=restore[0] if restore else None,
+            )  # fmt: skip
 
         started = time.monotonic()
         # Retries with a fresh port map if another process grabs a chosen host port first.
-        vm, port_map = start_vm_with_ports(make_config, port_tuple, work, qemu)
+        vm, port_map = start_vm_with_ports(make_config, port_tuple, work, qemu, history=restore[1] if restore else ())
     except BaseException:
         for a, b in pairs:
             a.close()
@@ -351,7 +366,7 @@ def launch_switch(
     for a, _ in pairs:
         a.close()
     switch = Switch(nodes, vm, [b for _, b in pairs], port_map, work, owns_workdir, started)
-    if ready_timeout is not None:
+    if ready_timeout is not None and restore is None:
         try:
             switch.wait_ready(ready_timeout)
         except BaseException:

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -161,15 +161,26 @@ class Process:
 
 
 class VM(Process):
-    """A running QEMU VM with a captured serial console."""
+    """A running QEMU VM with a captured serial console.
 
-    def __init__(self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY) -> None:
+    ``history`` is console output from before this process existed (a VM
+    restored from a snapshot continues the console of the VM that was
+    saved): it starts the log and the tail, so evidence reads from boot on.
+    """
+
+    def __init__(
+        self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
+    ) -> None:
         binary = find_binary(qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
         self._tail: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL_LINES)
-        self._lines_seen = 0
+        self._history = list(history)
+        if self._history:
+            self._history.append(f"[pytest-smalltown: {config.name} restored from a snapshot; its console continues]")
+        self._tail.extend(self._history)
+        self._lines_seen = len(self._history)
         self._cond = threading.Condition()
         self._eof = False
         argv = qemu_argv(config, binary)
@@ -190,6 +201,7 @@ class VM(Process):
         log: BinaryIO | None = None
         try:
             log = open(self.console_log, "wb")
+            log.writelines(f"{line}\n".encode() for line in self._history)
         except OSError as error:
             self._note_log_error(error)
         try:
@@ -271,9 +283,9 @@ class VM(Process):
         raise self.exited_error()
 
 
-def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY) -> VM:
+def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()) -> VM:
     """Start ``config`` as a supervised QEMU process whose files live in ``workdir``."""
-    return VM(config, workdir, qemu)
+    return VM(config, workdir, qemu, history)
 
 
 PORT_RETRIES = 3
@@ -285,6 +297,7 @@ def start_vm_with_ports(
     workdir: Path,
     qemu: str = QEMU_BINARY,
     settle: float = 5.0,
+    history: Sequence[str] = (),
 ) -> tuple[VM, PortMap]:
     """Start a VM whose user-mode NIC forwards ``guest_ports`` to fresh host ports.
 
@@ -298,7 +311,7 @@ def start_vm_with_ports(
     last_error: VMExitedError | None = None
     for _ in range(PORT_RETRIES):
         port_map = conflict_free_port_map(ports)
-        vm = start_vm(make_config(port_map), workdir, qemu)
+        vm = start_vm(make_config(port_map), workdir, qemu, history)
         try:
             wait_listening(vm, port_map.values(), settle)
             return vm, port_map

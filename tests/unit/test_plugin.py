@@ -28,6 +28,7 @@ class FakeCluster:
         self.kube = f"kube-of-{spec.nodes}"
         self.kubeconfig_path = Path("/nonexistent/kubeconfig")
         self.phase_seconds = {"switch": 0.5, "nodes": 1.5}
+        self.how = "booted"
         self.ports = {7837: 1, 6443: 2}
         self.nodes = []
         self.dead = False

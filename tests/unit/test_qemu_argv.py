@@ -155,3 +155,16 @@ def test_invalid_sizes_are_rejected() -> None:
         VMConfig(name="n", boot=DirectBoot(Path("/k")), memory_mib=1)
     with pytest.raises(ValueError, match="cpus"):
         VMConfig(name="n", boot=DirectBoot(Path("/k")), cpus=0)
+
+
+def test_qmp_and_restore_options_only_when_asked() -> None:
+    plain = qemu_argv(VMConfig(name="n", boot=DirectBoot(Path("/k"))))
+    assert "-qmp" not in plain and "-incoming" not in plain and "-S" not in plain
+
+    restoring = VMConfig(
+        name="n", boot=DirectBoot(Path("/k")), qmp_socket=Path("/w/n.qmp"), incoming="exec:zstd -d -c /s", paused=True
+    )
+    argv = qemu_argv(restoring)
+    assert option_values(argv, "-qmp") == ["unix:/w/n.qmp,server=on,wait=off"]
+    assert option_values(argv, "-incoming") == ["exec:zstd -d -c /s"]
+    assert "-S" in argv

@@ -1,0 +1,158 @@
+"""Pausing, saving and restoring running VMs, through QMP.
+
+A VM's saved state has two halves that must agree: its RAM and device state,
+written by QEMU's migration to a file (here through ``zstd``, since QEMU 7.2,
+which Debian ships, has no ``file:`` migration), and its disk. Disks that are
+saved are explicit qcow2 overlays rather than ``snapshot=on``: at save time
+the VM is paused, its writes are diverted to a new overlay on top of the
+current one (QMP ``blockdev-snapshot-sync``), and the current one becomes
+the saved disk, frozen at exactly the instant the RAM was saved.
+
+A restore starts QEMU with the same devices, ``-incoming`` reading the
+state file and ``-S`` so that the vCPUs stay stopped until every VM of a
+cluster has loaded (:func:`wait_incoming`); :func:`resume` then starts them.
+
+QMP is spoken through ``qemu.qmp``, the QEMU project's own client library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from pytest_smalltown.launch.vm import VM, LaunchError, find_binary
+
+#: Migration bandwidth cap while saving. QEMU's default (32 MiB/s) is meant
+#: for live migration over a network; a paused VM saving to a local file
+#: should go as fast as zstd can take it.
+SAVE_BANDWIDTH = 1 << 40
+#: zstd level for saved RAM: level 1 compresses a node's RAM image at several
+#: hundred MB/s on one core and still removes most of it (page cache, zeroed heaps).
+ZSTD_LEVEL = 1
+
+
+class VMStateError(LaunchError):
+    """A VM could not be paused, saved, restored or resumed."""
+
+
+class Monitor:
+    """A QMP connection to one VM (commands raise :class:`VMStateError` on errors)."""
+
+    def __init__(self, vm: VM, timeout: float = 30.0) -> None:
+        socket_path = vm.config.qmp_socket
+        if socket_path is None:
+            raise VMStateError(f"VM {vm.name!r} was started without a QMP socket")
+        self.vm = vm
+        deadline = time.monotonic() + timeout
+        while not socket_path.exists():  # QEMU creates it a few ms after it starts
+            vm.check_running()
+            if time.monotonic() > deadline:
+                raise VMStateError(f"VM {vm.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s")
+            time.sleep(0.01)
+        self._qmp = QEMUMonitorProtocol(str(socket_path), nickname=vm.name)
+        self._qmp.connect()
+        self._qmp.settimeout(timeout)
+
+    def cmd(self, command: str, **arguments: Any) -> Any:
+        """Run one QMP command and return its result."""
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except ExecuteError as error:
+            raise VMStateError(f"VM {self.vm.name!r}: QMP {command} failed: {error}") from error
+        except Exception as error:  # connection lost: say whether QEMU died
+            self.vm.check_running()
+            raise VMStateError(f"VM {self.vm.name!r}: QMP {command}: {type(error).__name__}: {error}") from error
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._qmp.close()
+
+
+def pause(monitor: Monitor) -> None:
+    """Stop the VM's vCPUs (devices and timers stop with them)."""
+    monitor.cmd("stop")
+
+
+def resume(monitor: Monitor) -> None:
+    """Start the VM's vCPUs again (after :func:`pause`, a save, or a restore with ``-S``)."""
+    monitor.cmd("cont")
+
+
+def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
+    """From now on, write ``device``'s changes to a new qcow2 ``overlay`` on top of its current image.
+
+    The current image is left as it was at this instant: with the VM
+    paused, it is the disk half of a consistent save.
+    """
+    monitor.cmd("blockdev-snapshot-sync", device=device, **{"snapshot-file": str(overlay), "format": "qcow2"})
+
+
+def start_save(monitor: Monitor, state_file: Path) -> None:
+    """Begin writing the paused VM's RAM and device state, zstd-compressed, to ``state_file``."""
+    zstd = find_binary("zstd", "install zstd (Debian: apt-get install zstd)")
+    monitor.cmd("migrate-set-parameters", **{"max-bandwidth": SAVE_BANDWIDTH})
+    command = f"{shlex.quote(zstd)} -{ZSTD_LEVEL} -q -f -o {shlex.quote(str(state_file))}"
+    monitor.cmd("migrate", uri=f"exec:{command}")
+
+
+def incoming_uri(state_file: Path) -> str:
+    """The ``-incoming`` URI that restores a VM from a file written by :func:`start_save`."""
+    zstd = find_binary("zstd", "install zstd (Debian: apt-get install zstd)")
+    return f"exec:{shlex.quote(zstd)} -d -c -q {shlex.quote(str(state_file))}"
+
+
+def wait_migration(monitor: Monitor, timeout: float) -> None:
+    """Wait until the VM's outgoing save or incoming restore has completed.
+
+    Raises :class:`VMStateError` with QEMU's reason (and its stderr, where a
+    bad state file is explained) when it failed or did not finish in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        monitor.vm.check_running()
+        status = monitor.cmd("query-migrate")
+        state = status.get("status")
+        if state == "completed":
+            return
+        if state in ("failed", "cancelled"):
+            reason = status.get("error-desc", "no reason given")
+            raise VMStateError(f"VM {monitor.vm.name!r}: state transfer {state}: {reason}; "
+                               f"QEMU stderr: {monitor.vm.stderr().strip()[-500:] or '(empty)'}")
+        if time.monotonic() > deadline:
+            raise VMStateError(f"VM {monitor.vm.name!r}: state transfer not done within {timeout:.0f}s ({state})")
+        time.sleep(0.02)
+
+
+def wait_incoming(monitor: Monitor, timeout: float) -> None:
+    """Wait until a VM started with ``-incoming`` has loaded its state (its vCPUs stay stopped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # Before the incoming stream is read, query-migrate reports nothing or "setup".
+        monitor.vm.check_running()
+        status = monitor.cmd("query-status")
+        if status.get("status") != "inmigrate":
+            break
+        if time.monotonic() > deadline:
+            raise VMStateError(f"VM {monitor.vm.name!r}: saved state not loaded within {timeout:.0f}s")
+        time.sleep(0.02)
+    wait_migration(monitor, max(1.0, deadline - time.monotonic()))
+
+
+def create_overlay(backing: Path, backing_format: str, overlay: Path) -> Path:
+    """A new, empty qcow2 ``overlay`` whose reads fall through to ``backing`` (never written)."""
+    qemu_img = find_binary("qemu-img", "install qemu-utils (Debian: apt-get install qemu-utils)")
+    result = subprocess.run(
+        [qemu_img, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(overlay)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise VMStateError(f"qemu-img create {overlay} on {backing} failed: {result.stderr.strip()}")
+    return overlay

@@ -1,0 +1,299 @@
+"""Where saved clusters live: keys, the on-disk layout, checks, locking and pruning.
+
+A Ready cluster saved once (``cluster.py`` does the pausing and saving, see
+:mod:`pytest_smalltown.launch.vmstate`) is restored by later sessions in
+seconds instead of booted in minutes. A snapshot is only valid for exactly
+the inputs it was made from, so it is cached like an image: in
+``<cache>/snapshots/snapshot-<spec>-<key>/`` (or ``$SMALLTOWN_SNAPSHOT_DIR``), where the key hashes every input that
+makes two clusters differ (:func:`snapshot_inputs`). One directory holds::
+
+    manifest.json            inputs, file sizes and checksums, facts at save time
+    nanoswitch.state.zst     RAM and device state of each VM (QEMU migration stream)
+    node0.state.zst ...
+    node0.qcow2 ...          each node's disk at the save instant (backing: the node image)
+    enrolment-node1.pb ...   the fw_cfg files the nodes booted with (must exist to restore)
+    nanoswitch.console.log … console output up to the save, shown before a restored VM's own
+
+Snapshots hold the cluster's CA keys and credentials, so the directory is
+private to its owner (0700), unlike images.
+
+A snapshot that cannot be used (missing, half-written, corrupt, made from
+other inputs) is *refused*: the caller boots cold, warns, and saves a new
+one. Nothing here fails a test run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_smalltown.images.cache import cache_root, hash_inputs, prune
+from pytest_smalltown.spec import ClusterSpec
+
+#: Bump when the layout or the meaning of a snapshot changes.
+SNAPSHOT_FORMAT = 1
+MODES = ("auto", "off", "refresh")
+#: A restoring session holds its snapshot open; an older one is not needed by anyone.
+KEEP_PER_SPEC = 1
+#: Refuse a snapshot whose API server certificate expires sooner than this
+#: (host clock): the host's clients would stop trusting it mid-session.
+MIN_CERT_VALIDITY_SECONDS = 7 * 24 * 3600
+
+
+class SnapshotRefused(Exception):
+    """This snapshot cannot be used; the message says why (shown in a warning, never a failure)."""
+
+
+class SnapshotMissing(SnapshotRefused):
+    """No snapshot of these inputs exists (the first launch after a change); the message says what changed."""
+
+
+class SnapshotWarning(UserWarning):
+    """A snapshot was refused or could not be saved; the cluster was booted cold instead."""
+
+
+SNAPSHOT_DIR_ENV = "SMALLTOWN_SNAPSHOT_DIR"
+
+
+def snapshot_root() -> Path:
+    """Where snapshots are kept: ``$SMALLTOWN_SNAPSHOT_DIR``, else ``snapshots/`` in the image cache."""
+    explicit = os.environ.get(SNAPSHOT_DIR_ENV)
+    root = Path(explicit) if explicit else cache_root() / "snapshots"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
+
+
+def qemu_version(qemu: str) -> str:
+    """``qemu --version``'s first line: a snapshot only loads into the QEMU that wrote it."""
+    result = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()[0].strip()
+
+
+def file_identity(path: Path) -> str:
+    """Path, size and modification time: a cheap stand-in for a content hash of a big image file.
+
+    Cached images have their content hash in their directory name already;
+    a user-given disk image is identified this way so that replacing it
+    invalidates the snapshot without hashing gigabytes at every launch.
+    """
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def snapshot_inputs(
+    spec: ClusterSpec,
+    *,
+    boot_files: Mapping[str, Path],
+    cmdline: str,
+    qemu: str,
+    memory_mib: int,
+    cpus: int,
+    accel: str,
+    tpm: bool,
+) -> dict[str, str]:
+    """Everything a saved cluster depends on, by name (the key hashes it; a refusal names what changed)."""
+    inputs = {
+        "format": str(SNAPSHOT_FORMAT),
+        "spec": str(spec),
+        "qemu": qemu_version(qemu),
+        "node_memory_mib": str(memory_mib),
+        "node_cpus": str(cpus),
+        "accel": accel,
+        "tpm": str(tpm),
+        "cmdline": cmdline,
+    }
+    for name, path in sorted(boot_files.items()):
+        inputs[name] = file_identity(path)
+    return inputs
+
+
+def snapshot_name(spec: ClusterSpec) -> str:
+    """The cache name of a spec's snapshots, e.g. ``snapshot-2-node-conformance``."""
+    return "snapshot-" + re.sub(r"[^a-z0-9-]+", "-", str(spec).lower())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete snapshot directory and its manifest."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    def state_file(self, vm_name: str) -> Path:
+        return self.directory / f"{vm_name}.state.zst"
+
+    def disk(self, node_index: int) -> Path:
+        return self.directory / f"node{node_index}.qcow2"
+
+    def file(self, name: str) -> Path:
+        return self.directory / name
+
+    def console_history(self, vm_name: str) -> list[str]:
+        """The VM's console lines up to the save (empty if none were kept)."""
+        try:
+            return self.file(f"{vm_name}.console.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What was true of the cluster when it was saved (see ``cluster.py``'s save)."""
+        facts: dict[str, Any] = self.manifest.get("facts", {})
+        return facts
+
+    def verify(self) -> None:
+        """Raise :class:`SnapshotRefused` unless every file has the size and checksum it was saved with.
+
+        Reading the files also brings them into the page cache, where QEMU
+        is about to read them, so this runs beside the restore, not before it.
+        """
+        for name, expected in self.manifest["files"].items():
+            path = self.file(name)
+            try:
+                digest = hashlib.sha256()
+                size = 0
+                with open(path, "rb") as data:
+                    while chunk := data.read(1 << 20):
+                        digest.update(chunk)
+                        size += len(chunk)
+            except OSError as error:
+                raise SnapshotRefused(f"{path} cannot be read: {error}") from None
+            if size != expected["size"] or digest.hexdigest() != expected["sha256"]:
+                raise SnapshotRefused(f"{path} is corrupt (its size or checksum differs from when it was saved)")
+
+
+class SnapshotStore:
+    """The snapshots of one cluster spec made from one set of inputs."""
+
+    def __init__(self, spec: ClusterSpec, inputs: Mapping[str, str]) -> None:
+        self.spec = spec
+        self.inputs = dict(inputs)
+        self.name = snapshot_name(spec)
+        self.key = hash_inputs([json.dumps(self.inputs, sort_keys=True)])
+        self.root = snapshot_root()
+        self.directory = self.root / f"{self.name}-{self.key}"
+        self.lock_path = self.root / f".{self.name}-{self.key}.lock"
+
+    def lookup(self) -> Snapshot:
+        """The complete snapshot for these inputs, or :class:`SnapshotRefused` saying why there is none usable."""
+        if not (self.directory / ".complete").exists():
+            raise SnapshotMissing(self._why_missing())
+        try:
+            manifest = json.loads((self.directory / "manifest.json").read_text())
+        except (OSError, ValueError) as error:
+            raise SnapshotRefused(f"{self.directory}/manifest.json is unreadable: {error}") from None
+        if manifest.get("inputs") != self.inputs:
+            raise SnapshotRefused(f"{self.directory} was made from other inputs than its name says")
+        for name, expected in manifest.get("files", {}).items():
+            path = self.directory / name
+            if not path.is_file() or path.stat().st_size != expected["size"]:
+                raise SnapshotRefused(f"{path} is missing or truncated")
+        not_after = manifest.get("facts", {}).get("api_certificate_not_after")
+        if isinstance(not_after, (int, float)) and not_after - time.time() < MIN_CERT_VALIDITY_SECONDS:
+            raise SnapshotRefused(f"{self.directory}: its API server certificate expires within 7 days")
+        return Snapshot(self.directory, manifest)
+
+    def _why_missing(self) -> str:
+        """Name the inputs that differ from the newest other snapshot of this spec, if there is one."""
+        others = sorted(
+            (p for p in self.root.glob(f"{self.name}-*") if (p / ".complete").exists() and p != self.directory),
+            key=lambda p: (p / ".complete").stat().st_mtime,
+            reverse=True,
+        )
+        for other in others:
+            try:
+                old_inputs = json.loads((other / "manifest.json").read_text())["inputs"]
+            except (OSError, ValueError, KeyError):
+                continue
+            changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
+            return f"the saved {self.spec} cluster was made from other inputs ({', '.join(changed)} changed)"
+        return f"no {self.spec} cluster has been saved yet"
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold off pruning while a restore opens the snapshot's files (shared with other readers)."""
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove a snapshot that failed to restore, unless someone is reading it right now."""
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+    def begin(self) -> SnapshotWriter | None:
+        """A private work directory to save into, or None if another session is saving these inputs now."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        work = Path(tempfile.mkdtemp(prefix=f".{self.name}-{self.key}.", dir=self.root))  # 0700
+        return SnapshotWriter(self, work, fd)
+
+
+class SnapshotWriter:
+    """A snapshot being written: files go into :attr:`work`; :meth:`commit` makes it visible at once."""
+
+    def __init__(self, store: SnapshotStore, work: Path, lock_fd: int) -> None:
+        self.store = store
+        self.work = work
+        self._lock_fd: int | None = lock_fd
+
+    def commit(self, facts: Mapping[str, Any]) -> Snapshot:
+        """Checksum every file, write the manifest and rename the work directory into place."""
+        files = {}
+        for path in sorted(p for p in self.work.iterdir() if p.is_file()):
+            digest = hashlib.sha256()
+            with open(path, "rb") as data:
+                while chunk := data.read(1 << 20):
+                    digest.update(chunk)
+            files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+        manifest = {"inputs": self.store.inputs, "files": files, "facts": dict(facts), "saved_at": time.time()}
+        (self.work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (self.work / ".complete").write_text(f"{time.time():.0f}\n")
+        final = self.store.directory
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(self.work, final)
+        self._release()
+        prune(self.store.name, keep=KEEP_PER_SPEC, root=self.store.root)
+        return Snapshot(final, manifest)
+
+    def abort(self) -> None:
+        """Drop a half-written snapshot (a running VM may still hold its files open; that is fine)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def describe_size(directory: Path) -> int:
+    """Bytes on disk of a snapshot directory."""
+    return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.is_file())

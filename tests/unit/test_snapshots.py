@@ -1,0 +1,138 @@
+"""The snapshot store: keys, refusals, checksums, locking and pruning (no VMs: files only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_smalltown import snapshots
+from pytest_smalltown.settings import SettingsError, resolve
+from pytest_smalltown.snapshots import (
+    SnapshotMissing,
+    SnapshotRefused,
+    SnapshotStore,
+    snapshot_inputs,
+    snapshot_name,
+)
+from pytest_smalltown.spec import ClusterSpec
+
+
+@pytest.fixture(autouse=True)
+def snapshot_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "snapshots"
+    monkeypatch.setenv(snapshots.SNAPSHOT_DIR_ENV, str(root))
+    monkeypatch.setattr(snapshots, "qemu_version", lambda qemu: "QEMU emulator version 7.2.22")
+    return root
+
+
+def inputs(tmp_path: Path, **overrides: object) -> dict[str, str]:
+    kernel = tmp_path / "vmlinuz"
+    if not kernel.exists():
+        kernel.write_bytes(b"kernel")
+    arguments: dict[str, object] = dict(
+        boot_files={"node-kernel": kernel}, cmdline="console=ttyS0", qemu="qemu-system-x86_64",
+        memory_mib=2048, cpus=2, accel="tcg", tpm=False,
+    )  # fmt: skip
+    arguments.update(overrides)
+    return snapshot_inputs(ClusterSpec(2), **arguments)  # type: ignore[arg-type]
+
+
+def save(store: SnapshotStore, content: bytes = b"ram") -> None:
+    writer = store.begin()
+    assert writer is not None
+    (writer.work / "node0.state.zst").write_bytes(content)
+    (writer.work / "node0.qcow2").write_bytes(b"disk")
+    writer.commit({"cluster_time": 1.0})
+
+
+def test_names_are_per_spec() -> None:
+    assert snapshot_name(ClusterSpec(1)) == "snapshot-1-node"
+    assert snapshot_name(ClusterSpec(2, ("conformance",))) == "snapshot-2-node-conformance"
+
+
+def test_every_input_changes_the_key(tmp_path: Path) -> None:
+    base = SnapshotStore(ClusterSpec(2), inputs(tmp_path)).key
+    for change in ({"memory_mib": 4096}, {"cpus": 1}, {"accel": "kvm"}, {"tpm": True}, {"cmdline": "quiet"}):
+        assert SnapshotStore(ClusterSpec(2), inputs(tmp_path, **change)).key != base, change
+    (tmp_path / "vmlinuz").write_bytes(b"another kernel")  # same path, new content: size and mtime differ
+    assert SnapshotStore(ClusterSpec(2), inputs(tmp_path)).key != base
+
+
+def test_a_saved_snapshot_is_found_and_verifies(tmp_path: Path, snapshot_dir: Path) -> None:
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
+        store.lookup()
+    save(store)
+    snapshot = store.lookup()
+    snapshot.verify()
+    assert snapshot.facts == {"cluster_time": 1.0}
+    assert snapshot.state_file("node0").read_bytes() == b"ram"
+    assert (snapshot.directory.stat().st_mode & 0o777) == 0o700  # it holds the cluster's keys
+
+
+def test_a_corrupt_file_is_refused_by_verify(tmp_path: Path) -> None:
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    save(store)
+    snapshot = store.lookup()
+    snapshot.state_file("node0").write_bytes(b"RAM")  # same size, other bytes
+    with pytest.raises(SnapshotRefused, match="corrupt"):
+        snapshot.verify()
+
+
+def test_a_truncated_file_is_refused_at_lookup(tmp_path: Path) -> None:
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    save(store)
+    store.lookup().disk(0).write_bytes(b"d")
+    with pytest.raises(SnapshotRefused, match="missing or truncated"):
+        store.lookup()
+
+
+def test_a_changed_input_names_what_changed(tmp_path: Path) -> None:
+    save(SnapshotStore(ClusterSpec(2), inputs(tmp_path)))
+    changed = SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096))
+    with pytest.raises(SnapshotMissing, match=r"node_memory_mib changed"):
+        changed.lookup()
+
+
+def test_an_expiring_certificate_is_stale(tmp_path: Path) -> None:
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    writer = store.begin()
+    assert writer is not None
+    writer.commit({"api_certificate_not_after": 0})
+    with pytest.raises(SnapshotRefused, match="certificate expires"):
+        store.lookup()
+
+
+def test_one_saver_at_a_time_and_readers_hold_off_discard(tmp_path: Path) -> None:
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    first = store.begin()
+    assert first is not None
+    assert store.begin() is None  # another session is saving these inputs: it boots without saving
+    first.abort()
+    save(store)
+    with store.reading():
+        store.discard()
+        assert store.lookup()  # still there: someone is restoring it
+    store.discard()
+    with pytest.raises(SnapshotMissing):
+        store.lookup()
+
+
+def test_a_new_snapshot_prunes_the_old_one(tmp_path: Path, snapshot_dir: Path) -> None:
+    old = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    save(old)
+    new = SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096))
+    save(new)
+    assert not old.directory.exists() and new.directory.exists()
+    manifest = json.loads((new.directory / "manifest.json").read_text())
+    assert manifest["inputs"]["node_memory_mib"] == "4096"
+
+
+def test_snapshot_mode_setting() -> None:
+    assert resolve({}, {}, environ={}).snapshots == "auto"
+    assert resolve({"snapshots": "off"}, {}, environ={}).snapshots == "off"
+    assert resolve({}, {}, environ={"SMALLTOWN_SNAPSHOTS": "refresh"}).snapshots == "refresh"
+    with pytest.raises(SettingsError, match="--smalltown-snapshots"):
+        resolve({"snapshots": "sometimes"}, {}, environ={})
