@@ -6,13 +6,20 @@ it prints what it measured so that figures can be compared run to run.
 
     python benchmarks/bench.py                 # tiny VM, probe, switch, 1- and 2-node clusters
     python benchmarks/bench.py --nodes 1       # only the 1-node cluster
-    python benchmarks/bench.py --e2e           # also time a whole `pytest e2e/` run
+    python benchmarks/bench.py --e2e           # also time `pytest e2e/`, cold and restored
+
+Each cluster size is booted cold (and saved as a snapshot), then restored
+from that snapshot, in one run, so the ratio between the two is measured
+side by side. Snapshots go to a private directory that is removed at the
+end: the user's saved clusters are neither used nor replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 import statistics
 import subprocess
 import sys
@@ -29,6 +36,7 @@ from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
 from pytest_smalltown.launch.switch import launch_switch
 from pytest_smalltown.launch.vm import make_workdir, remove_workdir, start_vm
 from pytest_smalltown.settings import resolve
+from pytest_smalltown.snapshots import SNAPSHOT_DIR_ENV, describe_size
 from pytest_smalltown.spec import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +57,8 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def bench_tiny(accel: str) -> None:
+def bench_tiny(accel: str) -> float:
+    """The baseline every cluster figure is compared with: a tiny VM's boot on this host, now."""
     image = build_tiny_image(quiet)
     workdir = make_workdir("st-bench-")
     try:
@@ -64,6 +73,7 @@ def bench_tiny(accel: str) -> None:
             vm.stop()
         print(f"tiny VM launch -> first serial line ({accel}): median {statistics.median(samples):.2f}s "
               f"of {', '.join(f'{s:.2f}' for s in samples)} ({load()})")  # fmt: skip
+        return statistics.median(samples)
     finally:
         remove_workdir(workdir)
 
@@ -106,33 +116,55 @@ def bench_workload(cluster: Cluster) -> None:
         delete_namespace(cluster.kube, namespace)
 
 
-def bench_cluster(nodes: int) -> None:
-    settings = resolve({}, {})
-    started = time.monotonic()
-    cluster = launch_cluster(ClusterSpec(nodes), settings, quiet)
-    total = time.monotonic() - started
-    try:
-        boot = total - cluster.phase_seconds.get("images", 0.0)
-        target = 60 * nodes
-        phases = ", ".join(f"{name} {secs:.1f}s" for name, secs in cluster.phase_seconds.items())
-        print(f"{nodes}-node cluster: launch -> all Ready {boot:.1f}s without image lookup (target <= {target}s); "
-              f"{phases} ({load()})")  # fmt: skip
-        for node in cluster.nodes:
-            print(f"  {node.name} QEMU RSS {rss_mib(node.vm.pid):.0f} MiB (target <= 2560)")
-        print(f"  switch QEMU RSS {rss_mib(cluster.switch.vm.pid):.0f} MiB")
-        bench_workload(cluster)
-        for node in cluster.nodes:
-            print(f"  {node.name} QEMU RSS after workload {rss_mib(node.vm.pid):.0f} MiB")
-    finally:
-        cluster.close()
+def launch_to_ready(cluster: Cluster, total: float) -> float:
+    """Seconds from launch to all Ready, without the image lookup and the snapshot save."""
+    return total - cluster.phase_seconds.get("images", 0.0) - cluster.phase_seconds.get("snapshot-save", 0.0)
+
+
+def bench_cluster(nodes: int, tiny: float | None) -> None:
+    """Boot cold (saving a snapshot), then restore that snapshot: both to Ready, side by side."""
+    figures = {}
+    for mode in ("refresh", "auto"):
+        started = time.monotonic()
+        cluster = launch_cluster(ClusterSpec(nodes), resolve({"snapshots": mode}, {}), quiet)
+        total = time.monotonic() - started
+        try:
+            figures[mode] = launch_to_ready(cluster, total)
+            phases = ", ".join(f"{name} {secs:.1f}s" for name, secs in cluster.phase_seconds.items())
+            what = "cold boot" if mode == "refresh" else "restore"
+            print(f"{nodes}-node cluster, {what}: launch -> all Ready {figures[mode]:.1f}s without image lookup "
+                  f"and save ({cluster.how}); {phases} ({load()})")  # fmt: skip
+            if mode == "refresh":
+                if cluster.snapshot is None and "saved as a snapshot" not in cluster.how:
+                    print("  (no snapshot was saved; the restore below boots cold)")
+                save = cluster.phase_seconds.get("snapshot-save")
+                saved = [p for p in Path(os.environ[SNAPSHOT_DIR_ENV]).glob(f"snapshot-{nodes}-node-*")]
+                if save is not None and saved:
+                    print(f"  snapshot save {save:.1f}s, {describe_size(saved[0]) / 2**20:.0f} MiB on disk")
+                if tiny:
+                    print(f"  cold boot = {figures[mode] / tiny:.1f}x the tiny VM's boot measured above "
+                          f"(target: closer to 10x)")  # fmt: skip
+            for node in cluster.nodes:
+                print(f"  {node.name} QEMU RSS {rss_mib(node.vm.pid):.0f} MiB (target <= 2560)")
+            if mode == "auto":
+                bench_workload(cluster)
+        finally:
+            cluster.close()
+    print(f"  restore / cold boot = 1/{figures['refresh'] / figures['auto']:.1f} (target <= 1/10)")
 
 
 def bench_e2e() -> None:
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pytest", "e2e/", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
-                            capture_output=True, text=True)  # fmt: skip
-    last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-    print(f"pytest e2e/: {time.monotonic() - started:.0f}s wall, exit {result.returncode}: {last} (target <= 360s)")
+    """``pytest e2e/`` twice: booting (and saving) every cluster, then restoring them all."""
+    walls = {}
+    for mode in ("refresh", "auto"):
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "pytest", "e2e/", "-q", "-p", "no:cacheprovider",
+                                 f"--smalltown-snapshots={mode}"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        walls[mode] = time.monotonic() - started
+        last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+        what = "booting and saving every cluster" if mode == "refresh" else "restoring every cluster"
+        print(f"pytest e2e/ {what}: {walls[mode]:.0f}s wall, exit {result.returncode}: {last}")
+    print(f"  restored / cold = 1/{walls['refresh'] / walls['auto']:.1f} (target <= 1/3)")
 
 
 def main() -> int:
@@ -143,14 +175,20 @@ def main() -> int:
     args = parser.parse_args()
     accel = resolve_accel(os.environ.get("SMALLTOWN_ACCEL", "auto")).accel
     print(f"host: {os.cpu_count()} CPUs, accelerator {accel}, {load()}")
-    if not args.skip_small:
-        bench_probe()
-        bench_tiny(accel)
-        bench_switch(accel)
-    for nodes in args.nodes or [1, 2]:
-        bench_cluster(nodes)
-    if args.e2e:
-        bench_e2e()
+    snapshot_dir = tempfile.mkdtemp(prefix="st-bench-snapshots-", dir=Path.home())
+    os.environ[SNAPSHOT_DIR_ENV] = snapshot_dir
+    try:
+        tiny = None
+        if not args.skip_small:
+            bench_probe()
+            tiny = bench_tiny(accel)
+            bench_switch(accel)
+        for nodes in args.nodes or [1, 2]:
+            bench_cluster(nodes, tiny)
+        if args.e2e:
+            bench_e2e()
+    finally:
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
     return 0
 
 

@@ -9,13 +9,21 @@ benchmark):
    debug service, the external service and the Kubernetes API to node 0 on
    ephemeral 127.0.0.1 ports;
 3. ``node0-debug``: boot node 0 (no enrolment: it bootstraps the cluster)
-   and wait until its debug service answers;
+   while the switch boots, and wait until its debug service answers;
 4. ``enrolment``: for each further node ask node 0 for a golden ticket for
    that node's planned address, and boot it with the ticket in fw_cfg; the
    nodes boot while node 0 still brings up Kubernetes;
 5. ``kubeconfig``: fetch debug credentials and write the kubeconfig (0600);
 6. ``nodes-ready``: wait until all N nodes are Ready in the Kubernetes API
    and node 0 reports its ``KubernetesReady`` condition.
+
+7. ``snapshot-save``: the first time a spec's cluster is Ready, save it
+   (see :func:`_save`) and let it run on.
+
+A cluster restored from a snapshot (:func:`_restore`) has the phases
+``images``, ``restore`` (start every VM paused from its saved state, check
+the snapshot's files meanwhile, resume them together), ``node0-debug``,
+``kubeconfig`` (new credentials) and ``nodes-ready``.
 
 A phase that does not finish raises :class:`ClusterLaunchError`, which names
 the phase and shows every VM's console tail; everything started is stopped
@@ -468,9 +476,10 @@ def _boot(
     debug: DebugClient | None = None
     try:
         with phases.phase("switch"):
+            # Not waited for here: node 0 boots while the switch does (its DHCP client retries).
             phases.switch = launch_switch(
                 spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=parts.switch_image,
-                ready_timeout=phases.remaining(), progress=progress, qemu=settings.qemu,
+                ready_timeout=None, progress=progress, qemu=settings.qemu,
             )  # fmt: skip
         switch = phases.switch
 
@@ -487,6 +496,7 @@ def _boot(
 
         with phases.phase("node0-debug"):
             boot_node(0)
+            switch.wait_ready(phases.remaining())
             debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
             _wait_debug_service(debug, phases, phases.remaining())
 
@@ -592,7 +602,9 @@ def _save(phases: _Phases, kube: Any, writer: SnapshotWriter, workdir: Path, pro
                 pause(monitor)
                 paused.append(monitor)
             for node, monitor in zip(phases.nodes, monitors[1:]):
-                divert_writes(monitor, "disk0", workdir / f"node{node.index}.qcow2")
+                saved_disk = writer.work / f"node{node.index}.qcow2"
+                overlay = create_overlay(saved_disk, "qcow2", workdir / f"node{node.index}.qcow2", in_use=True)
+                divert_writes(monitor, "disk0", overlay)
             for vm, monitor in zip(vms, monitors):
                 start_save(monitor, writer.work / f"{vm.name}.state.zst")
             for monitor in monitors:

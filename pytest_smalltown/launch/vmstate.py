@@ -18,6 +18,7 @@ QMP is spoken through ``qemu.qmp``, the QEMU project's own client library.
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import subprocess
 import time
@@ -86,12 +87,16 @@ def resume(monitor: Monitor) -> None:
 
 
 def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
-    """From now on, write ``device``'s changes to a new qcow2 ``overlay`` on top of its current image.
+    """From now on, write ``device``'s changes to ``overlay``, a qcow2 made on top of its current image.
 
     The current image is left as it was at this instant: with the VM
-    paused, it is the disk half of a consistent save.
+    paused, it is the disk half of a consistent save. (The overlay is made
+    beforehand by :func:`create_overlay`: asked to make it itself, QEMU
+    announces it on stdout, which is the serial console here.)
     """
-    monitor.cmd("blockdev-snapshot-sync", device=device, **{"snapshot-file": str(overlay), "format": "qcow2"})
+    monitor.cmd(
+        "blockdev-snapshot-sync", device=device, **{"snapshot-file": str(overlay), "format": "qcow2", "mode": "existing"}
+    )
 
 
 def start_save(monitor: Monitor, state_file: Path) -> None:
@@ -145,14 +150,24 @@ def wait_incoming(monitor: Monitor, timeout: float) -> None:
     wait_migration(monitor, max(1.0, deadline - time.monotonic()))
 
 
-def create_overlay(backing: Path, backing_format: str, overlay: Path) -> Path:
-    """A new, empty qcow2 ``overlay`` whose reads fall through to ``backing`` (never written)."""
+def create_overlay(backing: Path, backing_format: str, overlay: Path, in_use: bool = False) -> Path:
+    """A new, empty qcow2 ``overlay`` whose reads fall through to ``backing`` (never written through it).
+
+    ``in_use``: a running VM holds ``backing`` open for writing, so its size
+    is read without taking QEMU's image lock (``-U``) and passed explicitly.
+    """
     qemu_img = find_binary("qemu-img", "install qemu-utils (Debian: apt-get install qemu-utils)")
-    result = subprocess.run(
-        [qemu_img, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(overlay)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise VMStateError(f"qemu-img create {overlay} on {backing} failed: {result.stderr.strip()}")
+    argv = [qemu_img, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(overlay)]
+    if in_use:
+        info = _run([qemu_img, "info", "-U", "--output=json", "-f", backing_format, str(backing)], backing)
+        argv[2:2] = ["-u"]
+        argv.append(str(json.loads(info)["virtual-size"]))
+    _run(argv, overlay)
     return overlay
+
+
+def _run(argv: list[str], about: Path) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VMStateError(f"{' '.join(argv[:2])} {about} failed: {result.stderr.strip()}")
+    return result.stdout

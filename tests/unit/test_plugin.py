@@ -99,7 +99,7 @@ def test_each_spec_launches_once_and_closes_when_no_longer_needed(pytester: pyte
     assert order == ["test_plain", "test_a", "test_c", "test_b"]
     # Each spec launched exactly once; the 1-node cluster closed before the 2-node one started.
     assert events() == [["launch", 1], ["close", 1], ["launch", 2], ["close", 2]]
-    result.stdout.fnmatch_lines(["*smalltown clusters*", "1-node cluster: launched in *(switch 0.5s, nodes 1.5s)*"])
+    result.stdout.fnmatch_lines(["*smalltown clusters*", "1-node cluster: launched in *, booted (switch 0.5s, nodes 1.5s)*"])
 
 
 def test_unmarked_cluster_fixture_gets_one_node(pytester: pytest.Pytester, events) -> None:

@@ -1,0 +1,195 @@
+"""Snapshots against real VMs: a 1-node reference cluster saved once, then restored, refused, bypassed.
+
+Runs in its own snapshot directory, so the user's saved clusters are neither
+used nor touched. The order matters and is the module's order: the first
+test boots and saves, the next ones restore, the last ones break or bypass
+the snapshot and boot cold again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from kubernetes import client as k8s
+
+from pytest_smalltown import snapshots
+from pytest_smalltown.cluster import Cluster, launch_cluster
+from pytest_smalltown.images.cache import stderr_progress
+from pytest_smalltown.kube import busybox_pod, node_addresses, node_ready_since, server_time, wait_for, wait_pod_phase
+from pytest_smalltown.settings import Settings, resolve
+from pytest_smalltown.snapshots import SnapshotWarning
+from pytest_smalltown.spec import ClusterSpec
+
+SPEC = ClusterSpec(1)
+#: How long the saved cluster is left alone before it is restored: a restored
+#: guest clock that continued from the save instant lags the host by at least this.
+GAP_SECONDS = 20
+
+
+@pytest.fixture(scope="module")
+def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("snapshots")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(snapshots.SNAPSHOT_DIR_ENV, str(root))
+        yield root
+
+
+def settings(**options: str) -> Settings:
+    return resolve(options, {}, environ={})
+
+
+def launch(**options: str) -> Cluster:
+    return launch_cluster(SPEC, settings(**options), stderr_progress)
+
+
+@pytest.fixture(scope="module")
+def saved(snapshot_dir: Path) -> dict[str, Any]:
+    """Boot a cluster, which saves itself once Ready; close it and wait a while. Returns its facts."""
+    cluster = launch()
+    try:
+        assert cluster.how.startswith("booted, saved as a snapshot"), cluster.how
+        names = sorted(n.metadata.name for n in k8s.CoreV1Api(cluster.kube).list_node().items)
+    finally:
+        cluster.close()
+    time.sleep(GAP_SECONDS)
+    [directory] = [p for p in snapshot_dir.iterdir() if p.name.startswith("snapshot-1-node-")]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert sorted(manifest["facts"]["nodes"]) == names
+    return {"directory": directory, "facts": manifest["facts"], "names": names}
+
+
+def client_certificate(cluster: Cluster) -> x509.Certificate:
+    config = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    data = config["users"][0]["user"]["client-certificate-data"]
+    return x509.load_pem_x509_certificate(base64.b64decode(data))
+
+
+def test_a_restored_cluster_is_the_saved_one_with_its_clock_continued(saved: dict[str, Any]) -> None:
+    facts = saved["facts"]
+    cluster = launch()
+    try:
+        assert cluster.how.startswith("restored from snapshot-1-node-"), cluster.how
+        core = k8s.CoreV1Api(cluster.kube)
+        nodes = core.list_node().items
+        # Same node names and addresses, and Ready since before the save: no NotReady flap.
+        assert {n.metadata.name: node_addresses(n).get("InternalIP") for n in nodes} == {
+            name: node["address"] for name, node in facts["nodes"].items()
+        }
+        for node in nodes:
+            assert node_ready_since(node) == facts["nodes"][node.metadata.name]["ready_since"]
+
+        # The clock continued from the save instant (frozen while saved), not stepped to the host's.
+        cluster_elapsed = server_time(cluster.kube) - facts["cluster_time"]
+        host_elapsed = time.time() - facts["host_time"]
+        assert 0 <= cluster_elapsed <= host_elapsed - GAP_SECONDS + 2, (cluster_elapsed, host_elapsed)
+
+        # Fresh debug credentials, issued by the restored cluster by its own clock, and accepted by it.
+        certificate = client_certificate(cluster)
+        assert certificate.not_valid_before_utc.timestamp() >= facts["cluster_time"] - 60  # kube backdates a minute
+        assert certificate.not_valid_before_utc.timestamp() <= server_time(cluster.kube)
+
+        # The node lease is renewed against that clock, and the node stays Ready while it is.
+        leases = k8s.CoordinationV1Api(cluster.kube)
+        name = saved["names"][0]
+        renewed = wait_for(
+            "the node lease renewed after the restore",
+            lambda: (lease := leases.read_namespaced_lease(name, "kube-node-lease")).spec.renew_time.timestamp()
+            > facts["cluster_time"] + 1 and lease,
+            timeout=60,
+        )
+        assert renewed.spec.renew_time.timestamp() <= server_time(cluster.kube) + 1
+        node = core.read_node(name)
+        assert node_ready_since(node) == facts["nodes"][name]["ready_since"]
+
+        # No system component restarted: none exited on a console since the restore, no pod restarted.
+        for cluster_node in cluster.nodes:
+            console = cluster_node.vm.console_tail(2000)
+            marker = next(i for i, line in enumerate(console) if "restored from a snapshot" in line)
+            assert not [line for line in console[marker:] if "exited with code" in line]
+        restarts = {
+            f"{p.metadata.namespace}/{p.metadata.name}": sum(c.restart_count for c in p.status.container_statuses or [])
+            for p in core.list_pod_for_all_namespaces().items
+        }
+        assert {pod: restarts.get(pod) for pod in facts["pod_restarts"]} == facts["pod_restarts"]
+    finally:
+        cluster.close()
+
+
+def test_a_restored_cluster_runs_pods(saved: dict[str, Any]) -> None:
+    cluster = launch()
+    try:
+        assert cluster.how.startswith("restored"), cluster.how
+        core = k8s.CoreV1Api(cluster.kube)
+        core.create_namespaced_pod("default", busybox_pod("after-restore", ["echo", "ran after a restore"]))
+        wait_pod_phase(cluster.kube, "default", "after-restore", ("Succeeded",), timeout=120)
+        assert core.read_namespaced_pod_log("after-restore", "default").strip() == "ran after a restore"
+    finally:
+        cluster.close()
+
+
+def test_two_sessions_restore_one_snapshot_at_once(saved: dict[str, Any]) -> None:
+    clusters: list[Cluster] = []
+    errors: list[BaseException] = []
+
+    def restore() -> None:
+        try:
+            clusters.append(launch())
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=restore) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors, errors
+        assert all(c.how.startswith("restored") for c in clusters), [c.how for c in clusters]
+        assert clusters[0].ports.items() != clusters[1].ports.items()
+        for cluster in clusters:  # each answers on its own ports, with its own credentials
+            assert [n.metadata.name for n in k8s.CoreV1Api(cluster.kube).list_node().items] == saved["names"]
+    finally:
+        for cluster in clusters:
+            cluster.close()
+
+
+def test_a_corrupt_snapshot_is_refused_with_a_warning_and_replaced(saved: dict[str, Any]) -> None:
+    state = saved["directory"] / "node0.state.zst"
+    data = bytearray(state.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)  # same size: only the checksum can tell
+    state.write_bytes(bytes(data))
+    with pytest.warns(SnapshotWarning, match="corrupt"):
+        cluster = launch()
+    try:
+        assert cluster.how.startswith("booted, saved as a snapshot"), cluster.how
+    finally:
+        cluster.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SnapshotWarning)
+        again = launch()
+    try:
+        assert again.how.startswith("restored"), again.how
+    finally:
+        again.close()
+
+
+def test_snapshots_off_boots_cold_and_saves_nothing(saved: dict[str, Any], snapshot_dir: Path) -> None:
+    before = {p.name: (p / ".complete").stat().st_mtime_ns for p in snapshot_dir.iterdir() if p.is_dir()}
+    cluster = launch(snapshots="off")
+    try:
+        assert cluster.how == "booted (snapshots are off)"
+    finally:
+        cluster.close()
+    after = {p.name: (p / ".complete").stat().st_mtime_ns for p in snapshot_dir.iterdir() if p.is_dir()}
+    assert after == before
