@@ -23,7 +23,8 @@ benchmark):
 A cluster restored from a snapshot (:func:`_restore`) has the phases
 ``images``, ``restore`` (start every VM paused from its saved state, check
 the snapshot's files meanwhile, resume them together), ``node0-debug``,
-``kubeconfig`` (new credentials) and ``nodes-ready``.
+``kubeconfig`` (new credentials), ``nodes-ready`` and ``clock`` (the guests'
+wall clocks stepped from the save instant to the host's now).
 
 A phase that does not finish raises :class:`ClusterLaunchError`, which names
 the phase and shows every VM's console tail; everything started is stopped
@@ -55,6 +56,7 @@ from pytest_smalltown.kube import (
     node_ready_since,
     serving_certificate_not_after,
     server_time,
+    wait_for,
     wait_nodes_ready,
     write_kubeconfig,
 )
@@ -547,6 +549,26 @@ def _connect(phases: _Phases, debug: DebugClient, switch: Switch, workdir: Path)
     return kube, kubeconfig_path
 
 
+#: How far the cluster's clock (the API server's HTTP Date, whole seconds) may be from the host's.
+CLOCK_TOLERANCE = 3.0
+
+
+def _wait_clock(kube: Any, timeout: float) -> None:
+    """Wait until the cluster's wall clock agrees with the host's again.
+
+    Guests stand still while paused or saved; each node agent steps its wall
+    clock to the VM's hardware clock (which follows the host's) within a
+    second of resuming (``node/clock.py``). Until then a restored cluster
+    would judge the host's fresh certificates "not yet valid".
+    """
+    wait_for(
+        "the cluster's clock to follow the host's",
+        lambda: abs(server_time(kube) - time.time()) <= CLOCK_TOLERANCE,
+        timeout,
+        describe=lambda: f"the API server's clock is {time.time() - server_time(kube):.0f}s behind the host's",
+    )
+
+
 #: Seconds a save may take: every VM's RAM through zstd, on a host busy with nothing else.
 SAVE_TIMEOUT = 300.0
 #: Seconds a restored cluster gets to load and be Ready again. It needs a few;
@@ -615,6 +637,7 @@ def _save(phases: _Phases, kube: Any, writer: SnapshotWriter, workdir: Path, pro
                 resume(monitor)
             paused = []
             snapshot = writer.commit(facts)
+            _wait_clock(kube, SAVE_TIMEOUT)  # the guests stood still while saved
     except ClusterLaunchError as error:
         writer.abort()
         for monitor in paused:  # if this fails too, the cluster is lost: that is a launch failure
@@ -691,6 +714,8 @@ def _restore(
             debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
             _wait_debug_service(debug, phases, phases.remaining())
         kube, kubeconfig_path = _connect(phases, debug, switch, workdir)
+        with phases.phase("clock"):
+            _wait_clock(kube, phases.remaining())
     except KeyboardInterrupt:
         _abandon(phases, debug, workdir)
         raise

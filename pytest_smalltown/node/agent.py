@@ -44,7 +44,7 @@ from pytest_smalltown.node import VERSION as package_version
 from pytest_smalltown import contract
 from pytest_smalltown.api import enrolment_pb2
 from pytest_smalltown.node import components as comp
-from pytest_smalltown.node import identity, network, system
+from pytest_smalltown.node import clock, identity, network, system
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
 from pytest_smalltown.node.debug_service import Conditions, DebugServicer, FailedPrecondition, Unavailable, serve
@@ -126,6 +126,7 @@ class Agent:
         self.log(f"node agent {package_version} starting (pid {os.getpid()}, init={self.cfg.init})")
         if self.cfg.init:
             self.early_system()
+            clock.follow_hardware_clock(self.log, self._stop)
         self.start_debug_service()
         # Boot in a thread so that a signal (host mode: Ctrl-C) stops the node
         # even while a boot step is waiting for something.
