@@ -4,18 +4,30 @@ Images are assembled from Debian's binary packages. ``apt-get download``
 uses the host's configured mirrors (the only package source on our machines)
 and ``dpkg-deb -x`` unpacks without running maintainer scripts, so nothing
 here needs or touches the host's package state.
+
+A few inputs come from another suite than the host's (:class:`Suite`): those
+are read through a private apt state (:class:`PrivateApt`), with its own
+configuration, lists and cache in a temporary directory, signed by the host's
+Debian keyring; it never reads or writes ``/etc/apt`` or the host's lists.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import hash_inputs, remembered
+from pytest_smalltown.images.cache import cache_root, hash_inputs, remembered
 from pytest_smalltown.launch.reaper import run_supervised
 
 #: What apt resolves candidate versions from: its package lists, sources, pins
@@ -150,3 +162,289 @@ def extract(deb: Path, dest: Path) -> None:
     _require_tool("dpkg-deb", "images are built from Debian packages and need dpkg")
     dest.mkdir(parents=True, exist_ok=True)
     run_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")
+
+
+# --- another suite, through a private apt state -------------------------------------
+
+#: The keyring of Debian's archive signing keys (package debian-archive-keyring).
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: The host's apt source files, in the order apt reads them.
+HOST_SOURCES: tuple[str, ...] = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/*.list",
+                                 "/etc/apt/sources.list.d/*.sources")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A Debian suite to read besides the host's own, from ``mirror``, signed by a key in ``keyring``."""
+
+    name: str
+    mirror: str = DEFAULT_MIRROR
+    components: tuple[str, ...] = ("main",)
+    keyring: str = DEBIAN_KEYRING
+
+
+def source_entries(text: str, deb822: bool) -> list[tuple[list[str], list[str], list[str]]]:
+    """``(types, URIs, suites)`` of each enabled entry of an apt sources file.
+
+    ``deb822`` for the ``.sources`` format, else one-line ``.list`` entries
+    (``deb [options] uri suite components...``).
+    """
+    entries: list[tuple[list[str], list[str], list[str]]] = []
+    if deb822:
+        for paragraph in re.split(r"\n\s*\n", text):
+            fields: dict[str, str] = {}
+            for line in paragraph.splitlines():
+                if line.startswith("#") or line[:1].isspace() or ":" not in line:
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no" or "uris" not in fields:
+                continue
+            entries.append((fields.get("types", "").split(), fields["uris"].split(), fields.get("suites", "").split()))
+        return entries
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 3 or words[0] not in ("deb", "deb-src"):
+            continue
+        rest = words[1:]
+        if rest[0].startswith("["):
+            while rest and not rest[0].endswith("]"):
+                rest = rest[1:]
+            rest = rest[1:]
+        if len(rest) >= 2:
+            entries.append(([words[0]], [rest[0]], [rest[1]]))
+    return entries
+
+
+def host_mirror(host_suite: str, default: str = DEFAULT_MIRROR) -> str:
+    """The Debian mirror the host's apt uses for ``host_suite`` itself (not -updates or -security).
+
+    Our machines reach Debian only through their configured mirror, and
+    another suite of the same archive is there too. ``default`` if the
+    host's sources name none.
+    """
+    for pattern in HOST_SOURCES:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                text = Path(path).read_text(errors="replace")
+            except OSError:
+                continue
+            for types, uris, suites in source_entries(text, path.endswith(".sources")):
+                if "deb" in types and host_suite in suites and uris:
+                    return uris[0].rstrip("/")
+    return default
+
+
+def sources_list(suite: Suite, kinds: Sequence[str] = ("deb-src",)) -> str:
+    """The one-line sources of ``suite`` for a private apt: signed by ``suite.keyring`` only."""
+    components = " ".join(suite.components)
+    return "".join(f"{kind} [signed-by={suite.keyring}] {suite.mirror} {suite.name} {components}\n" for kind in kinds)
+
+
+def private_apt_config(root: Path, as_root: bool, extra: Sequence[str] = ()) -> str:
+    """The ``apt.conf`` of a private apt state in ``root``, for ``APT_CONFIG``.
+
+    apt reads ``$APT_CONFIG`` before anything else, and this file points the
+    main file, the ``apt.conf.d`` parts, sources, pins, trusted keys, lists,
+    dpkg status and cache into ``root`` (or at nothing): none of the host's
+    configuration is read (its apt.conf.d hooks do not run) and none of its
+    state is written. ``-o`` options could not do that, as apt reads the
+    host's files before the command line. ``as_root``: download as root
+    rather than as ``_apt``, which could not write our private directory (apt
+    still checks everything against the signed index). ``extra`` lines are
+    added as they are (the host's proxy settings, see :func:`host_proxy_config`).
+    """
+    if '"' in str(root):
+        raise PackageError(f"cannot use {root} for a private apt state (a quote in its path)")
+    lines = [
+        f'Dir::Etc "{root}/etc";',  # and so whatever else apt would read from /etc/apt (auth.conf)
+        'Dir::Etc::Main "/dev/null";',
+        f'Dir::Etc::Parts "{root}/apt.conf.d";',
+        f'Dir::Etc::SourceList "{root}/sources.list";',
+        f'Dir::Etc::SourceParts "{root}/sources.list.d";',
+        'Dir::Etc::Preferences "/dev/null";',
+        f'Dir::Etc::PreferencesParts "{root}/preferences.d";',
+        f'Dir::Etc::Trusted "{root}/trusted.gpg";',
+        f'Dir::Etc::TrustedParts "{root}/trusted.gpg.d";',
+        f'Dir::State "{root}/state";',
+        f'Dir::State::Lists "{root}/lists";',
+        f'Dir::State::status "{root}/status";',
+        f'Dir::Cache "{root}/cache";',
+        f'Dir::Log "{root}/log";',
+        'Acquire::Languages "none";',
+    ]
+    if as_root:
+        lines.append('APT::Sandbox::User "root";')
+    return "\n".join([*lines, *extra]) + "\n"
+
+
+PROXY_SETTING = re.compile(r'^Acquire::(?:http|https|ftp)::Proxy(?:::[^ ]+)? ".*";$')
+
+
+def host_proxy_config() -> list[str]:
+    """The host apt's proxy settings (``Acquire::http::Proxy`` and the like), as ``apt-config dump`` lines.
+
+    A private apt reads none of the host's configuration, but must reach the
+    mirror the same way the host's apt does.
+    """
+    if shutil.which("apt-config") is None:
+        return []
+    proc = subprocess.run(["apt-config", "dump"], capture_output=True, text=True)
+    return [line for line in proc.stdout.splitlines() if PROXY_SETTING.match(line)]
+
+
+def parse_showsrc(output: str, package: str) -> list[str]:
+    """The versions of source package ``package`` in ``apt-cache showsrc`` output."""
+    found = []
+    for paragraph in output.split("\n\n"):
+        fields = parse_show(paragraph).get(package)
+        if fields is not None:
+            found.append(fields["Version"])
+    return found
+
+
+def newest_version(versions: Sequence[str]) -> str:
+    """The highest of Debian ``versions`` (as ``dpkg --compare-versions`` orders them)."""
+    def compare(a: str, b: str) -> int:
+        if a == b:
+            return 0
+        return 1 if subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0 else -1
+
+    return max(versions, key=functools.cmp_to_key(compare))
+
+
+class PrivateApt:
+    """apt for :class:`Suite` ``suite`` with all its configuration and state in ``root`` (see :func:`private_apt`)."""
+
+    def __init__(self, suite: Suite, root: Path, kinds: Sequence[str] = ("deb-src",)) -> None:
+        _require_tool("apt-get", "another Debian suite's packages are fetched with apt")
+        if not os.path.exists(suite.keyring):
+            raise PackageError(f"{suite.keyring} is missing; apt checks {suite.name}'s index against it "
+                               "(apt-get install debian-archive-keyring)")
+        self.suite = suite
+        self.root = root
+        for directory in ("etc", "apt.conf.d", "sources.list.d", "preferences.d", "trusted.gpg.d", "state",
+                          "lists/partial", "cache/archives/partial", "log"):
+            (root / directory).mkdir(parents=True, exist_ok=True)
+        (root / "status").write_text("")
+        (root / "sources.list").write_text(sources_list(suite, kinds))
+        (root / "apt.conf").write_text(private_apt_config(root, os.geteuid() == 0, host_proxy_config()))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "APT_CONFIG": str(self.root / "apt.conf"), "LC_ALL": "C"}
+
+    def run(self, argv: list[str], what: str, cwd: Path | None = None) -> str:
+        """Run an apt command on this state (supervised); its stdout, or a :class:`PackageError`."""
+        proc = run_supervised(argv, cwd=cwd, env=self.env)
+        if proc.returncode != 0:
+            raise PackageError(
+                f"{what} failed (exit {proc.returncode}): {' '.join(argv)} (apt configured by "
+                f"{self.root / 'apt.conf'}: {self.suite.name} from {self.suite.mirror}); check the mirror is "
+                f"reachable. apt said: {(proc.stderr or proc.stdout).strip()[-2000:]}"
+            )
+        return proc.stdout
+
+    def update(self) -> None:
+        """Fetch the suite's signed index (``InRelease``) and the lists it vouches for."""
+        self.run(["apt-get", "update", "-q"], f"reading Debian {self.suite.name}'s index")
+
+    def source_version(self, package: str) -> str:
+        """The version of source package ``package`` in the suite (after :meth:`update`)."""
+        output = self.run(["apt-cache", "showsrc", "--only-source", package], f"apt-cache showsrc {package}")
+        found = parse_showsrc(output, package)
+        if not found:
+            raise PackageError(f"Debian {self.suite.name} has no source package {package!r}")
+        return newest_version(found)
+
+    def download_source(self, package: str, version: str, dest: Path) -> Path:
+        """Download source package ``package`` at ``version`` into ``dest``; returns its ``.dsc``.
+
+        apt checks the ``.dsc`` and every file it names against the hashes of
+        the suite's ``Sources`` index, whose own hash the signed ``InRelease``
+        vouches for.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        self.run(["apt-get", "source", "-q", "--download-only", "--only-source", f"{package}={version}"],
+                 f"downloading the source of {package} {version}", cwd=dest)
+        dsc = dest / f"{package}_{version.split(':', 1)[-1]}.dsc"
+        if not dsc.is_file():
+            raise PackageError(f"apt-get source {package}={version} left no {dsc.name} in {dest}")
+        return dsc
+
+
+@contextlib.contextmanager
+def private_apt(suite: Suite, kinds: Sequence[str] = ("deb-src",)) -> Iterator[PrivateApt]:
+    """A :class:`PrivateApt` of ``suite`` in a fresh temporary directory, updated; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="smalltown-apt-") as tmp:
+        apt = PrivateApt(suite, Path(tmp), kinds)
+        apt.update()
+        yield apt
+
+
+SOURCE_VERSION_MEMO = "debian-source-version"
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _source_token(suite: Suite, package: str) -> str:
+    return f"{suite.name} {suite.mirror} {' '.join(suite.components)} {suite.keyring} {package} "
+
+
+def source_version(suite: Suite, package: str, warn: Callable[[str], None] | None = None) -> str:
+    """The version of source package ``package`` in ``suite``, asked once per UTC day.
+
+    Image keys are built from it on every lookup; asking costs an ``apt-get
+    update`` of the suite (seconds, over the network), so the answer is
+    remembered (:func:`cache.remembered`) for the day. If the mirror cannot be
+    reached, the newest answer of an earlier day is used (and ``warn`` told),
+    so a cached image stays usable offline.
+    """
+    prefix = _source_token(suite, package)
+
+    def ask() -> str:
+        with private_apt(suite) as apt:
+            return apt.source_version(package)
+
+    try:
+        return remembered(SOURCE_VERSION_MEMO, prefix + _today(), ask)
+    except PackageError as error:
+        earlier = _earlier_answer(SOURCE_VERSION_MEMO, prefix)
+        if earlier is None:
+            raise
+        if warn is not None:
+            warn(f"could not ask Debian {suite.name} for {package}'s version, using {earlier} found earlier: "
+                 f"{str(error).splitlines()[0]}")
+        return earlier
+
+
+def _earlier_answer(kind: str, prefix: str) -> str | None:
+    """The newest answer :func:`cache.remembered` keeps for ``kind`` under a token starting with ``prefix``."""
+    try:
+        entries = json.loads((cache_root() / f"memo-{kind}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entries, dict):
+        return None
+    found = [value for token, value in entries.items() if token.startswith(prefix) and isinstance(value, str)]
+    return found[-1] if found else None
+
+
+def fetch_source(suite: Suite, package: str, version: str, dest: Path) -> Path:
+    """Download source package ``package`` at ``version`` from ``suite``, verified, and unpack it.
+
+    Returns the unpacked tree (``dest/source``), with
+    Debian's patches applied as ``dpkg-source -x`` does; the downloaded files
+    stay in ``dest``.
+    """
+    _require_tool("dpkg-source", "source packages are unpacked with it (apt-get install dpkg-dev)")
+    with private_apt(suite) as apt:
+        dsc = apt.download_source(package, version, dest)
+    tree = dest / "source"
+    run_tool(["dpkg-source", "--no-copy", "-x", str(dsc), str(tree)], f"unpacking {dsc.name}")
+    if not tree.is_dir():
+        raise PackageError(f"dpkg-source -x {dsc.name} made no {tree}")
+    return tree

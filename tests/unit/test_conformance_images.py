@@ -327,21 +327,26 @@ def test_mmdebstrap_builds_merged_usr_without_perl() -> None:
 
 
 def test_key_follows_inputs() -> None:
-    base = conformance.archive_key("go1", "gcc1", ["busybox=1"], "deb x")
-    assert base == conformance.archive_key("go1", "gcc1", ["busybox=1"], "deb x")
-    assert base != conformance.archive_key("go2", "gcc1", ["busybox=1"], "deb x")
-    assert base != conformance.archive_key("go1", "gcc1", ["busybox=2"], "deb x")
-    assert base != conformance.archive_key("go1", "gcc1", ["busybox=1"], "deb y")
+    base = conformance.archive_key("go1", "gcc1", ["curl=1"], "deb x", "bb1")
+    assert base == conformance.archive_key("go1", "gcc1", ["curl=1"], "deb x", "bb1")
+    assert base != conformance.archive_key("go2", "gcc1", ["curl=1"], "deb x", "bb1")
+    assert base != conformance.archive_key("go1", "gcc1", ["curl=2"], "deb x", "bb1")
+    assert base != conformance.archive_key("go1", "gcc1", ["curl=1"], "deb y", "bb1")
+    assert base != conformance.archive_key("go1", "gcc1", ["curl=1"], "deb x", "bb2")
 
 
 @pytest.mark.skipif(shutil.which("go") is None or shutil.which("apt-cache") is None, reason="needs go and apt")
 def test_warm_archive_is_found_without_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    # busybox's source version is asked of Debian once a day; no network here.
+    monkeypatch.setattr(conformance, "busybox_source_version", lambda progress=None: "1:1.37.0-6")
     go_version = gobuild.go_version()
+    gcc = oci.gcc_version()
     from pytest_smalltown.images import node
     sources = node.host_debian_sources()
-    key = conformance.archive_key(go_version, oci.gcc_version(), conformance.resolved_versions(),
-                                  "".join(Path(s).read_text() for s in sources))
+    key = conformance.archive_key(go_version, gcc, conformance.resolved_versions(),
+                                  "".join(Path(s).read_text() for s in sources),
+                                  conformance.busybox_key("1:1.37.0-6", gcc))
     done = tmp_path / f"conformance-images-{key}"
     done.mkdir()
     (done / conformance.ARCHIVE_NAME).write_bytes(b"archive")
