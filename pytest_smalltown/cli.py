@@ -6,6 +6,7 @@
     smalltown status | down                           show / stop that cluster
     smalltown dbg logs COMPONENT [--tail N] [--follow]
     smalltown dbg kubectl ARGS...                     kubectl with debug credentials
+    smalltown dbg loadimage FILE [--node N]           import an image archive into the nodes' containerd
     smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH]
                                                       the upstream conformance suite
 
@@ -187,6 +188,58 @@ def _debug_client(args: argparse.Namespace) -> Any:
     return DebugClient(dial_grpc(port), retry_for=10)
 
 
+def _node_debug_ports(args: argparse.Namespace) -> dict[int, int]:
+    """Host port of the debug service of each node the command is for (``--node``, else all of them).
+
+    The kept cluster records every forwarded port; a per-node debug port is
+    guest port ``node_debug_guest_port(i)``. A state file from before those
+    forwards existed has only node 0's debug service (the 7837 forward).
+    """
+    from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT, node_debug_guest_port
+
+    if args.debug_port:
+        return {args.node or 0: args.debug_port}
+    state = _read_state()
+    nodes = int(state["nodes"])
+    if args.node is not None and not 0 <= args.node < nodes:
+        raise SystemExit(f"--node {args.node}: the running cluster has nodes 0..{nodes - 1}")
+    ports = {}
+    for i in range(nodes) if args.node is None else [args.node]:
+        port = state["ports"].get(str(node_debug_guest_port(i)))
+        if port is None and i == 0:
+            port = state["ports"][str(DEBUG_SERVICE_PORT)]
+        if port is None:
+            raise SystemExit(
+                f"the running cluster forwards no debug port for node {i} (an older smalltown started it); "
+                "use --node 0, or restart it: smalltown down && smalltown up"
+            )
+        ports[i] = int(port)
+    return ports
+
+
+def cmd_dbg_loadimage(args: argparse.Namespace) -> int:
+    from pytest_smalltown.debug import DebugClient, ImageLoadError
+    from pytest_smalltown.launch.ports import dial_grpc
+
+    if not args.file.is_file():
+        print(f"no such file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = 0
+    for node, port in _node_debug_ports(args).items():
+        started = time.monotonic()
+        debug = DebugClient(dial_grpc(port), retry_for=10)
+        try:
+            debug.load_image(args.file)
+        except ImageLoadError as error:
+            print(f"node {node}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        finally:
+            debug.close()
+        print(f"node {node}: loaded {args.file} in {time.monotonic() - started:.1f}s", flush=True)
+    return 1 if failed else 0
+
+
 def cmd_dbg_logs(args: argparse.Namespace) -> int:
     import grpc
 
@@ -336,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="show the running cluster").set_defaults(func=cmd_status)
     commands.add_parser("down", help="stop the running cluster").set_defaults(func=cmd_down)
 
-    dbg = commands.add_parser("dbg", help="talk to node 0's debug service").add_subparsers(dest="dbg_command", required=True)
+    dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
+    dbg = dbg_parser.add_subparsers(dest="dbg_command", required=True)
     logs = dbg.add_parser("logs", help="print a component's log buffer")
     logs.add_argument("component", help="e.g. containerd, kube.kubelet, kube.apiserver, etcd")
     logs.add_argument("--tail", type=int, default=0, help="only the last N lines (0: all)")
@@ -348,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     kubectl.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, help="arguments for kubectl")
     kubectl.set_defaults(func=cmd_dbg_kubectl)
+    loadimage = dbg.add_parser(
+        "loadimage", help="import a container image archive (docker save / ctr export) into the nodes' containerd"
+    )
+    loadimage.add_argument("file", type=Path, help="a docker-archive or OCI tarball")
+    loadimage.add_argument("--node", type=int, help="only this node (default: every node)")
+    loadimage.add_argument(
+        "--debug-port", type=int, help="host port of one node's debug service (default: the running cluster)"
+    )
+    loadimage.set_defaults(func=cmd_dbg_loadimage)
 
     conformance = commands.add_parser(
         "conformance", help="run the upstream Kubernetes conformance suite (e2e.test) and summarise it"

@@ -31,6 +31,13 @@ SWITCH_FORWARDED_PORTS: tuple[NodePort, ...] = (
     NodePort.KUBERNETES_API,
 )
 
+#: Harness addition: the Nanoswitch also forwards guest port
+#: ``NODE_DEBUG_PORT_BASE + i`` to node ``i``'s debug service (port 7837), so
+#: the host reaches every node's NodeDebugService, not only node 0's. The
+#: switch reserves ports BASE .. BASE + MAX_NODES - 1 for this
+#: (``launch/switch.py: node_debug_guest_port``).
+NODE_DEBUG_PORT_BASE = 27837
+
 #: fw_cfg entry carrying a binary EnrolmentConfig; absent means "bootstrap".
 ENROLMENT_FW_CFG_NAME = "com.nexantic.smalltown/enrolment.pb"
 ENROLMENT_SYSFS_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{ENROLMENT_FW_CFG_NAME}/raw"
@@ -57,6 +64,12 @@ CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
 #: Tags are not "latest", so the default pull policy IfNotPresent never pulls.
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 TEST_IMAGE = "smalltown.local/busybox:1.35"
+
+#: How long importing an image archive may take per MiB of archive, under
+#: emulation: the 108 MiB conformance image set took about 6 minutes to import
+#: (unpacked) on a booting TCG node, ~3.3 s/MiB. Both the node's import timeout
+#: and ``DebugClient.load_image``'s deadline grow with it.
+IMAGE_IMPORT_SECONDS_PER_MIB = 4.0
 
 #: Serial prefix of a read-only virtio disk that carries a preloaded image set
 #: (a ``docker save`` archive written raw onto the disk); the agent imports

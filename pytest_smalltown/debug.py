@@ -6,28 +6,56 @@ so transient failures are part of normal life: every unary call here retries
 UNAVAILABLE (and FAILED_PRECONDITION, "not yet") with exponential backoff from
 100 ms, bounded by a deadline; any other status is raised at once, because
 NOT_FOUND or INVALID_ARGUMENT will not get better by asking again.
+``load_image`` streams a file and retries only UNAVAILABLE (the node is
+still starting containerd, or the connection broke), starting over.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
-from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER
+from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
 
+#: Bytes per LoadImage message: far below gRPC's 4 MiB message limit, large
+#: enough that per-message overhead does not matter.
+IMAGE_CHUNK = 1 << 20
+#: LoadImage deadline for an empty archive; it grows by
+#: ``contract.IMAGE_IMPORT_SECONDS_PER_MIB`` per MiB (see :func:`load_image_timeout`).
+LOAD_IMAGE_BASE_TIMEOUT = 300.0
 
-def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, grpc.RpcError) and error.code() in RETRYABLE  # type: ignore[attr-defined]
+
+def load_image_timeout(size: int) -> float:
+    """The default LoadImage deadline for an archive of ``size`` bytes (generous: TCG unpacks slowly)."""
+    return LOAD_IMAGE_BASE_TIMEOUT + size / (1 << 20) * IMAGE_IMPORT_SECONDS_PER_MIB
+
+
+class ImageLoadError(RuntimeError):
+    """A node did not import an image archive; names the file and the node's reason."""
+
+    def __init__(self, path: Path, code: grpc.StatusCode, details: str) -> None:
+        self.path = path
+        self.code = code
+        self.details = details
+        super().__init__(f"the node did not load image archive {path}: {code.name}: {details}")
+
+
+def _archive_parts(path: Path) -> Iterator[debug_pb2.ImagePart]:
+    """The file in IMAGE_CHUNK pieces, read as gRPC sends them (never all of it in memory)."""
+    with path.open("rb") as archive:
+        while chunk := archive.read(IMAGE_CHUNK):
+            yield debug_pb2.ImagePart(data_part=chunk)
 
 
 class LogTimeoutError(TimeoutError):
@@ -49,15 +77,20 @@ class DebugClient:
         self.stub = debug_pb2_grpc.NodeDebugServiceStub(channel)
         self.retry_for = retry_for
 
-    def call(self, fn: Callable[[], T], retry_for: float | None = None) -> T:
-        """Run one RPC, retrying transient failures for up to ``retry_for`` seconds."""
+    def call(
+        self, fn: Callable[[], T], retry_for: float | None = None, retry_on: Collection[grpc.StatusCode] = RETRYABLE
+    ) -> T:
+        """Run one RPC, retrying the ``retry_on`` codes for up to ``retry_for`` seconds."""
 
         def give_up(state: RetryCallState) -> T:
             assert state.outcome is not None
             raise state.outcome.exception()  # type: ignore[misc]
 
+        def retryable(error: BaseException) -> bool:
+            return isinstance(error, grpc.RpcError) and error.code() in retry_on  # type: ignore[attr-defined]
+
         retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
+            retry=retry_if_exception(retryable),
             wait=wait_exponential(multiplier=0.1, min=0.1, max=5),
             stop=stop_after_delay(self.retry_for if retry_for is None else retry_for),
             retry_error_callback=give_up,
@@ -94,6 +127,32 @@ class DebugClient:
         """Credentials for a new node that will have ``external_ip``."""
         request = debug_pb2.GetGoldenTicketRequest(external_ip=external_ip)
         return self.call(lambda: self.stub.GetGoldenTicket(request, timeout=30), retry_for).ticket
+
+    def load_image(self, path: Path, timeout: float | None = None, retry_for: float | None = None) -> None:
+        """Import the image archive at ``path`` into this node's containerd (namespace k8s.io).
+
+        ``path`` is a docker-archive or OCI tarball (``docker save``, ``ctr
+        export``, ``images/oci.py``). Its images are then on this node only,
+        for pods with ``imagePullPolicy: Never`` or ``IfNotPresent`` (a tag
+        other than ``latest``) scheduled there; load it into every node a
+        pod may land on. Returns once the node has imported it. The file is
+        streamed in 1 MiB messages, so its size is bounded by the node's disk,
+        not by memory. ``timeout`` (default: :func:`load_image_timeout`,
+        scaled with the size because a node under emulation unpacks slowly)
+        bounds each attempt; UNAVAILABLE is retried for ``retry_for`` seconds.
+
+        Raises :class:`ImageLoadError` naming the file when the node refuses
+        it (INVALID_ARGUMENT with the importer's error for an archive that is
+        empty, corrupt or not an image; RESOURCE_EXHAUSTED when the node's
+        disk is too full), ``FileNotFoundError`` when there is no such file.
+        """
+        path = Path(path)
+        deadline = load_image_timeout(path.stat().st_size) if timeout is None else timeout
+        try:
+            self.call(lambda: self.stub.LoadImage(_archive_parts(path), timeout=deadline), retry_for,
+                      retry_on={grpc.StatusCode.UNAVAILABLE})  # fmt: skip
+        except grpc.RpcError as error:
+            raise ImageLoadError(path, error.code(), error.details()) from error  # type: ignore[attr-defined]
 
     def logs(
         self,

@@ -119,3 +119,13 @@ class GetLogsResponse(_message.Message):
     backlog_entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     stream_entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     def __init__(self, backlog_entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., stream_entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class ImagePart(_message.Message):
+    __slots__ = ("data_part",)
+    DATA_PART_FIELD_NUMBER: _ClassVar[int]
+    data_part: bytes
+    def __init__(self, data_part: _Optional[bytes] = ...) -> None: ...
+
+class LoadImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class NodeDebugServiceStub(object):
                 request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.GetLogsResponse.FromString,
                 _registered_method=True)
+        self.LoadImage = channel.stream_unary(
+                '/smalltown.core.proto.api.NodeDebugService/LoadImage',
+                request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.SerializeToString,
+                response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.FromString,
+                _registered_method=True)
 
 
 class NodeDebugServiceServicer(object):
@@ -102,6 +107,19 @@ class NodeDebugServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadImage(self, request_iterator, context):
+        """Imports a container image archive (docker-archive or OCI layout tarball,
+        as `docker save` / `ctr export` write it) into containerd's k8s.io
+        namespace, unpacked, so pods can run it without pulling. The archive is
+        the concatenation of the parts' data, in order. Answers once the import
+        has finished. An empty stream or an archive containerd cannot import:
+        INVALID_ARGUMENT (the message carries the importer's error), and no image
+        of the archive is left behind. Not enough disk: RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeDebugServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +147,11 @@ def add_NodeDebugServiceServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.GetLogsRequest.FromString,
                     response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.GetLogsResponse.SerializeToString,
+            ),
+            'LoadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadImage,
+                    request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.FromString,
+                    response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +289,33 @@ class NodeDebugService(object):
             '/smalltown.core.proto.api.NodeDebugService/GetLogs',
             pytest__smalltown_dot_api_dot_debug__pb2.GetLogsRequest.SerializeToString,
             pytest__smalltown_dot_api_dot_debug__pb2.GetLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/smalltown.core.proto.api.NodeDebugService/LoadImage',
+            pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.SerializeToString,
+            pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,8 +5,10 @@ switch. The switch bridges them all as 10.1.0.1/24, hands node ``i`` the fixed
 address ``10.1.0.(2+i)`` by DHCP (the launcher chooses each node's MAC, so
 addresses are known before anything boots), masquerades the nodes out of its
 QEMU user-mode uplink, and proxies the host's forwarded ports (127.0.0.1 only)
-to node 0. The program inside is ``images/go/nanoswitch``; everything
-cluster-specific reaches it on the kernel command line, built here.
+to node 0, plus one port per node to that node's debug service
+(:meth:`Switch.node_debug_port`). The program inside is
+``images/go/nanoswitch``; everything cluster-specific reaches it on the
+kernel command line, built here.
 
 Behaviour worth knowing when debugging a cluster (all on the switch's console,
 ``Switch.console_tail()`` or ``<workdir>/nanoswitch.console.log``):
@@ -15,7 +17,9 @@ Behaviour worth knowing when debugging a cluster (all on the switch's console,
   MAC that is not in the lease table still gets an address, from a separate
   pool (10.1.0.200-254, logged with ``(pool)``), so an extra VM someone
   attaches works but can never take a planned node address.
-* ``nanoswitch: forwarding 7836,7837,6443 to 10.1.0.2 (up 1.9s)`` once the
+* ``nanoswitch: proxying 27837->10.1.0.2:7837 27838->10.1.0.3:7837`` (the
+  per-node debug ports), then
+  ``nanoswitch: forwarding 7836,7837,6443 to 10.1.0.2 (up 1.9s)`` once the
   bridge, DHCP, NAT and the port listeners are up; ``nanoswitch: fatal: ...``
   (then power-off) if it cannot start. :meth:`Switch.wait_ready` waits for either.
 * Forwarding is a userspace TCP proxy. QEMU accepts a host connection before
@@ -27,7 +31,8 @@ Typical use::
     with launch_switch(nodes=2) as switch:
         node0 = VMConfig(..., nics=(switch.node_nic(0),))
         ...
-        grpc.insecure_channel(switch.ports.address(7837))
+        grpc.insecure_channel(switch.ports.address(7837))   # node 0
+        dial_grpc(switch.node_debug_port(1))                 # node 1's debug service
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort
+from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE, SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
 from pytest_smalltown.launch.ports import PortMap
@@ -104,6 +109,16 @@ def node_address(i: int) -> str:
     return "10.1.0.%d" % (2 + i)
 
 
+def node_debug_guest_port(i: int) -> int:
+    """The switch's uplink port that leads to node ``i``'s debug service (NODE_DEBUG_PORT_BASE + i)."""
+    _check_node_index(i)
+    return NODE_DEBUG_PORT_BASE + i
+
+
+#: Uplink ports the switch keeps for the per-node debug forwards, whatever the node count.
+NODE_DEBUG_GUEST_PORTS = range(NODE_DEBUG_PORT_BASE, NODE_DEBUG_PORT_BASE + MAX_NODES)
+
+
 def check_node_count(nodes: object) -> int:
     """Return ``nodes`` if it is a valid node count (1..MAX_NODES), else raise ValueError."""
     if isinstance(nodes, bool) or not isinstance(nodes, int):
@@ -114,11 +129,17 @@ def check_node_count(nodes: object) -> int:
 
 
 def check_ports(ports: Iterable[int]) -> tuple[int, ...]:
-    """Validate guest ports to forward: ints in 1..65535, no duplicates, order kept."""
+    """Validate guest ports to forward to node 0: ints in 1..65535, no duplicates, none of
+    the per-node debug ports, order kept."""
     result: list[int] = []
     for port in ports:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= int(port) <= 65535:
             raise ValueError(f"not a TCP port: {port!r}")
+        if int(port) in NODE_DEBUG_GUEST_PORTS:
+            raise ValueError(
+                f"port {int(port)} is reserved: the switch forwards {NODE_DEBUG_GUEST_PORTS.start}.."
+                f"{NODE_DEBUG_GUEST_PORTS.stop - 1} to each node's debug service"
+            )
         if int(port) in result:
             raise ValueError(f"port {int(port)} given twice")
         result.append(int(port))
@@ -134,10 +155,13 @@ def switch_cmdline(
     """The switch's kernel command line: console plus the ``nanoswitch.*`` parameters.
 
     ``target`` is the index of the node that forwarded ports lead to (node 0 in
-    a Smalltown cluster). Syntax, parsed by ``images/go/nanoswitch/config.go``::
+    a Smalltown cluster). Every node's debug service also gets an uplink port
+    of its own (:func:`node_debug_guest_port`). Syntax, parsed by
+    ``images/go/nanoswitch/config.go``::
 
         nanoswitch.nodes=N nanoswitch.forward=P,P nanoswitch.target=IP
         nanoswitch.lease=MAC=IP,MAC=IP
+        nanoswitch.proxy=P=IP:Q,P=IP:Q      (uplink port P to port Q of a node)
 
     ``extra`` are further kernel parameters. (The TSC workaround every
     microVM needs under TCG is added by :func:`pytest_smalltown.launch.qemu.qemu_argv`.)
@@ -147,6 +171,7 @@ def switch_cmdline(
     if not 0 <= target < nodes:
         raise ValueError(f"forwarding target node {target} is not among the {nodes} nodes")
     leases = ",".join(f"{node_mac(i)}={node_address(i)}" for i in range(nodes))
+    debug = ",".join(f"{node_debug_guest_port(i)}={node_address(i)}:{DEBUG_SERVICE_PORT}" for i in range(nodes))
     params = [
         # quiet: every console byte is a trapped I/O write under TCG.
         "console=ttyS0",
@@ -154,6 +179,7 @@ def switch_cmdline(
         "quiet",
         f"nanoswitch.nodes={nodes}",
         f"nanoswitch.lease={leases}",
+        f"nanoswitch.proxy={debug}",
     ]
     if ports:
         params += [f"nanoswitch.forward={','.join(map(str, ports))}", f"nanoswitch.target={node_address(target)}"]
@@ -173,6 +199,8 @@ def switch_vm_config(
 ) -> VMConfig:
     """The switch's VM: microvm, uplink first, then one socket NIC per node end.
 
+    Every port of ``port_map`` is forwarded from the host; the per-node debug
+    ports among them lead to their node, the others to node 0.
     The switch's own NIC MACs do not matter (nodes are told apart by theirs);
     they are made distinct and recognisable: 02:72:82:00:00:<node index>.
     ``incoming`` restores a saved switch (paused until resumed over QMP).
@@ -180,11 +208,12 @@ def switch_vm_config(
     check_node_count(nodes)
     if len(switch_fds) != nodes:
         raise ValueError(f"{nodes} nodes need {nodes} switch ends, got {len(switch_fds)}")
+    node0_ports = tuple(p for p in port_map if p not in NODE_DEBUG_GUEST_PORTS)
     nics: list[SocketNic | UserNic] = [UserNic(UPLINK_MAC, port_map)]
     nics += [SocketNic(fd, "02:72:82:00:00:%02x" % i) for i, fd in enumerate(switch_fds)]
     return VMConfig(
         name=name,
-        boot=DirectBoot(image.kernel, image.initramfs, switch_cmdline(nodes, tuple(port_map), extra=extra_kernel_args)),
+        boot=DirectBoot(image.kernel, image.initramfs, switch_cmdline(nodes, node0_ports, extra=extra_kernel_args)),
         machine="microvm",
         accel=accel,
         memory_mib=SWITCH_MEMORY_MIB,
@@ -241,6 +270,16 @@ class Switch:
         """The address node ``i`` will get (10.1.0.(2+i))."""
         self._check_node(i)
         return node_address(i)
+
+    def node_debug_port(self, i: int) -> int:
+        """The host port (on 127.0.0.1) of node ``i``'s debug service.
+
+        Always the per-node forward (guest port :func:`node_debug_guest_port`),
+        node 0 included, so that callers need no special case; node 0's is also
+        reachable through the 7837 forward, ``ports[7837]``, as before.
+        """
+        self._check_node(i)
+        return self.ports[node_debug_guest_port(i)]
 
     def _check_node(self, i: int) -> None:
         if self._closed:
@@ -317,6 +356,9 @@ def launch_switch(
 ) -> Switch:
     """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0.
 
+    The per-node debug ports are forwarded in addition, always
+    (:meth:`Switch.node_debug_port`).
+
     Arguments are validated before anything is built or started. Unless
     ``ready_timeout`` is None, this waits for the switch's "forwarding" line,
     so the returned switch is ready for nodes (nodes may also be started
@@ -329,7 +371,7 @@ def launch_switch(
     it over QMP (the VM's socket is ``<workdir>/<name>.qmp``).
     """
     check_node_count(nodes)
-    port_tuple = check_ports(ports)
+    port_tuple = check_ports(ports) + tuple(node_debug_guest_port(i) for i in range(nodes))
     if accel not in ACCEL_MODES:
         raise ValueError(f"accel must be one of {', '.join(ACCEL_MODES)}, got {accel!r}")
     if image is None:

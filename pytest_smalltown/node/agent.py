@@ -47,7 +47,16 @@ from pytest_smalltown.node import components as comp
 from pytest_smalltown.node import clock, identity, network, system
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
-from pytest_smalltown.node.debug_service import Conditions, DebugServicer, FailedPrecondition, Unavailable, serve
+from pytest_smalltown.node.debug_service import (
+    SPOOL_PREFIX,
+    Conditions,
+    DebugServicer,
+    FailedPrecondition,
+    ImageImportError,
+    ImageLoader,
+    Unavailable,
+    serve,
+)
 from pytest_smalltown.node.enrolment import check_ticket, issue_golden_ticket, read_enrolment
 from pytest_smalltown.node.kubeapi import Credentials, KubeClient, node_ready
 from pytest_smalltown.node.logbuffer import LogRegistry
@@ -63,6 +72,9 @@ RECONCILE_EVERY = 60.0
 #: How long the kubelet waits for image imports before starting anyway. An
 #: image set (hundreds of MB) takes minutes to import under emulation.
 IMAGE_IMPORT_WAIT = 1200.0
+#: Where LoadImage spools uploaded archives, under the data directory (on the
+#: node's disk: archives can be larger than RAM, and /tmp is tmpfs).
+IMAGE_SPOOL_DIR = "image-uploads"
 
 
 @dataclass
@@ -84,6 +96,9 @@ class Agent:
         self.files = comp.Files(cfg)
         self.ca_ready = threading.Event()
         self.images_loaded = threading.Event()
+        # One import at a time: a failed import is rolled back by comparing
+        # the image list before and after it.
+        self._import_lock = threading.Lock()
         self.role: Role | None = None
         self.name: str | None = None
         self.ip: str | None = None
@@ -160,7 +175,8 @@ class Agent:
         self.log("early system setup done")
 
     def start_debug_service(self) -> None:
-        servicer = DebugServicer(self.logs, self.conditions, self.debug_kubeconfig, self.golden_ticket)
+        images = ImageLoader(self.image_spool_dir, self.check_image_import_ready, self.load_uploaded_image)
+        servicer = DebugServicer(self.logs, self.conditions, self.debug_kubeconfig, self.golden_ticket, images=images)
         # Keep the server referenced: grpc stops a Server when it is garbage-collected.
         self.debug_server, self.debug_port = serve(servicer, f"{self.cfg.debug_listen}:{self.cfg.ports.debug}")
         self.console.raw(contract.DEBUG_SERVICE_READY_LINE)
@@ -313,13 +329,84 @@ class Agent:
         cfg = self.cfg
         for d in (cfg.containerd_root, cfg.containerd_state, cfg.cni_conf_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # Uploads an earlier boot did not finish (LoadImage answers UNAVAILABLE
+        # until containerd is ready, so none is in flight now).
+        for stale in self.image_spool_dir.glob(f"{SPOOL_PREFIX}*"):
+            stale.unlink(missing_ok=True)
         write_public(cfg.kube_dir / "containerd.toml", comp.containerd_config(cfg).encode())
         self.supervisor.start(ComponentSpec("containerd", comp.containerd_argv(cfg)))
         threading.Thread(target=self._import_images, name="image-import", daemon=True).start()
 
-    def _ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _ctr(self, *args: str, timeout: float = 120, stdin: Any = None) -> subprocess.CompletedProcess[str]:
         argv = [self.cfg.bins.resolve("ctr"), "--address", str(self.cfg.containerd_socket), "-n", "k8s.io", *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+
+    def _image_names(self) -> set[str]:
+        res = self._ctr("images", "ls", "-q")
+        if res.returncode != 0:
+            raise Unavailable(f"containerd did not list its images: {res.stderr.strip()[-300:]}")
+        return set(res.stdout.split())
+
+    def import_archive(self, archive: Path, timeout: float = IMAGE_IMPORT_WAIT) -> set[str]:
+        """Import a docker-archive or OCI tarball (a file or a block device) into k8s.io, unpacked.
+
+        Returns the image names that are new. The one import path for the
+        image's own archives, the image-set disks and LoadImage. On failure
+        the images the import created are removed again: ``ctr images
+        import`` records an image before it unpacks it, so an archive with a
+        broken layer would otherwise leave an image that fails on first use.
+        Raises :class:`ImageImportError` (ctr's error output) or
+        :class:`TimeoutError` (ctr killed after ``timeout`` seconds).
+        """
+        with self._import_lock:
+            before = self._image_names()
+            error: Exception | None = None
+            with open(archive, "rb") as stream:  # stdin, so a block device works like a file
+                try:
+                    res = self._ctr("images", "import", "-", timeout=timeout, stdin=stream)
+                    if res.returncode != 0:
+                        error = ImageImportError(ctr_error(res.stderr) or f"ctr exited with {res.returncode}")
+                except subprocess.TimeoutExpired:
+                    error = TimeoutError(f"ctr images import did not finish within {timeout:.0f}s")
+            try:
+                added = self._image_names() - before
+            except Unavailable:
+                if error is None:
+                    raise
+                self.log("could not check for images a failed import left behind")
+                raise error from None
+            if error is None:
+                return added
+            if added:
+                removed = self._ctr("images", "rm", *sorted(added))
+                self.log(f"removed {len(added)} image(s) of a failed import: {' '.join(sorted(added))}"
+                         + ("" if removed.returncode == 0 else f" (failed: {removed.stderr.strip()[-300:]})"))
+            raise error
+
+    @property
+    def image_spool_dir(self) -> Path:
+        return self.cfg.data / IMAGE_SPOOL_DIR
+
+    def check_image_import_ready(self) -> None:
+        """LoadImage's precondition: containerd runs here and answers."""
+        if not self.cfg.runs("containerd"):
+            raise FailedPrecondition("this node runs no containerd to load images into")
+        if not self.conditions.get("ContainerdReady"):
+            raise Unavailable("containerd is not ready yet")
+
+    def load_uploaded_image(self, archive: Path) -> set[str]:
+        """LoadImage's import: :meth:`import_archive` with a timeout for the archive's size, logged."""
+        size = archive.stat().st_size
+        timeout = IMAGE_IMPORT_WAIT + (size >> 20) * contract.IMAGE_IMPORT_SECONDS_PER_MIB
+        started = time.monotonic()
+        try:
+            added = self.import_archive(archive, timeout)
+        except (ImageImportError, TimeoutError) as exc:
+            self.log(f"LoadImage: {size} byte archive refused: {str(exc)[-300:]}")
+            raise
+        self.log(f"LoadImage: {size} byte archive imported in {time.monotonic() - started:.1f}s; "
+                 f"new names: {' '.join(sorted(added)) or 'none'}")
+        return added
 
     def _import_images(self) -> None:
         try:
@@ -338,17 +425,18 @@ class Agent:
                 time.sleep(0.3)
             self.conditions.set("ContainerdReady")
             self.log("containerd ready")
-            present = set(self._ctr("images", "ls", "-q").stdout.split())
+            present = self._image_names()
             wanted = {contract.PAUSE_IMAGE, contract.TEST_IMAGE}
             if wanted <= present:
                 self.log("preloaded images already present")
             else:
                 tars = sorted(self.cfg.images_dir.glob("*.tar"))
                 for tar in tars:
-                    res = self._ctr("images", "import", str(tar), timeout=300)
-                    if res.returncode != 0:
-                        self.log(f"image import {tar.name} failed: {res.stderr.strip()[:300]}")
-                present = set(self._ctr("images", "ls", "-q").stdout.split())
+                    try:
+                        self.import_archive(tar, timeout=300)
+                    except (ImageImportError, TimeoutError) as exc:
+                        self.log(f"image import {tar.name} failed: {str(exc)[:300]}")
+                present = self._image_names()
                 missing = wanted - present
                 self.log(f"imported {len(tars)} image archive(s)"
                          + (f"; MISSING {', '.join(sorted(missing))}" if missing else ""))
@@ -371,16 +459,11 @@ class Agent:
         """
         for serial, device in system.disks_by_serial(contract.PRELOAD_DISK_SERIAL_PREFIX).items():
             started = time.monotonic()
-            before = set(self._ctr("images", "ls", "-q").stdout.split())
-            with open(device, "rb") as archive:
-                argv = [self.cfg.bins.resolve("ctr"), "--address", str(self.cfg.containerd_socket),
-                        "-n", "k8s.io", "images", "import", "-"]
-                res = subprocess.run(argv, stdin=archive, capture_output=True, text=True,
-                                     timeout=IMAGE_IMPORT_WAIT)
-            if res.returncode != 0:
-                self.log(f"image set {serial} ({device}): import failed: {res.stderr.strip()[-500:]}")
+            try:
+                added = self.import_archive(device)
+            except (ImageImportError, TimeoutError) as exc:
+                self.log(f"image set {serial} ({device}): import failed: {str(exc)[-500:]}")
                 continue
-            added = set(self._ctr("images", "ls", "-q").stdout.split()) - before
             self.log(f"image set {serial} ({device}): imported {len(added)} image(s) "
                      f"in {time.monotonic() - started:.1f}s")
 
@@ -587,6 +670,17 @@ class Agent:
                 self.reconcile()
                 last_reconcile = time.monotonic()
             self._stop.wait(1.0 if not ready else 3.0)
+
+
+def ctr_error(stderr: str, limit: int = 2000) -> str:
+    """ctr's own error lines (``ctr: ...``) from its stderr, else all of it; at most ``limit`` characters.
+
+    ctr also echoes containerd's log lines ("apply failure, attempting
+    cleanup") that repeat the error in a less readable form.
+    """
+    lines = stderr.strip().splitlines()
+    own = [line for line in lines if line.startswith("ctr: ")]
+    return "\n".join(own or lines)[-limit:]
 
 
 def local_https_ok(port: int, path: str) -> bool:

@@ -5,13 +5,24 @@ always ask for logs and conditions, even from a node whose Kubernetes never
 came up. RPCs that need cluster material (kubeconfigs, tickets) answer
 UNAVAILABLE until it exists (clients retry) and FAILED_PRECONDITION on a node
 that will never have it (a worker holds no CA key).
+
+LoadImage spools the uploaded archive to a file on the node's disk (an image
+can be larger than the VM's RAM, and ``/tmp`` is tmpfs), hands that file to
+the node's importer, and removes it whatever happens.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import grpc
 
@@ -30,6 +41,40 @@ class Unavailable(Exception):
 
 class FailedPrecondition(Exception):
     """Never on this node (FAILED_PRECONDITION)."""
+
+
+class ImageImportError(Exception):
+    """The importer rejected an archive (INVALID_ARGUMENT); the message is its error output."""
+
+
+#: Name prefix of LoadImage's spool files, so a boot can remove those a crash left behind.
+SPOOL_PREFIX = "load-image-"
+#: Free space LoadImage leaves on the spool file system for everything else the
+#: node writes (etcd, logs, containers) while an archive arrives.
+SPOOL_RESERVE_BYTES = 256 << 20
+#: How often (bytes received) the free space is checked while spooling.
+SPACE_CHECK_EVERY = 64 << 20
+#: Space an import needs beyond the spooled archive, as a multiple of its size:
+#: containerd copies the blobs into its content store and unpacks the layers
+#: next to them (docker-save layers are uncompressed tars, so about the
+#: archive's size again); the spool file goes only after the import. A check
+#: up front turns a disk that fills mid-import into a clear error instead.
+IMPORT_SPACE_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """What LoadImage needs from the node: where to spool an upload and what imports it."""
+
+    #: A directory on the node's disk (created on first use).
+    spool_dir: Path
+    #: Raises :class:`Unavailable` (containerd still starting) or
+    #: :class:`FailedPrecondition`; called before any byte is read, so a
+    #: refused upload costs the client one message, not the archive.
+    check_ready: Callable[[], None]
+    #: Imports the archive at the path; raises :class:`ImageImportError` when
+    #: the archive is at fault, :class:`TimeoutError` when the import overran.
+    import_archive: Callable[[Path], object]
 
 
 class Conditions:
@@ -81,12 +126,14 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         kubeconfig: KubeconfigIssuer,
         ticket: TicketIssuer,
         follow_poll: float = 0.5,
+        images: ImageLoader | None = None,
     ) -> None:
         self.logs = logs
         self.conditions = conditions
         self.kubeconfig = kubeconfig
         self.ticket = ticket
         self.follow_poll = follow_poll
+        self.images = images
 
     def GetDebugKubeconfig(self, request, context):  # type: ignore[no-untyped-def]
         if not request.id:
@@ -169,6 +216,78 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
             matching = [to_proto(e) for e in batch if keep(e)]
             if matching:
                 yield debug_pb2.GetLogsResponse(stream_entries=matching)
+
+    def LoadImage(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        loader = self.images
+        if loader is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this node runs no container runtime to load images into")
+            return None  # abort raises; this tells type checkers so
+        try:
+            loader.check_ready()
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except FailedPrecondition as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        loader.spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".tar", dir=loader.spool_dir)
+        spooled = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = _spool(request_iterator, out, loader.spool_dir, context)
+            if size == 0:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty image archive: the stream carried no bytes")
+            free = shutil.disk_usage(loader.spool_dir).free
+            needed = IMPORT_SPACE_FACTOR * size + SPOOL_RESERVE_BYTES
+            if free < needed:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the node's disk has {_mib(free)} free; importing this {_mib(size)} archive needs "
+                              f"about {_mib(needed)} (its blobs plus unpacked layers, and a reserve)")
+            try:
+                loader.import_archive(spooled)
+            except ImageImportError as exc:
+                code = (grpc.StatusCode.RESOURCE_EXHAUSTED if os.strerror(errno.ENOSPC).lower() in str(exc).lower()
+                        else grpc.StatusCode.INVALID_ARGUMENT)
+                context.abort(code, f"image archive ({size} bytes) not imported: {exc}")
+            except TimeoutError as exc:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"image archive ({size} bytes) not imported: {exc}")
+        finally:
+            spooled.unlink(missing_ok=True)
+        return debug_pb2.LoadImageResponse()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _spool(parts: Iterable[debug_pb2.ImagePart], out: IO[bytes], directory: Path,
+           context: grpc.ServicerContext) -> int:
+    """Write every part's data to ``out``; return the byte count.
+
+    Aborts with RESOURCE_EXHAUSTED before the upload would eat the reserve
+    (or when the disk is full after all), so a too-large archive fails with
+    a message instead of leaving the node's disk full.
+    """
+    size = 0
+    next_check = 0
+    try:
+        for part in parts:
+            if size >= next_check:
+                free = shutil.disk_usage(directory).free
+                if free < SPOOL_RESERVE_BYTES:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the node's disk is nearly full ({_mib(free)} free) after {_mib(size)} of the "
+                                  "image archive; LoadImage keeps the archive on the node's disk while it imports it")
+                next_check = size + SPACE_CHECK_EVERY
+            out.write(part.data_part)
+            size += len(part.data_part)
+        out.flush()
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"the node's disk filled up after {_mib(size)} of the image archive: {exc}")
+    return size
 
 
 def serve(servicer: DebugServicer, address: str, max_workers: int = 32) -> tuple[grpc.Server, int]:

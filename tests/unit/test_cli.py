@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +75,89 @@ def test_conformance_boots_two_nodes_by_default() -> None:
     """The suite itself requires two schedulable nodes; one would fail a spec before anything else."""
     assert build_parser().parse_args(["conformance"]).nodes == 2
     assert build_parser().parse_args(["up"]).nodes == 1
+
+
+def _unused(*args: object) -> Any:
+    raise AssertionError("LoadImage needs no kubeconfig or ticket")
+
+
+class _Node:
+    """A real DebugServicer whose importer records what it was given."""
+
+    def __init__(self, spool: Path, fail: str = "") -> None:
+        import grpc
+
+        from pytest_smalltown.node.debug_service import Conditions, DebugServicer, ImageImportError, ImageLoader, serve
+        from pytest_smalltown.node.logbuffer import LogRegistry
+
+        self.received: list[bytes] = []
+
+        def import_archive(path: Path) -> None:
+            self.received.append(path.read_bytes())
+            if fail:
+                raise ImageImportError(fail)
+
+        loader = ImageLoader(spool, lambda: None, import_archive)
+        servicer = DebugServicer(LogRegistry(), Conditions(()), _unused, _unused,
+                                 images=loader)  # fmt: skip
+        self.server: grpc.Server
+        self.server, self.port = serve(servicer, "127.0.0.1:0", max_workers=2)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[_Node]]:
+    started = [_Node(tmp_path / "spool0"), _Node(tmp_path / "spool1", fail="ctr: unrecognized image format")]
+    yield started
+    for node in started:
+        node.server.stop(0)
+
+
+def _keep(nodes: list[_Node], per_node_ports: bool = True) -> None:
+    import json
+    import os
+
+    from pytest_smalltown.cli import state_path
+
+    ports = {"7837": nodes[0].port, "6443": 1}
+    if per_node_ports:
+        ports.update({str(27837 + i): node.port for i, node in enumerate(nodes)})
+    state_path().parent.mkdir(parents=True)
+    state_path().write_text(json.dumps({"pid": os.getpid(), "nodes": len(nodes), "ports": ports, "kubeconfig": "/x"}))
+
+
+def test_dbg_loadimage_loads_into_every_node_and_names_the_ones_that_refuse(
+    nodes: list[_Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(b"an image archive")
+    _keep(nodes)
+    assert main(["dbg", "loadimage", str(archive)]) == 1
+    assert [node.received for node in nodes] == [[b"an image archive"]] * 2
+    out, err = capsys.readouterr()
+    assert f"node 0: loaded {archive}" in out
+    assert f"node 1: the node did not load image archive {archive}: INVALID_ARGUMENT" in err
+    assert "ctr: unrecognized image format" in err
+
+
+def test_dbg_loadimage_to_one_node(nodes: list[_Node], tmp_path: Path) -> None:
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(b"x")
+    _keep(nodes)
+    assert main(["dbg", "loadimage", str(archive), "--node", "0"]) == 0
+    assert [len(node.received) for node in nodes] == [1, 0]
+    with pytest.raises(SystemExit, match="--node 2: the running cluster has nodes 0..1"):
+        main(["dbg", "loadimage", str(archive), "--node", "2"])
+
+
+def test_dbg_loadimage_on_a_cluster_kept_before_per_node_ports(nodes: list[_Node], tmp_path: Path) -> None:
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(b"x")
+    _keep(nodes, per_node_ports=False)
+    assert main(["dbg", "loadimage", str(archive), "--node", "0"]) == 0, "node 0 through the 7837 forward"
+    with pytest.raises(SystemExit, match="forwards no debug port for node 1"):
+        main(["dbg", "loadimage", str(archive)])
+
+
+def test_dbg_loadimage_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dbg", "loadimage", str(tmp_path / "nope.tar")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pytest_smalltown import contract
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
+from pytest_smalltown.debug import DebugClient, ImageLoadError
 from pytest_smalltown.node import components, identity, network, pki, system
 from pytest_smalltown.node.agent import Agent
 from pytest_smalltown.node.config import AgentConfig
@@ -658,3 +659,111 @@ def test_image_set_disks_are_found_by_their_virtio_serial(tmp_path: Path) -> Non
     (sys_block / "loop0").mkdir()
     found = system.disks_by_serial(contract.PRELOAD_DISK_SERIAL_PREFIX, sys_block, Path("/dev"))
     assert found == {"preload-conformance": Path("/dev/vdb")}
+
+
+def test_load_image_imports_through_the_agents_ctr_and_spools_on_its_disk(
+    containerd_agent: Agent, client: DebugClient, tmp_path: Path
+) -> None:
+    archive = tmp_path / "app.tar"
+    archive.write_text("GOOD smalltown.local/app:1 smalltown.local/sidecar:1")
+    client.load_image(archive)
+    assert containerd_agent._image_names() == {contract.PAUSE_IMAGE, "smalltown.local/app:1", "smalltown.local/sidecar:1"}
+    assert list(containerd_agent.image_spool_dir.iterdir()) == []
+    assert containerd_agent.image_spool_dir.is_relative_to(containerd_agent.cfg.data)
+    size = archive.stat().st_size
+    assert any(f"LoadImage: {size} byte archive imported" in line for line in containerd_agent.logs.get("agent").lines(0))
+
+
+def test_a_failed_import_removes_the_images_it_created(
+    containerd_agent: Agent, client: DebugClient, tmp_path: Path
+) -> None:
+    archive = tmp_path / "broken.tar"
+    archive.write_text("BROKEN smalltown.local/broken:1")
+    with pytest.raises(ImageLoadError) as info:
+        client.load_image(archive)
+    message = str(info.value)
+    assert "INVALID_ARGUMENT" in message and str(archive) in message
+    assert "ctr: failed to extract layer sha256:1: invalid tar header" in message
+    assert "apply failure" not in message, "containerd's log lines echoed by ctr are left out"
+    assert containerd_agent._image_names() == {contract.PAUSE_IMAGE}, "the node is as it was"
+    assert list(containerd_agent.image_spool_dir.iterdir()) == []
+
+
+def test_load_image_waits_for_containerd(containerd_agent: Agent, client: DebugClient, tmp_path: Path) -> None:
+    containerd_agent.conditions.set("ContainerdReady", False)
+    archive = tmp_path / "app.tar"
+    archive.write_text("GOOD smalltown.local/app:1")
+    with pytest.raises(ImageLoadError, match="UNAVAILABLE: containerd is not ready yet"):
+        client.load_image(archive, retry_for=0.3)
+    threading.Timer(0.3, containerd_agent.conditions.set, ("ContainerdReady",)).start()
+    client.load_image(archive, retry_for=20)
+    assert "smalltown.local/app:1" in containerd_agent._image_names()
+
+
+def test_boot_removes_uploads_an_earlier_boot_left_behind(
+    containerd_agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_smalltown.node.debug_service import SPOOL_PREFIX
+
+    spool = containerd_agent.image_spool_dir
+    spool.mkdir(parents=True)
+    (spool / f"{SPOOL_PREFIX}abc.tar").write_bytes(b"half an upload")
+    monkeypatch.setattr(containerd_agent.supervisor, "start", lambda spec: None)
+    monkeypatch.setattr(threading, "Thread", lambda **kw: type("T", (), {"start": lambda self: None})())
+    containerd_agent.start_containerd()
+    assert list(spool.iterdir()) == []
+
+# ------------------------------------------------------------ LoadImage on the agent
+
+#: A stand-in for ctr: the image store is a JSON list next to it. "import -" reads
+#: stdin: "GOOD name..." imports the names, "BROKEN name" records the image and
+#: then fails the way an unpack failure does; anything else is not an image.
+FAKE_CTR = r'''
+import json, sys
+from pathlib import Path
+store = Path(__file__).with_name("images.json")
+images = json.loads(store.read_text()) if store.exists() else []
+args = sys.argv[sys.argv.index("-n") + 2:]
+if args[:2] == ["images", "ls"]:
+    print("\n".join(images))
+elif args[:3] == ["images", "import", "-"]:
+    data = sys.stdin.buffer.read().decode(errors="replace").split()
+    if data[:1] == ["GOOD"]:
+        images += data[1:]
+    elif data[:1] == ["BROKEN"]:
+        images += data[1:]
+        store.write_text(json.dumps(images))
+        sys.exit('time="..." level=info msg="apply failure"\nctr: failed to extract layer sha256:1: invalid tar header')
+    else:
+        sys.exit("ctr: unrecognized image format")
+elif args[:2] == ["images", "rm"]:
+    images = [i for i in images if i not in args[2:]]
+store.write_text(json.dumps(images))
+'''
+
+
+@pytest.fixture
+def containerd_agent(tmp_path: Path) -> Iterator[Agent]:
+    """An Agent whose containerd is ready and whose ctr is :data:`FAKE_CTR`."""
+    ctr = tmp_path / "bin" / "ctr"
+    ctr.parent.mkdir()
+    ctr.write_text(f"#!{sys.executable}\n{FAKE_CTR}")
+    ctr.chmod(0o755)
+    (ctr.parent / "images.json").write_text(json.dumps([contract.PAUSE_IMAGE]))
+    cfg = AgentConfig(root=tmp_path / "root", init=False, static_ip="10.1.0.2", components=("containerd",))
+    cfg.ports.debug = 0
+    cfg.debug_listen = "127.0.0.1"
+    cfg.bins.ctr = str(ctr)
+    a = Agent(cfg)
+    a.console.stream = open("/dev/null", "w")
+    a.conditions.set("ContainerdReady")
+    a.start_debug_service()
+    yield a
+    a.debug_server.stop(0)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def client(containerd_agent: Agent) -> Iterator[DebugClient]:
+    debug = DebugClient(grpc.insecure_channel(f"127.0.0.1:{containerd_agent.debug_port}"))
+    yield debug
+    debug.close()

@@ -130,8 +130,32 @@ def test_cmdline_for_two_nodes() -> None:
         "lease": "02:53:4d:01:00:02=10.1.0.2,02:53:4d:01:00:03=10.1.0.3",
         "forward": "7836,7837,6443",
         "target": "10.1.0.2",
+        "proxy": "27837=10.1.0.2:7837,27838=10.1.0.3:7837",
     }
     assert "console=ttyS0" in cmdline.split()
+
+
+def test_every_node_gets_its_own_debug_port_on_the_switch() -> None:
+    from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE
+
+    assert [sw.node_debug_guest_port(i) for i in range(3)] == [NODE_DEBUG_PORT_BASE + i for i in range(3)]
+    assert NODE_DEBUG_PORT_BASE == 27837
+    proxies = params(sw.switch_cmdline(sw.MAX_NODES))["proxy"].split(",")
+    assert proxies == [f"{sw.node_debug_guest_port(i)}={sw.node_address(i)}:7837" for i in range(sw.MAX_NODES)]
+    # Node 0's debug service is reachable both ways: the classic forward and its own port.
+    assert params(sw.switch_cmdline(1))["proxy"] == "27837=10.1.0.2:7837"
+    assert "7837" in params(sw.switch_cmdline(1))["forward"].split(",")
+    with pytest.raises(ValueError, match="node index"):
+        sw.node_debug_guest_port(sw.MAX_NODES)
+
+
+def test_per_node_debug_ports_cannot_be_forwarded_to_node_0() -> None:
+    reserved = sw.node_debug_guest_port(sw.MAX_NODES - 1)
+    with pytest.raises(ValueError, match=f"port {reserved} is reserved: .*each node's debug service"):
+        sw.check_ports([7837, reserved])
+    with pytest.raises(ValueError, match="reserved"):
+        sw.switch_cmdline(2, ports=[27837])
+    assert sw.check_ports([sw.NODE_DEBUG_GUEST_PORTS.start - 1, sw.NODE_DEBUG_GUEST_PORTS.stop]) == (27836, 27853)
 
 
 def test_cmdline_leases_every_node_and_fits_the_kernel_limit_at_max_nodes() -> None:
@@ -148,9 +172,10 @@ def test_cmdline_forwards_what_it_is_told_to_the_target_node() -> None:
     assert params(cmdline)["target"] == "10.1.0.3"
 
 
-def test_cmdline_without_ports_forwards_nothing() -> None:
+def test_cmdline_without_ports_forwards_nothing_to_node_0() -> None:
     p = params(sw.switch_cmdline(1, ports=[]))
     assert "forward" not in p and "target" not in p
+    assert p["proxy"] == "27837=10.1.0.2:7837"
 
 
 def test_cmdline_rejects_target_outside_the_cluster() -> None:
@@ -202,6 +227,39 @@ def test_switch_vm_config_forwards_exactly_the_port_map() -> None:
     assert params(cmdline)["forward"] == "2345"
 
 
+def test_switch_vm_config_forwards_per_node_ports_to_their_nodes_not_node_0() -> None:
+    port_map = PortMap({7837: 40001, 27837: 40002, 27838: 40003})
+    argv = qemu_argv(sw.switch_vm_config(FAKE_IMAGE, 2, [11, 12], port_map, "tcg"))
+    netdev = argv[argv.index("-netdev") + 1]
+    assert sorted(re.findall(r"hostfwd=tcp:127.0.0.1:(\d+)-:(\d+)", netdev)) == [
+        ("40001", "7837"), ("40002", "27837"), ("40003", "27838"),
+    ]  # fmt: skip
+    p = params(argv[argv.index("-append") + 1])
+    assert p["forward"] == "7837"
+    assert p["proxy"] == "27837=10.1.0.2:7837,27838=10.1.0.3:7837"
+
+
+def test_launch_switch_forwards_every_nodes_debug_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers pass the same arguments as before; the per-node ports come along."""
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_start(make_config, ports, workdir, qemu, history=()):  # type: ignore[no-untyped-def]
+        seen["ports"] = ports
+        seen["config"] = make_config(PortMap({p: 40000 + i for i, p in enumerate(ports)}))
+        raise Stop
+
+    monkeypatch.setattr(sw, "start_vm_with_ports", fake_start)
+    with pytest.raises(Stop):
+        sw.launch_switch(3, sw.DEFAULT_PORTS, workdir=tmp_path, accel="tcg", image=FAKE_IMAGE)
+    assert seen["ports"] == (7836, 7837, 6443, 27837, 27838, 27839)
+    cmdline = qemu_argv(seen["config"])[qemu_argv(seen["config"]).index("-append") + 1]  # type: ignore[arg-type]
+    assert params(cmdline)["forward"] == "7836,7837,6443"
+    assert params(cmdline)["proxy"] == "27837=10.1.0.2:7837,27838=10.1.0.3:7837,27839=10.1.0.4:7837"
+
+
 def test_switch_vm_config_needs_one_end_per_node() -> None:
     with pytest.raises(ValueError, match="2 nodes need 2 switch ends"):
         sw.switch_vm_config(FAKE_IMAGE, 2, [11], PortMap({}), "tcg")
@@ -243,7 +301,11 @@ def test_switch_exposes_node_nics_and_closes_everything_once(tmp_path: Path) -> 
     workdir = tmp_path / "sw"
     workdir.mkdir()
     vm = _StoppedVM()
-    switch = sw.Switch(2, vm, ends, PortMap({7837: 40000}), workdir, True, 0.0)  # type: ignore[arg-type]
+    ports = PortMap({7837: 40000, 27837: 40001, 27838: 40002})
+    switch = sw.Switch(2, vm, ends, ports, workdir, True, 0.0)  # type: ignore[arg-type]
+    assert [switch.node_debug_port(i) for i in range(2)] == [40001, 40002]
+    with pytest.raises(ValueError, match="nodes 0..1"):
+        switch.node_debug_port(2)
     nic = switch.node_nic(1)
     assert nic == SocketNic(fd=ends[1].fileno(), mac="02:53:4d:01:00:03")
     assert switch.node_address(1) == "10.1.0.3"

@@ -36,12 +36,40 @@ var (
 //	nanoswitch.target=A.B.C.D            ... to this bridge address (node 0)
 //	nanoswitch.lease=MAC=IP[,MAC=IP...]  fixed DHCP leases
 //	nanoswitch.uplink=MAC                uplink NIC (default 02:72:82:bf:c3:56)
+//	nanoswitch.proxy=P=IP:Q[,P=IP:Q...]  TCP port P of the uplink to port Q of a
+//	                                     bridge address (one node's debug service)
+//
+// forward/target send a port to the same port of one node; proxy names each
+// destination, which is how every node's debug service gets a port of its own.
+// A listening port may appear only once across forward and proxy.
 type Config struct {
 	Nodes     int
 	Ports     []int
 	Target    net.IP
+	Proxies   []Proxy
 	Leases    map[string]net.IP // canonical lower-case MAC -> address
 	UplinkMAC net.HardwareAddr
+}
+
+// Proxy is one TCP port of the uplink and where its connections go.
+type Proxy struct {
+	Listen int
+	Dest   net.IP
+	Port   int
+}
+
+func (p Proxy) String() string {
+	return fmt.Sprintf("%d->%s", p.Listen, net.JoinHostPort(p.Dest.String(), strconv.Itoa(p.Port)))
+}
+
+// proxies lists every port the switch listens on: the forwarded ports (to the
+// same port of the target), then the explicit proxies.
+func (c *Config) proxies() []Proxy {
+	all := make([]Proxy, 0, len(c.Ports)+len(c.Proxies))
+	for _, port := range c.Ports {
+		all = append(all, Proxy{Listen: port, Dest: c.Target, Port: port})
+	}
+	return append(all, c.Proxies...)
 }
 
 // parseCmdline extracts the nanoswitch.* parameters from a kernel command line.
@@ -68,6 +96,8 @@ func parseCmdline(cmdline string) (*Config, error) {
 			err = parseLeases(value, cfg.Leases)
 		case "uplink":
 			cfg.UplinkMAC, err = net.ParseMAC(value)
+		case "proxy":
+			cfg.Proxies, err = parseProxies(value)
 		default:
 			err = fmt.Errorf("unknown parameter")
 		}
@@ -78,7 +108,47 @@ func parseCmdline(cmdline string) (*Config, error) {
 	if len(cfg.Ports) > 0 && cfg.Target == nil {
 		return nil, fmt.Errorf("nanoswitch.forward given without nanoswitch.target")
 	}
+	for _, p := range cfg.Proxies {
+		for _, port := range cfg.Ports {
+			if p.Listen == port {
+				return nil, fmt.Errorf("port %d is both in nanoswitch.forward and nanoswitch.proxy", port)
+			}
+		}
+	}
 	return cfg, nil
+}
+
+// parseProxies reads "P=IP:Q,..." (listening ports distinct, destinations on the bridge).
+func parseProxies(value string) ([]Proxy, error) {
+	if value == "" {
+		return nil, nil
+	}
+	var proxies []Proxy
+	seen := map[int]bool{}
+	for _, item := range strings.Split(value, ",") {
+		listen, dest, ok := strings.Cut(item, "=")
+		host, port, err := net.SplitHostPort(dest)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%q is not PORT=IP:PORT", item)
+		}
+		var p Proxy
+		p.Listen, err = parsePort(listen)
+		if err == nil {
+			p.Port, err = parsePort(port)
+		}
+		if err == nil {
+			p.Dest, err = parseBridgeIP(host)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", item, err)
+		}
+		if seen[p.Listen] {
+			return nil, fmt.Errorf("port %d given twice", p.Listen)
+		}
+		seen[p.Listen] = true
+		proxies = append(proxies, p)
+	}
+	return proxies, nil
 }
 
 func parsePorts(value string) ([]int, error) {
@@ -88,9 +158,9 @@ func parsePorts(value string) ([]int, error) {
 		return nil, nil
 	}
 	for _, item := range strings.Split(value, ",") {
-		port, err := strconv.Atoi(item)
-		if err != nil || port < 1 || port > 65535 {
-			return nil, fmt.Errorf("%q is not a TCP port", item)
+		port, err := parsePort(item)
+		if err != nil {
+			return nil, err
 		}
 		if seen[port] {
 			return nil, fmt.Errorf("port %d given twice", port)
@@ -99,6 +169,14 @@ func parsePorts(value string) ([]int, error) {
 		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+func parsePort(item string) (int, error) {
+	port, err := strconv.Atoi(item)
+	if err != nil || port < 1 || port > 65535 {
+		return 0, fmt.Errorf("%q is not a TCP port", item)
+	}
+	return port, nil
 }
 
 // parseBridgeIP accepts a host address inside the bridge network that is
@@ -162,6 +240,15 @@ func portList(ports []int) string {
 		parts[i] = strconv.Itoa(p)
 	}
 	return strings.Join(parts, ",")
+}
+
+// proxyList renders proxies for the console: "27837->10.1.0.2:7837 ...".
+func proxyList(proxies []Proxy) string {
+	items := make([]string, len(proxies))
+	for i, p := range proxies {
+		items[i] = p.String()
+	}
+	return strings.Join(items, " ")
 }
 
 // moduleParams returns the "key=value ..." string for a module from

@@ -25,6 +25,26 @@ func TestParseCmdline(t *testing.T) {
 	if cfg.UplinkMAC.String() != defaultMAC {
 		t.Fatalf("uplink MAC %v", cfg.UplinkMAC)
 	}
+	// A command line without nanoswitch.proxy (older launchers) proxies just the forwards.
+	if len(cfg.Proxies) != 0 || proxyList(cfg.proxies()) != "7836->10.1.0.2:7836 7837->10.1.0.2:7837 6443->10.1.0.2:6443" {
+		t.Fatalf("proxies %v", cfg.proxies())
+	}
+}
+
+func TestParseCmdlineProxies(t *testing.T) {
+	cfg, err := parseCmdline(strings.TrimSpace(sampleCmdline) + " nanoswitch.proxy=27837=10.1.0.2:7837,27838=10.1.0.3:7837")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "7836->10.1.0.2:7836 7837->10.1.0.2:7837 6443->10.1.0.2:6443 27837->10.1.0.2:7837 27838->10.1.0.3:7837"
+	if got := proxyList(cfg.proxies()); got != want {
+		t.Fatalf("proxies %q, want %q", got, want)
+	}
+	// Proxies alone, without forward/target, are a complete configuration.
+	cfg, err = parseCmdline("nanoswitch.proxy=27837=10.1.0.2:7837")
+	if err != nil || proxyList(cfg.proxies()) != "27837->10.1.0.2:7837" {
+		t.Fatalf("proxy only: %v %v", cfg, err)
+	}
 }
 
 func TestParseCmdlineRejects(t *testing.T) {
@@ -40,6 +60,14 @@ func TestParseCmdlineRejects(t *testing.T) {
 		"nanoswitch.lease=nonsense",
 		"nanoswitch.nodes=-1",
 		"nanoswitch.frobnicate=1",
+		"nanoswitch.proxy=27837",                                   // no destination
+		"nanoswitch.proxy=27837=10.1.0.2",                          // no destination port
+		"nanoswitch.proxy=27837=10.1.0.1:7837",                     // the switch itself
+		"nanoswitch.proxy=27837=192.168.1.2:7837",                  // not on the bridge
+		"nanoswitch.proxy=0=10.1.0.2:7837",                         // not a port
+		"nanoswitch.proxy=27837=10.1.0.2:70000",                    // not a port
+		"nanoswitch.proxy=27837=10.1.0.2:7837,27837=10.1.0.3:7837", // listening twice
+		"nanoswitch.forward=7837 nanoswitch.target=10.1.0.2 nanoswitch.proxy=7837=10.1.0.3:7837",
 	} {
 		if _, err := parseCmdline(bad); err == nil {
 			t.Errorf("%q was accepted", bad)

@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// forwardPort accepts TCP connections on listenIP:port and splices each to
-// target:port. A userspace proxy (rather than DNAT) keeps working whatever the
+// forwardPort accepts TCP connections on listenIP:p.Listen and splices each
+// to p.Dest:p.Port. A userspace proxy (rather than DNAT) keeps working whatever the
 // node's routing looks like, needs no conntrack tuning, and makes the node see
 // the switch (10.1.0.1) as the peer, which is on its own subnet.
 //
@@ -18,12 +18,13 @@ import (
 // readiness truthfully. When the target is not up yet the client connection is
 // closed at once; clients are expected to retry (QEMU's hostfwd accepts on the
 // host side before the guest does, so clients see connect-then-EOF).
-func forwardPort(listenIP net.IP, port int, target net.IP) error {
+func forwardPort(listenIP net.IP, p Proxy) error {
+	port := p.Listen
 	ln, err := net.Listen("tcp4", net.JoinHostPort(listenIP.String(), strconv.Itoa(port)))
 	if err != nil {
 		return fmt.Errorf("listening on port %d: %w", port, err)
 	}
-	dest := net.JoinHostPort(target.String(), strconv.Itoa(port))
+	dest := net.JoinHostPort(p.Dest.String(), strconv.Itoa(p.Port))
 	var lastLog time.Time
 	var logMu sync.Mutex
 	go func() {
@@ -38,7 +39,7 @@ func forwardPort(listenIP net.IP, port int, target net.IP) error {
 				defer client.Close()
 				upstream, err := net.DialTimeout("tcp4", dest, 10*time.Second)
 				if err != nil {
-					// Clients poll while node 0 boots; log at most every 10 s.
+					// Clients poll while a node boots; log at most every 10 s.
 					logMu.Lock()
 					if time.Since(lastLog) > 10*time.Second {
 						logf("forward %d: %v", port, err)

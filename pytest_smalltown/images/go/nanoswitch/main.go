@@ -1,7 +1,8 @@
 // Command nanoswitch is /init of the switch microVM that networks a test
 // cluster: it bridges every node NIC as 10.1.0.1/24, hands out fixed DHCP
 // leases, masquerades the nodes out of the QEMU user-mode uplink, and proxies
-// the TCP ports the host forwards into the uplink on to node 0.
+// the TCP ports the host forwards into the uplink on to node 0 (and one port
+// per node on to that node's debug service).
 //
 // Everything cluster-specific (ports, target, leases, node count) comes from
 // the kernel command line (see Config), so one image serves every cluster.
@@ -111,8 +112,8 @@ func run(cfg *Config) error {
 	if err := serveDHCP(bridgeName, table); err != nil {
 		return fmt.Errorf("starting DHCP server: %w", err)
 	}
-	for _, port := range cfg.Ports {
-		if err := forwardPort(uplinkIP, port, cfg.Target); err != nil {
+	for _, p := range cfg.proxies() {
+		if err := forwardPort(uplinkIP, p); err != nil {
 			return err
 		}
 	}
@@ -121,6 +122,9 @@ func run(cfg *Config) error {
 		names[i] = nic.Attrs().Name
 	}
 	logf("bridge %s %s/24 ports %s; uplink %s/24 via %s", bridgeName, bridgeIP, strings.Join(names, ","), uplinkIP, uplinkGW)
+	if len(cfg.Proxies) > 0 {
+		logf("proxying %s", proxyList(cfg.Proxies))
+	}
 	if len(cfg.Ports) == 0 {
 		logf("forwarding none (up %s)", uptime())
 	} else {
