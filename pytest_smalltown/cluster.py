@@ -33,12 +33,12 @@ before the error propagates.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import shutil
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ from kubernetes import client as k8s
 
 from pytest_smalltown.api import debug_pb2, enrolment_pb2
 from pytest_smalltown.contract import ENROLMENT_FW_CFG_NAME, SWITCH_FORWARDED_PORTS, NodePort
-from pytest_smalltown.debug import DebugClient
+from pytest_smalltown.debug import DebugClient, load_image_into_nodes, node_debug_client
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.kube import (
     api_client,
@@ -185,6 +185,20 @@ class Cluster:
     def check_alive(self) -> None:
         """Raise (with the console tail) if the switch or a node VM has exited, or a node's kernel hung."""
         _check_vms(self.switch, self.nodes)
+
+    def node_debug(self, index: int) -> DebugClient:
+        """A new client for node ``index``'s debug service (node 0's is also :attr:`debug`); close it when done."""
+        return node_debug_client(self.ports, index)
+
+    def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
+        """Import a container image archive (``docker save`` or OCI tarball) into ``nodes`` (default: all).
+
+        Pods then run it with ``imagePullPolicy: Never`` (or ``IfNotPresent``):
+        nothing can be pulled from a registry here. A node that refuses the
+        archive (corrupt, not an image, no space) raises
+        :class:`~pytest_smalltown.debug.ImageLoadError` and keeps what it had.
+        """
+        load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
 
     def close(self) -> None:
         """Stop every VM and remove the work directory (idempotent)."""
@@ -677,11 +691,11 @@ def _restore(
     workdir = make_workdir("st-c-")
     debug: DebugClient | None = None
     monitors: list[Monitor] = []
+    # The checksums are read while QEMU loads the same files (both mostly wait for the disk).
+    verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="snapshot-verify")
+    verification = verifier.submit(snapshot.verify)
     try:
         with store.reading(), phases.phase("restore"):
-            verified: list[BaseException | None] = []
-            checker = threading.Thread(target=_verify_into, args=(snapshot, verified), name="verify", daemon=True)
-            checker.start()
             phases.switch = launch_switch(
                 spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=parts.switch_image,
                 progress=progress, qemu=settings.qemu,
@@ -704,9 +718,7 @@ def _restore(
             monitors = [Monitor(switch.vm), *(Monitor(node.vm) for node in phases.nodes)]
             for monitor in monitors:
                 wait_incoming(monitor, phases.remaining())
-            checker.join()
-            if verified[0] is not None:
-                raise verified[0]
+            verification.result()  # raises SnapshotRefused when a file is corrupt
             for monitor in monitors:
                 resume(monitor)
 
@@ -722,8 +734,17 @@ def _restore(
     except Exception as error:
         _abandon(phases, debug, workdir)
         cause = error.__cause__ if isinstance(error, ClusterLaunchError) and error.__cause__ else error
-        raise SnapshotRefused(f"restoring {snapshot.directory.name} failed: {str(cause).splitlines()[0]}") from error
+        reason = f"restoring {snapshot.directory.name} failed: {str(cause).splitlines()[0]}"
+        # A corrupt file usually makes QEMU's load fail first; the checksum says why.
+        try:
+            verification.result(timeout=RESTORE_TIMEOUT)
+        except SnapshotRefused as corrupt:
+            reason = str(corrupt)
+        except Exception:  # noqa: BLE001 - the checksums could not be read either: the first failure stands
+            pass
+        raise SnapshotRefused(reason) from error
     finally:
+        verifier.shutdown(wait=False, cancel_futures=True)
         for monitor in monitors:
             monitor.close()
     return Cluster(
@@ -731,14 +752,6 @@ def _restore(
         workdir=workdir, phase_seconds=phases.seconds, how=f"restored from {snapshot.directory.name}",
         snapshot=snapshot,
     )  # fmt: skip
-
-
-def _verify_into(snapshot: Snapshot, result: list[BaseException | None]) -> None:
-    try:
-        snapshot.verify()
-        result.append(None)
-    except BaseException as error:  # handed to the launching thread
-        result.append(error)
 
 
 def _abandon(phases: _Phases, debug: DebugClient | None, workdir: Path) -> None:

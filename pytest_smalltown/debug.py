@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +24,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
 from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
+from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.launch.switch import node_debug_guest_port
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
@@ -206,3 +208,22 @@ class DebugClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def node_debug_client(ports: PortMap, index: int) -> DebugClient:
+    """A client for node ``index``'s debug service, through the switch's forward for that node."""
+    return DebugClient(ports.dial_grpc(node_debug_guest_port(index)))
+
+
+def load_image_into_nodes(ports: PortMap, archive: Path, nodes: Iterable[int]) -> None:
+    """Import ``archive`` (``docker save`` or OCI tarball) into containerd on each of ``nodes``, in turn.
+
+    What :meth:`Cluster.load_image <pytest_smalltown.cluster.Cluster.load_image>`
+    and a kept cluster's do; raises :class:`ImageLoadError` at the first node that refuses it.
+    """
+    for index in nodes:
+        client = node_debug_client(ports, index)
+        try:
+            client.load_image(archive)
+        finally:
+            client.close()

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,12 @@ class AttachedCluster:
     owner_pid: int
     console_paths: dict[str, Path]
     phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
+        """As :meth:`pytest_smalltown.cluster.Cluster.load_image`, into the kept cluster's nodes."""
+        from pytest_smalltown.debug import load_image_into_nodes
+
+        load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
 
     def check_alive(self) -> None:
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -139,30 +140,37 @@ def test_a_restored_cluster_runs_pods(saved: dict[str, Any]) -> None:
         cluster.close()
 
 
+#: One session in a child process: restore, list the nodes through the forwarded port, close.
+SESSION = """
+import json, sys
+from kubernetes import client as k8s
+from pytest_smalltown.cluster import launch_cluster
+from pytest_smalltown.settings import resolve
+from pytest_smalltown.spec import ClusterSpec
+cluster = launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), lambda message: None)
+try:
+    names = [n.metadata.name for n in k8s.CoreV1Api(cluster.kube).list_node().items]
+    print(json.dumps({"how": cluster.how, "api_port": cluster.ports[6443], "nodes": names}))
+finally:
+    cluster.close()
+"""
+
+
 def test_two_sessions_restore_one_snapshot_at_once(saved: dict[str, Any]) -> None:
-    clusters: list[Cluster] = []
-    errors: list[BaseException] = []
-
-    def restore() -> None:
-        try:
-            clusters.append(launch())
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=restore) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    try:
-        assert not errors, errors
-        assert all(c.how.startswith("restored") for c in clusters), [c.how for c in clusters]
-        assert clusters[0].ports.items() != clusters[1].ports.items()
-        for cluster in clusters:  # each answers on its own ports, with its own credentials
-            assert [n.metadata.name for n in k8s.CoreV1Api(cluster.kube).list_node().items] == saved["names"]
-    finally:
-        for cluster in clusters:
-            cluster.close()
+    # Separate processes, as two pytest sessions are (a VM dies with the thread that
+    # started it: PR_SET_PDEATHSIG follows the parent thread, not the process).
+    sessions = [
+        subprocess.Popen([sys.executable, "-c", SESSION], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = []
+    for session in sessions:
+        out, err = session.communicate(timeout=600)
+        assert session.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["how"].startswith("restored") for r in results), results
+    assert results[0]["api_port"] != results[1]["api_port"]
+    assert all(r["nodes"] == saved["names"] for r in results), results
 
 
 def test_a_corrupt_snapshot_is_refused_with_a_warning_and_replaced(saved: dict[str, Any]) -> None:

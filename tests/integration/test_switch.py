@@ -165,13 +165,20 @@ def test_forwarded_port_reaches_node0_and_not_node1(net: Net, guest_port: int) -
     assert answer == f"tinyvm node0 port {guest_port}"
 
 
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_nodes_debug_service_has_its_own_forward(net: Net, index: int) -> None:
+    assert read_banner(net.switch.node_debug_port(index)) == f"tinyvm node{index} port 7837"
+
+
 def test_forwarded_ports_listen_on_loopback_only(net: Net) -> None:
     listeners = listening_sockets(net.switch.vm.pid)
-    assert listeners == {("127.0.0.1", net.switch.ports[p]) for p in sw.DEFAULT_PORTS}
+    assert listeners == {("127.0.0.1", host) for host in net.switch.ports.values()}
+    assert len(listeners) == len(sw.DEFAULT_PORTS) + 2  # and one debug forward per node
 
 
 def test_unforwarded_port_is_a_clear_error(net: Net) -> None:
-    with pytest.raises(PortNotForwardedError, match=r"guest port 7833 is not forwarded.*\[6443, 7836, 7837\]"):
+    with pytest.raises(PortNotForwardedError,
+                       match=r"guest port 7833 is not forwarded.*\[6443, 7836, 7837, 27837, 27838\]"):  # fmt: skip
         net.switch.ports[7833]
 
 
