@@ -79,15 +79,11 @@ class ClusterPool:
         self._live: dict[ClusterSpec, ClusterHandle] = {}
         self._failed: dict[ClusterSpec, BaseException] = {}
         self.records: dict[ClusterSpec, PoolRecord] = {}
-        self.launch_count: Counter[ClusterSpec] = Counter()
         self._kept: set[ClusterSpec] = set()
 
     def plan(self, specs: Iterable[ClusterSpec]) -> None:
         """Record one upcoming use per element of ``specs``."""
         self._remaining.update(specs)
-
-    def remaining(self, spec: ClusterSpec) -> int:
-        return self._remaining[spec]
 
     def acquire(self, spec: ClusterSpec, launcher: Launcher) -> ClusterHandle:
         """The live cluster for ``spec``, launching it with ``launcher`` if needed."""
@@ -106,7 +102,6 @@ class ClusterPool:
                 self._close(other)
             record = self.records.setdefault(spec, PoolRecord(spec))
             started = time.monotonic()
-            self.launch_count[spec] += 1
             try:
                 cluster = launcher(spec)
             except BaseException as error:
@@ -146,9 +141,6 @@ class ClusterPool:
     def kept_clusters(self) -> dict[ClusterSpec, ClusterHandle]:
         """The live clusters that :meth:`keep` held back, by spec."""
         return {spec: cluster for spec, cluster in sorted(self._live.items()) if spec in self._kept}
-
-    def is_live(self, spec: ClusterSpec) -> bool:
-        return spec in self._live
 
     def live(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The running cluster of ``spec``, if any (without launching one)."""

@@ -125,8 +125,6 @@ OPTIONS: tuple[Option, ...] = (
            "the end of the session", _optional_path, "FILE"),
 )  # fmt: skip
 
-OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -210,8 +210,3 @@ def build_program(
             raise GoBuildError(f"go build of {name} reported success but wrote no {output}")
 
     return cached_build(f"go-{name}", key, build, progress) / program.binary
-
-
-def build_all(progress: Progress = stderr_progress) -> dict[str, Path]:
-    """Build (or find) every Go program of the node image, ``{name: binary}``."""
-    return {name: build_program(name, progress) for name in PROGRAMS}

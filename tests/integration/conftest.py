@@ -14,8 +14,12 @@ from pytest_smalltown.launch.vm import make_workdir, remove_workdir
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of this directory (only: this hook sees the whole session's items), so that
+    ``-m "not integration"`` runs the unit tests alone."""
+    here = Path(__file__).parent
     for item in items:
-        item.add_marker(pytest.mark.integration)
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
