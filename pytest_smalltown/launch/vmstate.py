@@ -37,6 +37,8 @@ SAVE_BANDWIDTH = 1 << 40
 #: zstd level for saved RAM: level 1 compresses a node's RAM image at several
 #: hundred MB/s on one core and still removes most of it (page cache, zeroed heaps).
 ZSTD_LEVEL = 1
+#: QMP connection attempts before a VM counts as unreachable.
+CONNECT_ATTEMPTS = 5
 
 
 class VMStateError(LaunchError):
@@ -57,8 +59,19 @@ class Monitor:
             if time.monotonic() > deadline:
                 raise VMStateError(f"VM {vm.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s")
             time.sleep(0.01)
-        self._qmp = QEMUMonitorProtocol(str(socket_path), nickname=vm.name)
-        self._qmp.connect()
+        # A connection made while QEMU is still setting up (seen under load, restoring two
+        # sessions at once) can fail the greeting; a fresh connection a moment later works.
+        for attempt in range(CONNECT_ATTEMPTS):
+            self._qmp = QEMUMonitorProtocol(str(socket_path), nickname=vm.name)
+            try:
+                self._qmp.connect()
+                break
+            except Exception as error:  # qemu.qmp raises ConnectError and asyncio errors
+                self.close()
+                vm.check_running()
+                if attempt + 1 == CONNECT_ATTEMPTS or time.monotonic() > deadline:
+                    raise VMStateError(f"VM {vm.name!r}: cannot talk QMP on {socket_path}: {error}") from error
+                time.sleep(0.2)
         self._qmp.settimeout(timeout)
 
     def cmd(self, command: str, **arguments: Any) -> Any:
