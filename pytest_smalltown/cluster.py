@@ -651,7 +651,6 @@ def _save(phases: _Phases, kube: Any, writer: SnapshotWriter, workdir: Path, pro
                 resume(monitor)
             paused = []
             snapshot = writer.commit(facts)
-            _wait_clock(kube, SAVE_TIMEOUT)  # the guests stood still while saved
     except ClusterLaunchError as error:
         writer.abort()
         for monitor in paused:  # if this fails too, the cluster is lost: that is a launch failure
@@ -663,6 +662,8 @@ def _save(phases: _Phases, kube: Any, writer: SnapshotWriter, workdir: Path, pro
     finally:
         for monitor in monitors:
             monitor.close()
+    with phases.phase("clock"):
+        _wait_clock(kube, SAVE_TIMEOUT)  # the guests stood still while saved
     size = describe_size(snapshot.directory) / 2**20
     return f"booted, saved as a snapshot ({size:.0f} MiB, {time.monotonic() - started:.1f}s)"
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown.images.cache import cache_root, hash_inputs, prune
+from pytest_smalltown.launch.reaper import reaper
 from pytest_smalltown.spec import ClusterSpec
 
 #: Bump when the layout or the meaning of a snapshot changes.
@@ -252,6 +253,7 @@ class SnapshotStore:
             os.close(fd)
             return None
         work = Path(tempfile.mkdtemp(prefix=f".{self.name}-{self.key}.", dir=self.root))  # 0700
+        reaper().watch_path(work)  # removed even if this session is killed mid-save
         return SnapshotWriter(self, work, fd)
 
 
@@ -289,6 +291,7 @@ class SnapshotWriter:
         self._release()
 
     def _release(self) -> None:
+        reaper().forget_path(self.work)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
