@@ -208,8 +208,10 @@ class SnapshotStore:
 
     def _why_missing(self) -> str:
         """Name the inputs that differ from the newest other snapshot of this spec, if there is one."""
+        # Exactly this spec's: "snapshot-2-node-*" would also match "snapshot-2-node-conformance-*".
+        ours = re.compile(rf"^{re.escape(self.name)}-[0-9a-f]{{16}}$")
         others = sorted(
-            (p for p in self.root.glob(f"{self.name}-*") if (p / ".complete").exists() and p != self.directory),
+            (p for p in self.root.iterdir() if ours.match(p.name) and (p / ".complete").exists() and p != self.directory),
             key=lambda p: (p / ".complete").stat().st_mtime,
             reverse=True,
         )

@@ -136,3 +136,9 @@ def test_snapshot_mode_setting() -> None:
     assert resolve({}, {}, environ={"SMALLTOWN_SNAPSHOTS": "refresh"}).snapshots == "refresh"
     with pytest.raises(SettingsError, match="--smalltown-snapshots"):
         resolve({"snapshots": "sometimes"}, {}, environ={})
+
+
+def test_another_specs_snapshot_is_not_taken_for_an_older_one_of_this_spec(tmp_path: Path) -> None:
+    save(SnapshotStore(ClusterSpec(2, ("conformance",)), inputs(tmp_path)))
+    with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path)).lookup()
