@@ -272,6 +272,28 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
         return subprocess.call([str(kube), "kubectl", f"--kubeconfig={kubeconfig}", *args.kubectl_args])
 
 
+# --- node lifecycle -------------------------------------------------------------
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    from pytest_smalltown.kept import attach
+    from pytest_smalltown.lifecycle import RebootError
+    from pytest_smalltown.spec import ClusterSpec
+
+    state = _read_state()
+    cluster = attach(ClusterSpec(int(state["nodes"]), tuple(state.get("preload", ()))))
+    try:
+        print(f"node {args.node}: {'hard reset' if args.hard else 'graceful reboot'} ...", flush=True)
+        result = cluster.reboot_node(args.node, hard=args.hard, timeout=args.timeout)
+    except (RebootError, KeptClusterError, LookupError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        cluster.close()
+    print(f"node {args.node} ({result.node}) Ready again after {result.seconds_to_ready:.1f}s (boot ID {result.new_boot_id})")
+    return 0
+
+
 # --- conformance ----------------------------------------------------------------
 
 
@@ -388,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     commands.add_parser("status", help="show the running cluster").set_defaults(func=cmd_status)
     commands.add_parser("down", help="stop the running cluster").set_defaults(func=cmd_down)
+
+    reboot = commands.add_parser("reboot", help="reboot a node of the running cluster and wait until it is Ready again")
+    reboot.add_argument("node", type=int, help="node index (0 runs the control plane)")
+    reboot.add_argument("--hard", action="store_true", help="reset the VM instead of a clean shutdown (node 0: "
+                        "etcd may lose its last writes)")
+    reboot.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it (default 600)")
+    reboot.set_defaults(func=cmd_reboot)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
     dbg = dbg_parser.add_subparsers(dest="dbg_command", required=True)

@@ -61,6 +61,7 @@ from pytest_smalltown.kube import (
     write_kubeconfig,
 )
 from pytest_smalltown.launch.accel import resolve_accel
+from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.switch import Switch, launch_switch, node_address
@@ -108,6 +109,10 @@ CONSOLE_TAIL = 40
 #: conformance set (about 110 MB) took 209 s on an idle node and 595 s on a
 #: node 0 that was also starting its control plane, under TCG on 2 host cores.
 PRELOAD_IMPORT_ALLOWANCE = 600.0
+#: Extra seconds of boot deadline per control-plane node beyond node 0. A
+#: 3-node cluster (three etcd members, three apiservers) took about 500 s to
+#: be Ready where a 2-node one took 155 s, under TCG on 2 host cores.
+CONTROL_PLANE_ALLOWANCE = 300.0
 
 
 class ClusterLaunchError(LaunchError):
@@ -141,6 +146,11 @@ class ClusterNode:
     def console_log(self) -> Path:
         return self.vm.console_log
 
+    @property
+    def qmp_socket(self) -> Path | None:
+        """The VM's QMP socket: how another process resets it (``smalltown reboot``)."""
+        return self.vm.config.qmp_socket
+
 
 @dataclass
 class Cluster:
@@ -158,12 +168,19 @@ class Cluster:
     how: str = "booted"
     #: The snapshot it was restored from (its manifest has the facts recorded at the save).
     snapshot: Snapshot | None = None
+    #: How long a node may take to boot (``--smalltown-boot-timeout``); the default deadline of a reboot.
+    boot_timeout: float = 600.0
     _closed: bool = False
 
     @property
     def ports(self) -> PortMap:
         """Guest port -> 127.0.0.1 host port, for the ports forwarded to node 0."""
         return self.switch.ports
+
+    @property
+    def switch_qmp_socket(self) -> Path | None:
+        """The switch VM's QMP socket: how another process adds a forward (a kept cluster's NodePorts)."""
+        return self.switch.vm.config.qmp_socket
 
     def consoles(self, lines: int = CONSOLE_TAIL) -> dict[str, list[str]]:
         """The console tail of every VM, switch included."""
@@ -199,6 +216,33 @@ class Cluster:
         :class:`~pytest_smalltown.debug.ImageLoadError` and keeps what it had.
         """
         load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
+
+    def forward_node_port(self, node_port: int) -> int:
+        """A host port on 127.0.0.1 forwarded to NodePort ``node_port`` (through node 0) until the cluster closes.
+
+        NodePorts answer on every node; from the host they are reached
+        through node 0, the node the switch forwards to.
+        """
+        return self.switch.forward_node_port(node_port)
+
+    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> RebootResult:
+        """Reboot node ``index`` (graceful: the node shuts down cleanly; ``hard``: a reset) and wait until it is back.
+
+        Back means: its Node reports a new boot ID and is Ready, and its agent
+        says KubernetesReady. Pods bound to it are restarted by its kubelet;
+        waiting for a particular pod is the test's business. See
+        :mod:`pytest_smalltown.lifecycle` for what a hard reset can lose.
+        """
+        node = self.nodes[index]
+        monitor = Monitor(node.vm)
+        debug = self.node_debug(index)
+        try:
+            return reboot_node(monitor, debug, self.kube, node.address, hard=hard,
+                               timeout=self.boot_timeout if timeout is None else timeout,
+                               console_tail=lambda: node.vm.console_tail(CONSOLE_TAIL))
+        finally:
+            debug.close()
+            monitor.close()
 
     def close(self) -> None:
         """Stop every VM and remove the work directory (idempotent)."""
@@ -483,7 +527,8 @@ def _boot(
     """Boot the cluster from nothing; save it as a snapshot once Ready when ``store`` is given."""
     # The image build does not count against the boot deadline; importing
     # preloaded image sets does (nodes are not Ready before), so it gets its own allowance.
-    phases.deadline = time.monotonic() + settings.boot_timeout + PRELOAD_IMPORT_ALLOWANCE * len(spec.preload)
+    phases.deadline = (time.monotonic() + settings.boot_timeout + PRELOAD_IMPORT_ALLOWANCE * len(spec.preload)
+                       + CONTROL_PLANE_ALLOWANCE * (spec.control_plane_nodes - 1))
     workdir = make_workdir("st-c-")
     # A snapshot's disks are qcow2 overlays written from the first boot on, so
     # that at the save they hold exactly what the guests wrote: they are made
@@ -519,7 +564,8 @@ def _boot(
         if spec.nodes > 1:
             with phases.phase("enrolment"):
                 for index in range(1, spec.nodes):
-                    ticket = debug.golden_ticket(node_address(index), retry_for=phases.remaining())
+                    ticket = debug.golden_ticket(node_address(index), join_consensus=index < spec.control_plane_nodes,
+                                                 retry_for=phases.remaining())
                     # A restore needs the very file the node booted with (fw_cfg), so it is kept with the snapshot.
                     config_path = (writer.work if writer is not None else workdir) / f"enrolment-node{index}.pb"
                     enrolment = enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
@@ -542,7 +588,7 @@ def _boot(
         raise
     return Cluster(
         spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
-        workdir=workdir, phase_seconds=phases.seconds, how=how,
+        workdir=workdir, phase_seconds=phases.seconds, how=how, boot_timeout=settings.boot_timeout,
     )  # fmt: skip
 
 
@@ -751,7 +797,7 @@ def _restore(
     return Cluster(
         spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
         workdir=workdir, phase_seconds=phases.seconds, how=f"restored from {snapshot.directory.name}",
-        snapshot=snapshot,
+        snapshot=snapshot, boot_timeout=settings.boot_timeout,
     )  # fmt: skip
 
 

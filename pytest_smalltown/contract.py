@@ -38,6 +38,11 @@ SWITCH_FORWARDED_PORTS: tuple[NodePort, ...] = (
 #: (``launch/switch.py: node_debug_guest_port``).
 NODE_DEBUG_PORT_BASE = 27837
 
+#: NodePort Services' ports: Kubernetes' default range (the apiserver keeps
+#: it). The switch DNATs these uplink ports to node 0, so a host forward
+#: added while a test runs reaches a NodePort (``Switch.forward_node_port``).
+NODE_PORT_RANGE = range(30000, 32768)
+
 #: fw_cfg entry carrying a binary EnrolmentConfig; absent means "bootstrap".
 ENROLMENT_FW_CFG_NAME = "com.nexantic.smalltown/enrolment.pb"
 ENROLMENT_SYSFS_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{ENROLMENT_FW_CFG_NAME}/raw"
@@ -84,5 +89,15 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 
+#: The default StorageClass: a claim of this class gets a ``local``
+#: PersistentVolume (a directory on the disk of the node its pod is scheduled
+#: to), made by the provisioner in every node's agent (``node/volumes.py``).
+#: Binding waits for the first consumer, so volume and pod share a node.
+STORAGE_CLASS = "local"
+#: The provisioner name the StorageClass and its volumes carry.
+PROVISIONER = "smalltown.dev/local"
+
 #: Serial console line the reference node agent prints once its debug service listens.
 DEBUG_SERVICE_READY_LINE = "smalltown: debug service listening"
+#: Console line the reference node agent prints right before a graceful reboot restarts the machine.
+REBOOT_LINE = "smalltown: components stopped, disks flushed, rebooting"

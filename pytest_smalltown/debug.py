@@ -125,10 +125,23 @@ class DebugClient:
                 raise TimeoutError(f"node condition {name} did not become true within {timeout:.0f}s")
             time.sleep(interval)
 
-    def golden_ticket(self, external_ip: str, retry_for: float | None = None) -> enrolment_pb2.GoldenTicket:
-        """Credentials for a new node that will have ``external_ip``."""
-        request = debug_pb2.GetGoldenTicketRequest(external_ip=external_ip)
+    def golden_ticket(
+        self, external_ip: str, join_consensus: bool = False, retry_for: float | None = None
+    ) -> enrolment_pb2.GoldenTicket:
+        """Credentials for a new node that will have ``external_ip`` (an etcd member too with ``join_consensus``)."""
+        request = debug_pb2.GetGoldenTicketRequest(external_ip=external_ip, join_consensus=join_consensus)
         return self.call(lambda: self.stub.GetGoldenTicket(request, timeout=30), retry_for).ticket
+
+    def reboot(self) -> None:
+        """Ask the node to reboot gracefully; returns once it has accepted (it goes down a moment later).
+
+        Retried while the node cannot be reached (a fresh connection through
+        the switch may need a second try); a node already going down ignores
+        a second request. The VM must let a guest reboot reset it (see
+        :func:`pytest_smalltown.lifecycle.reboot_node`).
+        """
+        self.call(lambda: self.stub.Reboot(debug_pb2.RebootRequest(), timeout=30), retry_for=60,
+                  retry_on={grpc.StatusCode.UNAVAILABLE})
 
     def load_image(self, path: Path, timeout: float | None = None, retry_for: float | None = None) -> None:
         """Import the image archive at ``path`` into this node's containerd (namespace k8s.io).

@@ -71,6 +71,10 @@ def write_state(cluster: Any, pid: int) -> None:
         "ports": {str(guest): host for guest, host in cluster.ports.items()},
         "kubeconfig": str(cluster.kubeconfig_path),
         "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
+        # Per node index: what a reboot from another process needs.
+        "addresses": [node.address for node in cluster.nodes],
+        "qmp_sockets": [str(node.qmp_socket) for node in cluster.nodes],
+        "switch_qmp_socket": str(cluster.switch_qmp_socket),
         "phases": cluster.phase_seconds,
         "how": cluster.how,
     }
@@ -99,6 +103,9 @@ class AttachedCluster:
     ports: PortMap
     owner_pid: int
     console_paths: dict[str, Path]
+    addresses: list[str] = field(default_factory=list)
+    qmp_sockets: list[Path] = field(default_factory=list)
+    switch_qmp_socket: Path | None = None
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
@@ -106,6 +113,42 @@ class AttachedCluster:
         from pytest_smalltown.debug import load_image_into_nodes
 
         load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
+
+    def forward_node_port(self, node_port: int) -> int:
+        """As :meth:`pytest_smalltown.cluster.Cluster.forward_node_port`; the forward lasts as long as the kept cluster."""
+        from pytest_smalltown.launch.switch import forward_node_port
+        from pytest_smalltown.launch.vmstate import Monitor
+
+        if self.switch_qmp_socket is None:
+            raise KeptClusterError("an older smalltown started the kept cluster (no switch QMP socket recorded); "
+                                   "restart it: smalltown down && smalltown up")
+        monitor = Monitor.at(self.switch_qmp_socket, "nanoswitch")
+        try:
+            return forward_node_port(monitor, node_port)
+        finally:
+            monitor.close()
+
+    def reboot_node(self, index: int, hard: bool = False, timeout: float = 600.0) -> Any:
+        """As :meth:`pytest_smalltown.cluster.Cluster.reboot_node`, on the kept cluster's node ``index``."""
+        from pytest_smalltown.debug import node_debug_client
+        from pytest_smalltown.launch.vmstate import Monitor
+        from pytest_smalltown.lifecycle import reboot_node
+
+        if not 0 <= index < len(self.qmp_sockets):
+            raise KeptClusterError(
+                f"node {index}: the kept cluster has nodes 0..{self.spec.nodes - 1}"
+                + ("" if self.qmp_sockets else " but an older smalltown started it (no QMP sockets recorded); "
+                   "restart it: smalltown down && smalltown up")
+            )
+        name = f"node{index}"
+        monitor = Monitor.at(self.qmp_sockets[index], name)
+        debug = node_debug_client(self.ports, index)
+        try:
+            return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard, timeout=timeout,
+                               console_tail=lambda: self.consoles().get(name, []))
+        finally:
+            debug.close()
+            monitor.close()
 
     def check_alive(self) -> None:
         try:
@@ -162,4 +205,7 @@ def attach(spec: ClusterSpec) -> AttachedCluster:
         ports=ports,
         owner_pid=int(state["pid"]),
         console_paths={name: Path(path) for name, path in state.get("consoles", {}).items()},
+        addresses=list(state.get("addresses", [])),
+        qmp_sockets=[Path(path) for path in state.get("qmp_sockets", [])],
+        switch_qmp_socket=Path(state["switch_qmp_socket"]) if state.get("switch_qmp_socket") else None,
     )

@@ -26,6 +26,10 @@ class MarkerError(ValueError):
     """A ``smalltown`` marker has arguments that do not describe a cluster."""
 
 
+#: etcd members (and control-plane nodes) of a cluster large enough to have several.
+CONSENSUS_SIZE = 3
+
+
 @dataclass(frozen=True, order=True)
 class ClusterSpec:
     """The identity of a cluster: tests with equal specs share one cluster."""
@@ -33,6 +37,16 @@ class ClusterSpec:
     nodes: int = 1
     #: Image sets (``images/preload.py``) imported into every node before it is Ready.
     preload: tuple[str, ...] = ()
+
+    @property
+    def control_plane_nodes(self) -> int:
+        """How many nodes (0, 1, ...) run etcd and the control plane: 3 in a cluster of 3 or more, else 1.
+
+        Three members survive the loss of any one. Two would be worse than
+        one: a two-member etcd halts when either node does (a reboot of node
+        1 would stop the API), so a 2-node cluster keeps node 1 a worker.
+        """
+        return CONSENSUS_SIZE if self.nodes >= CONSENSUS_SIZE else 1
 
     def __str__(self) -> str:
         return "+".join([f"{self.nodes}-node", *self.preload])

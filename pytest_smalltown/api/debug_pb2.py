@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from pytest_smalltown.api import enrolment_pb2 as pytest__smalltown_dot_api_dot_enrolment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pytest_smalltown/api/debug.proto\x12\x18smalltown.core.proto.api\x1a$pytest_smalltown/api/enrolment.proto\"7\n\x19GetDebugKubeconfigRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"6\n\x1aGetDebugKubeconfigResponse\x12\x18\n\x10\x64\x65\x62ug_kubeconfig\x18\x01 \x01(\t\"E\n\x17GetComponentLogsRequest\x12\x16\n\x0e\x63omponent_path\x18\x01 \x03(\t\x12\x12\n\ntail_lines\x18\x02 \x01(\r\"(\n\x18GetComponentLogsResponse\x12\x0c\n\x04line\x18\x01 \x03(\t\"#\n\x13GetConditionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x14GetConditionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\"-\n\x16GetGoldenTicketRequest\x12\x13\n\x0b\x65xternal_ip\x18\x01 \x01(\t\"Q\n\x17GetGoldenTicketResponse\x12\x36\n\x06ticket\x18\x01 \x01(\x0b\x32&.smalltown.core.proto.api.GoldenTicket\"\x1d\n\tLogFilter\x12\x10\n\x08\x63ontains\x18\x01 \x01(\t\"\xe1\x01\n\x0eGetLogsRequest\x12\n\n\x02\x64n\x18\x01 \x01(\t\x12\x34\n\x07\x66ilters\x18\x02 \x03(\x0b\x32#.smalltown.core.proto.api.LogFilter\x12;\n\x0c\x62\x61\x63klog_mode\x18\x03 \x01(\x0e\x32%.smalltown.core.proto.api.BacklogMode\x12\x15\n\rbacklog_count\x18\x04 \x01(\x03\x12\x39\n\x0bstream_mode\x18\x05 \x01(\x0e\x32$.smalltown.core.proto.api.StreamMode\"[\n\x08LogEntry\x12\n\n\x02\x64n\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x17\n\x0foriginal_length\x18\x03 \x01(\r\x12\x1c\n\x14timestamp_unix_nanos\x18\x04 \x01(\x03\"\x8a\x01\n\x0fGetLogsResponse\x12;\n\x0f\x62\x61\x63klog_entries\x18\x01 \x03(\x0b\x32\".smalltown.core.proto.api.LogEntry\x12:\n\x0estream_entries\x18\x02 \x03(\x0b\x32\".smalltown.core.proto.api.LogEntry\"\x1e\n\tImagePart\x12\x11\n\tdata_part\x18\x01 \x01(\x0c\"\x13\n\x11LoadImageResponse*[\n\x0b\x42\x61\x63klogMode\x12\x13\n\x0f\x42\x41\x43KLOG_INVALID\x10\x00\x12\x13\n\x0f\x42\x41\x43KLOG_DISABLE\x10\x01\x12\x0f\n\x0b\x42\x41\x43KLOG_ALL\x10\x02\x12\x11\n\rBACKLOG_COUNT\x10\x03*K\n\nStreamMode\x12\x12\n\x0eSTREAM_INVALID\x10\x00\x12\x12\n\x0eSTREAM_DISABLE\x10\x01\x12\x15\n\x11STREAM_UNBUFFERED\x10\x02\x32\xb8\x05\n\x10NodeDebugService\x12\x7f\n\x12GetDebugKubeconfig\x12\x33.smalltown.core.proto.api.GetDebugKubeconfigRequest\x1a\x34.smalltown.core.proto.api.GetDebugKubeconfigResponse\x12y\n\x10GetComponentLogs\x12\x31.smalltown.core.proto.api.GetComponentLogsRequest\x1a\x32.smalltown.core.proto.api.GetComponentLogsResponse\x12m\n\x0cGetCondition\x12-.smalltown.core.proto.api.GetConditionRequest\x1a..smalltown.core.proto.api.GetConditionResponse\x12v\n\x0fGetGoldenTicket\x12\x30.smalltown.core.proto.api.GetGoldenTicketRequest\x1a\x31.smalltown.core.proto.api.GetGoldenTicketResponse\x12`\n\x07GetLogs\x12(.smalltown.core.proto.api.GetLogsRequest\x1a).smalltown.core.proto.api.GetLogsResponse0\x01\x12_\n\tLoadImage\x12#.smalltown.core.proto.api.ImagePart\x1a+.smalltown.core.proto.api.LoadImageResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pytest_smalltown/api/debug.proto\x12\x18smalltown.core.proto.api\x1a$pytest_smalltown/api/enrolment.proto\"7\n\x19GetDebugKubeconfigRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"6\n\x1aGetDebugKubeconfigResponse\x12\x18\n\x10\x64\x65\x62ug_kubeconfig\x18\x01 \x01(\t\"E\n\x17GetComponentLogsRequest\x12\x16\n\x0e\x63omponent_path\x18\x01 \x03(\t\x12\x12\n\ntail_lines\x18\x02 \x01(\r\"(\n\x18GetComponentLogsResponse\x12\x0c\n\x04line\x18\x01 \x03(\t\"#\n\x13GetConditionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x14GetConditionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\"E\n\x16GetGoldenTicketRequest\x12\x13\n\x0b\x65xternal_ip\x18\x01 \x01(\t\x12\x16\n\x0ejoin_consensus\x18\x64 \x01(\x08\"Q\n\x17GetGoldenTicketResponse\x12\x36\n\x06ticket\x18\x01 \x01(\x0b\x32&.smalltown.core.proto.api.GoldenTicket\"\x1d\n\tLogFilter\x12\x10\n\x08\x63ontains\x18\x01 \x01(\t\"\xe1\x01\n\x0eGetLogsRequest\x12\n\n\x02\x64n\x18\x01 \x01(\t\x12\x34\n\x07\x66ilters\x18\x02 \x03(\x0b\x32#.smalltown.core.proto.api.LogFilter\x12;\n\x0c\x62\x61\x63klog_mode\x18\x03 \x01(\x0e\x32%.smalltown.core.proto.api.BacklogMode\x12\x15\n\rbacklog_count\x18\x04 \x01(\x03\x12\x39\n\x0bstream_mode\x18\x05 \x01(\x0e\x32$.smalltown.core.proto.api.StreamMode\"[\n\x08LogEntry\x12\n\n\x02\x64n\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x17\n\x0foriginal_length\x18\x03 \x01(\r\x12\x1c\n\x14timestamp_unix_nanos\x18\x04 \x01(\x03\"\x8a\x01\n\x0fGetLogsResponse\x12;\n\x0f\x62\x61\x63klog_entries\x18\x01 \x03(\x0b\x32\".smalltown.core.proto.api.LogEntry\x12:\n\x0estream_entries\x18\x02 \x03(\x0b\x32\".smalltown.core.proto.api.LogEntry\"\x1e\n\tImagePart\x12\x11\n\tdata_part\x18\x01 \x01(\x0c\"\x13\n\x11LoadImageResponse\"\x0f\n\rRebootRequest\"\x10\n\x0eRebootResponse*[\n\x0b\x42\x61\x63klogMode\x12\x13\n\x0f\x42\x41\x43KLOG_INVALID\x10\x00\x12\x13\n\x0f\x42\x41\x43KLOG_DISABLE\x10\x01\x12\x0f\n\x0b\x42\x41\x43KLOG_ALL\x10\x02\x12\x11\n\rBACKLOG_COUNT\x10\x03*K\n\nStreamMode\x12\x12\n\x0eSTREAM_INVALID\x10\x00\x12\x12\n\x0eSTREAM_DISABLE\x10\x01\x12\x15\n\x11STREAM_UNBUFFERED\x10\x02\x32\x95\x06\n\x10NodeDebugService\x12\x7f\n\x12GetDebugKubeconfig\x12\x33.smalltown.core.proto.api.GetDebugKubeconfigRequest\x1a\x34.smalltown.core.proto.api.GetDebugKubeconfigResponse\x12y\n\x10GetComponentLogs\x12\x31.smalltown.core.proto.api.GetComponentLogsRequest\x1a\x32.smalltown.core.proto.api.GetComponentLogsResponse\x12m\n\x0cGetCondition\x12-.smalltown.core.proto.api.GetConditionRequest\x1a..smalltown.core.proto.api.GetConditionResponse\x12v\n\x0fGetGoldenTicket\x12\x30.smalltown.core.proto.api.GetGoldenTicketRequest\x1a\x31.smalltown.core.proto.api.GetGoldenTicketResponse\x12`\n\x07GetLogs\x12(.smalltown.core.proto.api.GetLogsRequest\x1a).smalltown.core.proto.api.GetLogsResponse0\x01\x12_\n\tLoadImage\x12#.smalltown.core.proto.api.ImagePart\x1a+.smalltown.core.proto.api.LoadImageResponse(\x01\x12[\n\x06Reboot\x12\'.smalltown.core.proto.api.RebootRequest\x1a(.smalltown.core.proto.api.RebootResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pytest_smalltown.api.debug_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKLOGMODE']._serialized_start=1075
-  _globals['_BACKLOGMODE']._serialized_end=1166
-  _globals['_STREAMMODE']._serialized_start=1168
-  _globals['_STREAMMODE']._serialized_end=1243
+  _globals['_BACKLOGMODE']._serialized_start=1134
+  _globals['_BACKLOGMODE']._serialized_end=1225
+  _globals['_STREAMMODE']._serialized_start=1227
+  _globals['_STREAMMODE']._serialized_end=1302
   _globals['_GETDEBUGKUBECONFIGREQUEST']._serialized_start=100
   _globals['_GETDEBUGKUBECONFIGREQUEST']._serialized_end=155
   _globals['_GETDEBUGKUBECONFIGRESPONSE']._serialized_start=157
@@ -49,21 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCONDITIONRESPONSE']._serialized_start=363
   _globals['_GETCONDITIONRESPONSE']._serialized_end=397
   _globals['_GETGOLDENTICKETREQUEST']._serialized_start=399
-  _globals['_GETGOLDENTICKETREQUEST']._serialized_end=444
-  _globals['_GETGOLDENTICKETRESPONSE']._serialized_start=446
-  _globals['_GETGOLDENTICKETRESPONSE']._serialized_end=527
-  _globals['_LOGFILTER']._serialized_start=529
-  _globals['_LOGFILTER']._serialized_end=558
-  _globals['_GETLOGSREQUEST']._serialized_start=561
-  _globals['_GETLOGSREQUEST']._serialized_end=786
-  _globals['_LOGENTRY']._serialized_start=788
-  _globals['_LOGENTRY']._serialized_end=879
-  _globals['_GETLOGSRESPONSE']._serialized_start=882
-  _globals['_GETLOGSRESPONSE']._serialized_end=1020
-  _globals['_IMAGEPART']._serialized_start=1022
-  _globals['_IMAGEPART']._serialized_end=1052
-  _globals['_LOADIMAGERESPONSE']._serialized_start=1054
-  _globals['_LOADIMAGERESPONSE']._serialized_end=1073
-  _globals['_NODEDEBUGSERVICE']._serialized_start=1246
-  _globals['_NODEDEBUGSERVICE']._serialized_end=1942
+  _globals['_GETGOLDENTICKETREQUEST']._serialized_end=468
+  _globals['_GETGOLDENTICKETRESPONSE']._serialized_start=470
+  _globals['_GETGOLDENTICKETRESPONSE']._serialized_end=551
+  _globals['_LOGFILTER']._serialized_start=553
+  _globals['_LOGFILTER']._serialized_end=582
+  _globals['_GETLOGSREQUEST']._serialized_start=585
+  _globals['_GETLOGSREQUEST']._serialized_end=810
+  _globals['_LOGENTRY']._serialized_start=812
+  _globals['_LOGENTRY']._serialized_end=903
+  _globals['_GETLOGSRESPONSE']._serialized_start=906
+  _globals['_GETLOGSRESPONSE']._serialized_end=1044
+  _globals['_IMAGEPART']._serialized_start=1046
+  _globals['_IMAGEPART']._serialized_end=1076
+  _globals['_LOADIMAGERESPONSE']._serialized_start=1078
+  _globals['_LOADIMAGERESPONSE']._serialized_end=1097
+  _globals['_REBOOTREQUEST']._serialized_start=1099
+  _globals['_REBOOTREQUEST']._serialized_end=1114
+  _globals['_REBOOTRESPONSE']._serialized_start=1116
+  _globals['_REBOOTRESPONSE']._serialized_end=1132
+  _globals['_NODEDEBUGSERVICE']._serialized_start=1305
+  _globals['_NODEDEBUGSERVICE']._serialized_end=2094
 # @@protoc_insertion_point(module_scope)

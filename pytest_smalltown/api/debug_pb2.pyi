@@ -69,10 +69,12 @@ class GetConditionResponse(_message.Message):
     def __init__(self, ok: bool = ...) -> None: ...
 
 class GetGoldenTicketRequest(_message.Message):
-    __slots__ = ("external_ip",)
+    __slots__ = ("external_ip", "join_consensus")
     EXTERNAL_IP_FIELD_NUMBER: _ClassVar[int]
+    JOIN_CONSENSUS_FIELD_NUMBER: _ClassVar[int]
     external_ip: str
-    def __init__(self, external_ip: _Optional[str] = ...) -> None: ...
+    join_consensus: bool
+    def __init__(self, external_ip: _Optional[str] = ..., join_consensus: bool = ...) -> None: ...
 
 class GetGoldenTicketResponse(_message.Message):
     __slots__ = ("ticket",)
@@ -127,5 +129,13 @@ class ImagePart(_message.Message):
     def __init__(self, data_part: _Optional[bytes] = ...) -> None: ...
 
 class LoadImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RebootRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RebootResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class NodeDebugServiceStub(object):
                 request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.SerializeToString,
                 response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.FromString,
                 _registered_method=True)
+        self.Reboot = channel.unary_unary(
+                '/smalltown.core.proto.api.NodeDebugService/Reboot',
+                request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.SerializeToString,
+                response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.FromString,
+                _registered_method=True)
 
 
 class NodeDebugServiceServicer(object):
@@ -120,6 +125,19 @@ class NodeDebugServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reboot(self, request, context):
+        """Reference-node extension: a graceful reboot. The node answers first, then
+        stops its components (newest first, so the kubelet and etcd shut down
+        cleanly), flushes its file systems and restarts the machine. A node that
+        is not a VM's init cannot: FAILED_PRECONDITION. The VM must be allowed to
+        reset: QEMU runs with -no-reboot (a panic ends the VM instead of looping),
+        so the launcher switches its reboot action to "reset" first
+        (pytest_smalltown.lifecycle.reboot_node does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeDebugServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +170,11 @@ def add_NodeDebugServiceServicer_to_server(servicer, server):
                     servicer.LoadImage,
                     request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.FromString,
                     response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.SerializeToString,
+            ),
+            'Reboot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reboot,
+                    request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.FromString,
+                    response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +339,33 @@ class NodeDebugService(object):
             '/smalltown.core.proto.api.NodeDebugService/LoadImage',
             pytest__smalltown_dot_api_dot_debug__pb2.ImagePart.SerializeToString,
             pytest__smalltown_dot_api_dot_debug__pb2.LoadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reboot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smalltown.core.proto.api.NodeDebugService/Reboot',
+            pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.SerializeToString,
+            pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pytest_smalltown/api/enrolment.proto\x12\x18smalltown.core.proto.api\")\n\x08\x45tcdPeer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xec\x03\n\x0cGoldenTicket\x12\x14\n\x0c\x65tcd_ca_cert\x18\x01 \x01(\x0c\x12\x18\n\x10\x65tcd_client_cert\x18\x02 \x01(\x0c\x12\x17\n\x0f\x65tcd_client_key\x18\x03 \x01(\x0c\x12\x10\n\x08\x65tcd_crl\x18\x04 \x01(\x0c\x12\x31\n\x05peers\x18\x05 \x03(\x0b\x32\".smalltown.core.proto.api.EtcdPeer\x12\x30\n\x04this\x18\x06 \x01(\x0b\x32\".smalltown.core.proto.api.EtcdPeer\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x11\n\tnode_cert\x18\x08 \x01(\x0c\x12\x10\n\x08node_key\x18\t \x01(\x0c\x12\x1a\n\x12kubernetes_ca_cert\x18\x64 \x01(\x0c\x12\x1b\n\x13kubelet_client_cert\x18\x65 \x01(\x0c\x12\x1a\n\x12kubelet_client_key\x18\x66 \x01(\x0c\x12\x1b\n\x13kubelet_server_cert\x18g \x01(\x0c\x12\x1a\n\x12kubelet_server_key\x18h \x01(\x0c\x12\x19\n\x11\x61piserver_address\x18i \x01(\t\x12\x1e\n\x16kube_proxy_client_cert\x18j \x01(\x0c\x12\x1d\n\x15kube_proxy_client_key\x18k \x01(\x0c\"a\n\x0f\x45nrolmentConfig\x12=\n\rgolden_ticket\x18\x01 \x01(\x0b\x32&.smalltown.core.proto.api.GoldenTicket\x12\x0f\n\x07node_id\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$pytest_smalltown/api/enrolment.proto\x12\x18smalltown.core.proto.api\")\n\x08\x45tcdPeer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xe5\x04\n\x0cGoldenTicket\x12\x14\n\x0c\x65tcd_ca_cert\x18\x01 \x01(\x0c\x12\x18\n\x10\x65tcd_client_cert\x18\x02 \x01(\x0c\x12\x17\n\x0f\x65tcd_client_key\x18\x03 \x01(\x0c\x12\x10\n\x08\x65tcd_crl\x18\x04 \x01(\x0c\x12\x31\n\x05peers\x18\x05 \x03(\x0b\x32\".smalltown.core.proto.api.EtcdPeer\x12\x30\n\x04this\x18\x06 \x01(\x0b\x32\".smalltown.core.proto.api.EtcdPeer\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x11\n\tnode_cert\x18\x08 \x01(\x0c\x12\x10\n\x08node_key\x18\t \x01(\x0c\x12\x1a\n\x12kubernetes_ca_cert\x18\x64 \x01(\x0c\x12\x1b\n\x13kubelet_client_cert\x18\x65 \x01(\x0c\x12\x1a\n\x12kubelet_client_key\x18\x66 \x01(\x0c\x12\x1b\n\x13kubelet_server_cert\x18g \x01(\x0c\x12\x1a\n\x12kubelet_server_key\x18h \x01(\x0c\x12\x19\n\x11\x61piserver_address\x18i \x01(\t\x12\x1e\n\x16kube_proxy_client_cert\x18j \x01(\x0c\x12\x1d\n\x15kube_proxy_client_key\x18k \x01(\x0c\x12\x1f\n\x17provisioner_client_cert\x18l \x01(\x0c\x12\x1e\n\x16provisioner_client_key\x18m \x01(\x0c\x12\x19\n\x11kubernetes_ca_key\x18n \x01(\x0c\x12\x1b\n\x13service_account_key\x18o \x01(\x0c\"a\n\x0f\x45nrolmentConfig\x12=\n\rgolden_ticket\x18\x01 \x01(\x0b\x32&.smalltown.core.proto.api.GoldenTicket\x12\x0f\n\x07node_id\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ETCDPEER']._serialized_start=66
   _globals['_ETCDPEER']._serialized_end=107
   _globals['_GOLDENTICKET']._serialized_start=110
-  _globals['_GOLDENTICKET']._serialized_end=602
-  _globals['_ENROLMENTCONFIG']._serialized_start=604
-  _globals['_ENROLMENTCONFIG']._serialized_end=701
+  _globals['_GOLDENTICKET']._serialized_end=723
+  _globals['_ENROLMENTCONFIG']._serialized_start=725
+  _globals['_ENROLMENTCONFIG']._serialized_end=822
 # @@protoc_insertion_point(module_scope)

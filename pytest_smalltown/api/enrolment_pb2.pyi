@@ -15,7 +15,7 @@ class EtcdPeer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class GoldenTicket(_message.Message):
-    __slots__ = ("etcd_ca_cert", "etcd_client_cert", "etcd_client_key", "etcd_crl", "peers", "this", "node_id", "node_cert", "node_key", "kubernetes_ca_cert", "kubelet_client_cert", "kubelet_client_key", "kubelet_server_cert", "kubelet_server_key", "apiserver_address", "kube_proxy_client_cert", "kube_proxy_client_key")
+    __slots__ = ("etcd_ca_cert", "etcd_client_cert", "etcd_client_key", "etcd_crl", "peers", "this", "node_id", "node_cert", "node_key", "kubernetes_ca_cert", "kubelet_client_cert", "kubelet_client_key", "kubelet_server_cert", "kubelet_server_key", "apiserver_address", "kube_proxy_client_cert", "kube_proxy_client_key", "provisioner_client_cert", "provisioner_client_key", "kubernetes_ca_key", "service_account_key")
     ETCD_CA_CERT_FIELD_NUMBER: _ClassVar[int]
     ETCD_CLIENT_CERT_FIELD_NUMBER: _ClassVar[int]
     ETCD_CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,10 @@ class GoldenTicket(_message.Message):
     APISERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KUBE_PROXY_CLIENT_CERT_FIELD_NUMBER: _ClassVar[int]
     KUBE_PROXY_CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONER_CLIENT_CERT_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONER_CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    KUBERNETES_CA_KEY_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_KEY_FIELD_NUMBER: _ClassVar[int]
     etcd_ca_cert: bytes
     etcd_client_cert: bytes
     etcd_client_key: bytes
@@ -50,7 +54,11 @@ class GoldenTicket(_message.Message):
     apiserver_address: str
     kube_proxy_client_cert: bytes
     kube_proxy_client_key: bytes
-    def __init__(self, etcd_ca_cert: _Optional[bytes] = ..., etcd_client_cert: _Optional[bytes] = ..., etcd_client_key: _Optional[bytes] = ..., etcd_crl: _Optional[bytes] = ..., peers: _Optional[_Iterable[_Union[EtcdPeer, _Mapping]]] = ..., this: _Optional[_Union[EtcdPeer, _Mapping]] = ..., node_id: _Optional[str] = ..., node_cert: _Optional[bytes] = ..., node_key: _Optional[bytes] = ..., kubernetes_ca_cert: _Optional[bytes] = ..., kubelet_client_cert: _Optional[bytes] = ..., kubelet_client_key: _Optional[bytes] = ..., kubelet_server_cert: _Optional[bytes] = ..., kubelet_server_key: _Optional[bytes] = ..., apiserver_address: _Optional[str] = ..., kube_proxy_client_cert: _Optional[bytes] = ..., kube_proxy_client_key: _Optional[bytes] = ...) -> None: ...
+    provisioner_client_cert: bytes
+    provisioner_client_key: bytes
+    kubernetes_ca_key: bytes
+    service_account_key: bytes
+    def __init__(self, etcd_ca_cert: _Optional[bytes] = ..., etcd_client_cert: _Optional[bytes] = ..., etcd_client_key: _Optional[bytes] = ..., etcd_crl: _Optional[bytes] = ..., peers: _Optional[_Iterable[_Union[EtcdPeer, _Mapping]]] = ..., this: _Optional[_Union[EtcdPeer, _Mapping]] = ..., node_id: _Optional[str] = ..., node_cert: _Optional[bytes] = ..., node_key: _Optional[bytes] = ..., kubernetes_ca_cert: _Optional[bytes] = ..., kubelet_client_cert: _Optional[bytes] = ..., kubelet_client_key: _Optional[bytes] = ..., kubelet_server_cert: _Optional[bytes] = ..., kubelet_server_key: _Optional[bytes] = ..., apiserver_address: _Optional[str] = ..., kube_proxy_client_cert: _Optional[bytes] = ..., kube_proxy_client_key: _Optional[bytes] = ..., provisioner_client_cert: _Optional[bytes] = ..., provisioner_client_key: _Optional[bytes] = ..., kubernetes_ca_key: _Optional[bytes] = ..., service_account_key: _Optional[bytes] = ...) -> None: ...
 
 class EnrolmentConfig(_message.Message):
     __slots__ = ("golden_ticket", "node_id")

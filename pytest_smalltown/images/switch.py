@@ -41,6 +41,7 @@ MODULES = [
     "nf_nat",
     "nft_masq",
     "nft_chain_nat",
+    "nft_nat",  # dnat of NodePorts to node 0
 ]
 
 # Bump when the layout of the image changes in a way the hashed inputs miss.

@@ -44,10 +44,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE, SWITCH_FORWARDED_PORTS, NodePort
+from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE, NODE_PORT_RANGE, SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
-from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.launch.ports import PortMap, allocate_free_port
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, SocketNic, UserNic, VMConfig
 from pytest_smalltown.launch.vm import (
     VM,
@@ -60,6 +60,7 @@ from pytest_smalltown.launch.vm import (
 
 if TYPE_CHECKING:
     from pytest_smalltown.images.switch import SwitchImage
+    from pytest_smalltown.launch.vmstate import Monitor
 
 #: MAC of the switch's uplink NIC; the switch tells its uplink from node NICs by it.
 UPLINK_MAC = "02:72:82:bf:c3:56"
@@ -140,6 +141,11 @@ def check_ports(ports: Iterable[int]) -> tuple[int, ...]:
                 f"port {int(port)} is reserved: the switch forwards {NODE_DEBUG_GUEST_PORTS.start}.."
                 f"{NODE_DEBUG_GUEST_PORTS.stop - 1} to each node's debug service"
             )
+        if int(port) in NODE_PORT_RANGE:
+            raise ValueError(
+                f"port {int(port)} is a NodePort ({NODE_PORT_RANGE.start}..{NODE_PORT_RANGE.stop - 1}); those "
+                "are forwarded while a test runs: Cluster.forward_node_port"
+            )
         if int(port) in result:
             raise ValueError(f"port {int(port)} given twice")
         result.append(int(port))
@@ -162,6 +168,7 @@ def switch_cmdline(
         nanoswitch.nodes=N nanoswitch.forward=P,P nanoswitch.target=IP
         nanoswitch.lease=MAC=IP,MAC=IP
         nanoswitch.proxy=P=IP:Q,P=IP:Q      (uplink port P to port Q of a node)
+        nanoswitch.dnat=LO-HI               (uplink ports LO..HI to node 0, NodePorts)
 
     ``extra`` are further kernel parameters. (The TSC workaround every
     microVM needs under TCG is added by :func:`pytest_smalltown.launch.qemu.qemu_argv`.)
@@ -181,9 +188,36 @@ def switch_cmdline(
         f"nanoswitch.lease={leases}",
         f"nanoswitch.proxy={debug}",
     ]
+    params += [f"nanoswitch.target={node_address(target)}",
+               f"nanoswitch.dnat={NODE_PORT_RANGE.start}-{NODE_PORT_RANGE.stop - 1}"]
     if ports:
-        params += [f"nanoswitch.forward={','.join(map(str, ports))}", f"nanoswitch.target={node_address(target)}"]
+        params.append(f"nanoswitch.forward={','.join(map(str, ports))}")
     return " ".join([*params, *extra])
+
+
+#: QEMU's id of the switch's uplink (user-mode) netdev: NIC 0 (see :func:`switch_vm_config`).
+UPLINK_NETDEV = "net0"
+#: Attempts at a free host port for a NodePort forward (another process may take the one picked).
+FORWARD_ATTEMPTS = 5
+
+
+def forward_node_port(monitor: Monitor, node_port: int) -> int:
+    """Forward a new 127.0.0.1 host port to NodePort ``node_port`` (through the switch to node 0); return it.
+
+    The forward is added to the running switch VM (QEMU's ``hostfwd_add``)
+    and lasts as long as that QEMU process: nothing listens for NodePorts
+    until a test asks. Only the host's loopback is bound.
+    """
+    if isinstance(node_port, bool) or not isinstance(node_port, int) or node_port not in NODE_PORT_RANGE:
+        raise ValueError(f"{node_port!r} is not a NodePort ({NODE_PORT_RANGE.start}..{NODE_PORT_RANGE.stop - 1})")
+    reply = ""
+    for _ in range(FORWARD_ATTEMPTS):
+        host_port = allocate_free_port()
+        command = f"hostfwd_add {UPLINK_NETDEV} tcp:127.0.0.1:{host_port}-:{node_port}"
+        reply = str(monitor.cmd("human-monitor-command", **{"command-line": command})).strip()
+        if not reply:  # HMP answers nothing on success, a message on failure
+            return host_port
+    raise SwitchError(f"could not forward a host port to NodePort {node_port}: {reply}")
 
 
 def switch_vm_config(
@@ -280,6 +314,18 @@ class Switch:
         """
         self._check_node(i)
         return self.ports[node_debug_guest_port(i)]
+
+    def forward_node_port(self, node_port: int) -> int:
+        """A host port on 127.0.0.1 that reaches NodePort ``node_port`` of the cluster (see :func:`forward_node_port`)."""
+        from pytest_smalltown.launch.vmstate import Monitor
+
+        if self._closed:
+            raise SwitchError("the switch is closed")
+        monitor = Monitor(self.vm)
+        try:
+            return forward_node_port(monitor, node_port)
+        finally:
+            monitor.close()
 
     def _check_node(self, i: int) -> None:
         if self._closed:

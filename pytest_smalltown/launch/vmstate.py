@@ -52,25 +52,42 @@ class Monitor:
         socket_path = vm.config.qmp_socket
         if socket_path is None:
             raise VMStateError(f"VM {vm.name!r} was started without a QMP socket")
-        self.vm = vm
+        self.name = vm.name
+        self.check_running = vm.check_running
+        self.stderr = vm.stderr
+        self._connect(socket_path, timeout)
+
+    @classmethod
+    def at(cls, socket_path: Path, name: str, timeout: float = 30.0) -> "Monitor":
+        """A monitor on the QMP socket of a VM this process did not start (``smalltown up``'s, from the CLI)."""
+        monitor = cls.__new__(cls)
+        monitor.name = name
+        monitor.check_running = lambda: None
+        monitor.stderr = lambda: ""
+        if not socket_path.exists():
+            raise VMStateError(f"VM {name!r}: no QMP socket at {socket_path} (is the cluster still running?)")
+        monitor._connect(socket_path, timeout)
+        return monitor
+
+    def _connect(self, socket_path: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not socket_path.exists():  # QEMU creates it a few ms after it starts
-            vm.check_running()
+            self.check_running()
             if time.monotonic() > deadline:
-                raise VMStateError(f"VM {vm.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s")
+                raise VMStateError(f"VM {self.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s")
             time.sleep(0.01)
         # A connection made while QEMU is still setting up (seen under load, restoring two
         # sessions at once) can fail the greeting; a fresh connection a moment later works.
         for attempt in range(CONNECT_ATTEMPTS):
-            self._qmp = QEMUMonitorProtocol(str(socket_path), nickname=vm.name)
+            self._qmp = QEMUMonitorProtocol(str(socket_path), nickname=self.name)
             try:
                 self._qmp.connect()
                 break
             except Exception as error:  # qemu.qmp raises ConnectError and asyncio errors
                 self.close()
-                vm.check_running()
+                self.check_running()
                 if attempt + 1 == CONNECT_ATTEMPTS or time.monotonic() > deadline:
-                    raise VMStateError(f"VM {vm.name!r}: cannot talk QMP on {socket_path}: {error}") from error
+                    raise VMStateError(f"VM {self.name!r}: cannot talk QMP on {socket_path}: {error}") from error
                 time.sleep(0.2)
         self._qmp.settimeout(timeout)
 
@@ -79,10 +96,10 @@ class Monitor:
         try:
             return self._qmp.cmd(command, **arguments)
         except ExecuteError as error:
-            raise VMStateError(f"VM {self.vm.name!r}: QMP {command} failed: {error}") from error
+            raise VMStateError(f"VM {self.name!r}: QMP {command} failed: {error}") from error
         except Exception as error:  # connection lost: say whether QEMU died
-            self.vm.check_running()
-            raise VMStateError(f"VM {self.vm.name!r}: QMP {command}: {type(error).__name__}: {error}") from error
+            self.check_running()
+            raise VMStateError(f"VM {self.name!r}: QMP {command}: {type(error).__name__}: {error}") from error
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -97,6 +114,21 @@ def pause(monitor: Monitor) -> None:
 def resume(monitor: Monitor) -> None:
     """Start the VM's vCPUs again (after :func:`pause`, a save, or a restore with ``-S``)."""
     monitor.cmd("cont")
+
+
+def allow_guest_reboot(monitor: Monitor, allow: bool) -> None:
+    """Let a guest reboot restart the VM (``allow``), or end it again, as ``-no-reboot`` has it.
+
+    VMs run with ``-no-reboot`` so that a kernel panic (``panic=-1`` reboots)
+    ends QEMU with the console tail instead of boot-looping unseen. A reboot
+    someone asked for needs the opposite for its duration.
+    """
+    monitor.cmd("set-action", reboot="reset" if allow else "shutdown")
+
+
+def hard_reset(monitor: Monitor) -> None:
+    """Reset the machine at once, like its reset button: nothing in the guest is told or flushed."""
+    monitor.cmd("system_reset")
 
 
 def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
@@ -134,17 +166,17 @@ def wait_migration(monitor: Monitor, timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     while True:
-        monitor.vm.check_running()
+        monitor.check_running()
         status = monitor.cmd("query-migrate")
         state = status.get("status")
         if state == "completed":
             return
         if state in ("failed", "cancelled"):
             reason = status.get("error-desc", "no reason given")
-            raise VMStateError(f"VM {monitor.vm.name!r}: state transfer {state}: {reason}; "
-                               f"QEMU stderr: {monitor.vm.stderr().strip()[-500:] or '(empty)'}")
+            raise VMStateError(f"VM {monitor.name!r}: state transfer {state}: {reason}; "
+                               f"QEMU stderr: {monitor.stderr().strip()[-500:] or '(empty)'}")
         if time.monotonic() > deadline:
-            raise VMStateError(f"VM {monitor.vm.name!r}: state transfer not done within {timeout:.0f}s ({state})")
+            raise VMStateError(f"VM {monitor.name!r}: state transfer not done within {timeout:.0f}s ({state})")
         time.sleep(0.02)
 
 
@@ -153,12 +185,12 @@ def wait_incoming(monitor: Monitor, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         # Before the incoming stream is read, query-migrate reports nothing or "setup".
-        monitor.vm.check_running()
+        monitor.check_running()
         status = monitor.cmd("query-status")
         if status.get("status") != "inmigrate":
             break
         if time.monotonic() > deadline:
-            raise VMStateError(f"VM {monitor.vm.name!r}: saved state not loaded within {timeout:.0f}s")
+            raise VMStateError(f"VM {monitor.name!r}: saved state not loaded within {timeout:.0f}s")
         time.sleep(0.02)
     wait_migration(monitor, max(1.0, deadline - time.monotonic()))
 

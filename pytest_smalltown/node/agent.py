@@ -6,19 +6,27 @@ Boot sequence (each step prints one console line):
 2. NodeDebugService on :7837, then :data:`contract.DEBUG_SERVICE_READY_LINE`;
 3. data directory -> ``DataAvailable``; enrolment file read: absent = bootstrap, present = join;
 4. node key, hostname, /etc/machine-id, /etc/os-release;
-5. bootstrap only: the CA (GetDebugKubeconfig works from here on);
+5. control-plane nodes: the CA (node 0 makes it; a consensus joiner's came
+   in its ticket; GetDebugKubeconfig works from here on);
 6. containerd started and the preloaded images imported (in the background):
    the image's own archives, then every image-set disk the launcher attached
    (serial ``preload-<set>``, a raw ``docker save`` archive);
 7. DHCP -> ``IPAssigned``;
-8. bootstrap: IP-dependent certificates, etcd and the apiserver, then (once
+8. node 0: IP-dependent certificates, etcd and the apiserver, then (once
    ``/readyz``) controller-manager, scheduler, built-in objects, CoreDNS;
-   join: the ticket's certificates;
+   a consensus joiner (:mod:`consensus`): etcd joins as a learner, and once
+   node 0 has promoted it, its own apiserver, controller-manager and
+   scheduler; a worker: nothing here (its certificates came in its ticket);
 9. kubelet and kube-proxy (after the images are in, so the first pod never
    tries to pull the pause image);
-10. a loop that watches the Node objects: own ``spec.podCIDR`` -> CNI config
+10. the ``local`` volume provisioner (:mod:`volumes`), in the background;
+11. a loop that watches the Node objects: own ``spec.podCIDR`` -> CNI config
     (``PodNetworkReady``), own Ready -> ``KubernetesReady``, other nodes'
-    pod CIDRs -> routes; and re-applies built-in objects now and then.
+    pod CIDRs -> routes; on node 0 it also promotes etcd learners and
+    re-applies built-in objects now and then.
+
+The Reboot RPC stops every component newest first, flushes the disks and
+restarts the machine; the next boot runs the same sequence on the same disk.
 
 Independent slow steps run concurrently (containerd/image import with the
 control plane); everything that can fail after step 2 is logged and leaves
@@ -57,17 +65,29 @@ from pytest_smalltown.node.debug_service import (
     Unavailable,
     serve,
 )
-from pytest_smalltown.node.enrolment import check_ticket, issue_golden_ticket, read_enrolment
+from pytest_smalltown.node.consensus import EtcdError, EtcdMembership, initial_cluster, peer_url
+from pytest_smalltown.node.enrolment import (
+    ConsensusSeat,
+    check_ticket,
+    issue_golden_ticket,
+    joins_consensus,
+    read_enrolment,
+    validate_ipv4,
+)
 from pytest_smalltown.node.kubeapi import Credentials, KubeClient, node_ready
 from pytest_smalltown.node.logbuffer import LogRegistry
-from pytest_smalltown.node.pki import ClusterCA, kubeconfig, key_pem, new_key, write_private, write_public
+from pytest_smalltown.node.pki import ClusterCA, kubeconfig, key_pem, load_key, new_key, write_private, write_public
 from pytest_smalltown.node.reconciler import APISERVER_KUBELET_CLIENT, COREDNS_USER, builtin_objects
 from pytest_smalltown.node.supervisor import ComponentSpec, Supervisor
+from pytest_smalltown.node.volumes import LocalProvisioner, issue_identity as issue_provisioner_identity
 
 #: Conditions beyond the contract's, for finer-grained waiting and diagnosis.
-EXTRA_CONDITIONS = ("ContainerdReady", "ImagesLoaded", "APIServerReady", "PodNetworkReady")
+#: ConsensusVoter: this node's etcd member votes (node 0 once etcd serves, a consensus joiner once promoted).
+EXTRA_CONDITIONS = ("ContainerdReady", "ImagesLoaded", "APIServerReady", "PodNetworkReady", "ConsensusVoter")
 #: Buffers that exist on every node (empty if the component does not run there).
-LOG_BUFFERS = (*contract.COMPONENTS, "etcd", "kube.proxy", "coredns", "network.dhcp", "agent")
+LOG_BUFFERS = (*contract.COMPONENTS, "etcd", "kube.proxy", "coredns", "network.dhcp", "volumes", "agent")
+#: Seconds between the volume provisioner's passes (how long a scheduled claim waits at most).
+PROVISION_EVERY = 2.0
 RECONCILE_EVERY = 60.0
 #: How long the kubelet waits for image imports before starting anyway. An
 #: image set (hundreds of MB) takes minutes to import under emulation.
@@ -81,6 +101,11 @@ IMAGE_SPOOL_DIR = "image-uploads"
 class Role:
     bootstrap: bool
     ticket: enrolment_pb2.GoldenTicket | None = None
+
+    @property
+    def control_plane(self) -> bool:
+        """Runs etcd, apiserver, controller-manager and scheduler: node 0, and nodes that joined the consensus."""
+        return self.bootstrap or (self.ticket is not None and joins_consensus(self.ticket))
 
 
 class Agent:
@@ -106,30 +131,53 @@ class Agent:
         self.debug_port: int | None = None
         self.debug_server: object | None = None
         self._stop = threading.Event()
+        self._rebooting = threading.Event()
         self._controllers_ok = False
+        #: Whether controllers run with leader election (several control-plane nodes); see elect_leaders.
+        self._leader_elect = False
+        self._controllers_lock = threading.Lock()
+        self._controllers_started = False
+        self._learners_seen: set[str] = set()
 
     # ----------------------------------------------------------------- API
 
     def debug_kubeconfig(self, user: str, groups: Sequence[str]) -> str:
-        """A kubeconfig for ``user``/``groups`` signed by the cluster CA (node 0 only)."""
-        if self.role is not None and not self.role.bootstrap:
-            raise FailedPrecondition("this node joined a cluster and holds no CA key; ask node 0")
+        """A kubeconfig for ``user``/``groups`` signed by the cluster CA (control-plane nodes only)."""
+        if self.role is not None and not self.role.control_plane:
+            raise FailedPrecondition("this node joined a cluster as a worker and holds no CA key; ask node 0")
         if not self.ca_ready.is_set():
             raise Unavailable("cluster CA not created yet")
         pair = self.ca.issue(user, orgs=list(groups), client=True)
         server = f"https://127.0.0.1:{self.cfg.ports.apiserver}"
         return kubeconfig(server, self.ca.cert_pem, pair.cert, pair.key, user)
 
-    def golden_ticket(self, external_ip: str) -> enrolment_pb2.GoldenTicket:
-        from pytest_smalltown.node.enrolment import validate_ipv4
-
-        validate_ipv4(external_ip)  # bad requests fail the same way at any time
+    def golden_ticket(self, external_ip: str, join_consensus: bool = False) -> enrolment_pb2.GoldenTicket:
+        """A ticket for a node at ``external_ip``; with ``join_consensus`` it is first added to etcd as a learner."""
+        ip = validate_ipv4(external_ip)  # bad requests fail the same way at any time
         if self.role is not None and not self.role.bootstrap:
             raise FailedPrecondition("only the node that bootstrapped the cluster issues tickets")
         if not self.ca_ready.is_set() or self.ip is None or self.name is None:
             raise Unavailable("cluster CA or node address not ready yet")
+        seat = None
+        if join_consensus:
+            try:  # etcd not serving yet (node 0 still booting): the client retries
+                membership = self.etcd_membership()
+                learner = membership.add_learner(peer_url(ip, self.cfg.ports.etcd_peer))
+                members = membership.members()
+            except (EtcdError, OSError) as exc:
+                raise Unavailable(f"etcd membership: {exc}") from exc
+            self.log(f"consensus: {ip} added to etcd as learner {learner.id}")
+            seat = ConsensusSeat(tuple((m.name, m.address) for m in members if m.name),
+                                 self.files.sa_key.read_bytes())
+            self.elect_leaders()
         return issue_golden_ticket(
-            self.ca, external_ip, f"{self.ip}:{self.cfg.ports.apiserver}", self.name, self.ip)
+            self.ca, ip, f"{self.ip}:{self.cfg.ports.apiserver}", self.name, self.ip, seat)
+
+    def etcd_membership(self) -> EtcdMembership:
+        """Membership calls on this node's own etcd member."""
+        f = self.files
+        return EtcdMembership(self.cfg.ports.etcd_client,
+                              Credentials(f.ca, f.crt("apiserver-etcd-client"), f.key("apiserver-etcd-client")))
 
     # ---------------------------------------------------------------- boot
 
@@ -160,6 +208,27 @@ class Agent:
         self._stop.set()
         self.supervisor.shutdown()
 
+    def request_reboot(self) -> None:
+        """Reboot gracefully, in the background (the Reboot RPC answers first); a second request is a no-op."""
+        if self._rebooting.is_set():
+            return
+        self._rebooting.set()
+        threading.Thread(target=self._reboot, name="reboot", daemon=True).start()
+
+    def _reboot(self) -> None:
+        """Stop components newest first (kubelet before containerd, apiserver before etcd), flush, restart.
+
+        etcd runs without fsync (emulated disks are slow): its last writes
+        sit in the page cache, so the flush before the restart is what keeps
+        them. A hard reset from outside skips all of this.
+        """
+        time.sleep(0.5)  # let the RPC's answer leave before the network goes
+        self.log("reboot requested: stopping components")
+        self.supervisor.shutdown()
+        os.sync()
+        self.log(contract.REBOOT_LINE)
+        subprocess.run([self.cfg.bins.resolve("busybox"), "reboot", "-f"], check=False)
+
     def early_system(self) -> None:
         system.mount_all(self.log)
         try:
@@ -176,7 +245,8 @@ class Agent:
 
     def start_debug_service(self) -> None:
         images = ImageLoader(self.image_spool_dir, self.check_image_import_ready, self.load_uploaded_image)
-        servicer = DebugServicer(self.logs, self.conditions, self.debug_kubeconfig, self.golden_ticket, images=images)
+        servicer = DebugServicer(self.logs, self.conditions, self.debug_kubeconfig, self.golden_ticket, images=images,
+                                 reboot=self.request_reboot if self.cfg.init else None)
         # Keep the server referenced: grpc stops a Server when it is garbage-collected.
         self.debug_server, self.debug_port = serve(servicer, f"{self.cfg.debug_listen}:{self.cfg.ports.debug}")
         self.console.raw(contract.DEBUG_SERVICE_READY_LINE)
@@ -214,14 +284,15 @@ class Agent:
             identity.write_identity_files(cfg.etc, ident, package_version, None)
         self.log(f"node identity: {ident.name} (machine-id {ident.machine_id})")
 
-        if self.role.bootstrap:
-            self.ca.ensure()
+        if self.role.ticket is not None:
+            self.write_ticket_material(self.role.ticket)
+            self.log("certificates from the golden ticket written"
+                     + (" (a consensus member: with the CA key)" if self.role.control_plane else ""))
+        if self.role.control_plane:
+            self.ca.ensure()  # made on node 0's first boot; a consensus joiner's came in its ticket
             self.ca_ready.set()
             self.issue_static_certs()
             self.log("cluster CA and control-plane certificates ready")
-        else:
-            self.write_ticket_material(self.role.ticket)  # type: ignore[arg-type]
-            self.log("worker certificates from the golden ticket written")
 
         if cfg.runs("containerd"):
             self.start_containerd()
@@ -241,16 +312,18 @@ class Agent:
                 except (OSError, subprocess.CalledProcessError) as exc:
                     self.log(f"debug service fence failed: {exc}")
 
-        if self.role.bootstrap:
+        if self.role.control_plane:
             self.start_control_plane()
         # kubelet's own start-up (cadvisor, runtime, plugins) takes tens of seconds
         # under emulation: overlap it with the apiserver's instead of queueing it after.
         node_parts = threading.Thread(target=self._guarded, args=(self.start_node_components,),
                                       name="node-components", daemon=True)
         node_parts.start()
-        if self.role.bootstrap:
+        if self.role.control_plane:
             self.finish_control_plane()
         node_parts.join()
+        if cfg.runs("kube.kubelet"):
+            self.start_provisioner()
         self.node_loop()
 
     def _guarded(self, fn: Any) -> None:
@@ -265,10 +338,6 @@ class Agent:
     def issue_static_certs(self) -> None:
         """Certificates that do not depend on the node's IP (issued once per disk)."""
         ca = self.ca
-        ca.ensure_pair("etcd-server", "etcd-server", dns_names=["localhost"], ips=["127.0.0.1"],
-                       server=True, client=True)
-        ca.ensure_pair("etcd-peer", "etcd-peer", dns_names=["localhost"], ips=["127.0.0.1"],
-                       server=True, client=True)
         ca.ensure_pair("apiserver-etcd-client", "smalltown:apiserver-etcd-client", client=True)
         ca.ensure_pair("apiserver-kubelet-client", APISERVER_KUBELET_CLIENT, client=True)
         ca.ensure_pair("controller-manager", "system:kube-controller-manager", client=True)
@@ -280,10 +349,13 @@ class Agent:
         # trust it through the request-header CA (the cluster CA) and its CN.
         ca.ensure_pair("front-proxy-client", comp.FRONT_PROXY_CLIENT, client=True)
         if not self.files.sa_key.exists():
-            key = new_key()
-            write_private(self.files.sa_key, key_pem(key))
-            write_public(self.files.sa_pub, key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            self.write_service_account_key(key_pem(new_key()))
+
+    def write_service_account_key(self, pem: bytes) -> None:
+        """The key that signs service-account tokens, and its public half (which every apiserver verifies with)."""
+        write_private(self.files.sa_key, pem)
+        write_public(self.files.sa_pub, load_key(pem).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     def issue_ip_certs(self) -> None:
         """Apiserver and kubelet serving certs name the node IP: re-issued every boot."""
@@ -291,14 +363,21 @@ class Agent:
         from pytest_smalltown.node.pki import apiserver_sans
 
         dns, ips = apiserver_sans(self.name, self.ip, contract.KUBERNETES_SERVICE_IP, contract.CLUSTER_DOMAIN)
-        for name in ("apiserver", "kubelet-server"):
+        # A consensus joiner's etcd certificate is the one its ticket carried.
+        renewed = ("apiserver", "kubelet-server", *(("etcd-member",) if self.role and self.role.bootstrap else ()))
+        for name in renewed:
             for suffix in (".crt", ".key"):
                 (self.cfg.pki / f"{name}{suffix}").unlink(missing_ok=True)
+        self.ca.ensure_pair("etcd-member", self.name, dns_names=[self.name, "localhost"], ips=[self.ip, "127.0.0.1"],
+                            server=True, client=True)
         self.ca.ensure_pair("apiserver", "kube-apiserver", dns_names=dns, ips=ips, server=True)
         self.ca.ensure_pair("kubelet-server", self.name, dns_names=[self.name], ips=[self.ip], server=True)
         pair = self.ca.issue(f"system:node:{self.name}", orgs=["system:nodes"], client=True)
         write_private(self.files.key("kubelet-client"), pair.key)
         write_public(self.files.crt("kubelet-client"), pair.cert)
+        pair = issue_provisioner_identity(self.ca, self.name)
+        write_private(self.files.key("provisioner"), pair.key)
+        write_public(self.files.crt("provisioner"), pair.cert)
 
     def write_ticket_material(self, t: enrolment_pb2.GoldenTicket) -> None:
         f = self.files
@@ -309,6 +388,13 @@ class Agent:
         write_private(f.key("kubelet-server"), t.kubelet_server_key)
         write_public(f.crt("kube-proxy"), t.kube_proxy_client_cert)
         write_private(f.key("kube-proxy"), t.kube_proxy_client_key)
+        write_public(f.crt("provisioner"), t.provisioner_client_cert)
+        write_private(f.key("provisioner"), t.provisioner_client_key)
+        if joins_consensus(t):
+            write_private(self.ca.key_path, t.kubernetes_ca_key)
+            write_public(f.crt("etcd-member"), t.etcd_client_cert)
+            write_private(f.key("etcd-member"), t.etcd_client_key)
+            self.write_service_account_key(t.service_account_key)
 
     def write_kubeconfig(self, name: str, cert_name: str, server: str) -> Path:
         path = self.files.kubeconfig(name)
@@ -510,41 +596,110 @@ class Agent:
         return comp.NodeFacts(self.name, self.ip, self.apiserver_url, upstream)
 
     def start_control_plane(self) -> None:
-        """Node 0: IP-dependent certificates, kubeconfigs, etcd and the apiserver (no waiting)."""
+        """IP-dependent certificates, kubeconfigs, etcd, and on node 0 the apiserver (no waiting).
+
+        A consensus joiner's apiserver waits for :meth:`finish_control_plane`:
+        its etcd member is a learner until node 0 promotes it, and a learner
+        serves no reads or writes.
+        """
         cfg = self.cfg
         self.issue_ip_certs()
         local = f"https://127.0.0.1:{cfg.ports.apiserver}"
         for name, cert in (("controller-manager", "controller-manager"), ("scheduler", "scheduler"),
                            ("admin", "admin"), ("coredns", "coredns")):
             self.write_kubeconfig(name, cert, local)
-        facts = self.node_facts()
         if cfg.runs("etcd"):
             cfg.etcd_data.mkdir(parents=True, exist_ok=True)
             cfg.etcd_data.chmod(0o700)
-            self.supervisor.start(ComponentSpec("etcd", comp.etcd_argv(cfg, self.name or "node")))
-        if cfg.runs("kube.apiserver"):
-            self.supervisor.start(ComponentSpec("kube.apiserver", comp.apiserver_argv(cfg, facts)))
-        self.log("etcd and apiserver started")
+            assert self.name and self.ip
+            self.supervisor.start(ComponentSpec("etcd", comp.etcd_argv(cfg, self.name, self.ip, self.etcd_join())))
+        if self.role and self.role.bootstrap and cfg.runs("kube.apiserver"):
+            self.supervisor.start(ComponentSpec("kube.apiserver", comp.apiserver_argv(cfg, self.node_facts())))
+        self.log("etcd and apiserver started" if self.role and self.role.bootstrap else "etcd started")
+
+    def etcd_join(self) -> str | None:
+        """A consensus joiner's ``--initial-cluster`` (from its ticket); None on node 0, which bootstraps."""
+        ticket = self.role.ticket if self.role else None
+        if ticket is None:
+            return None
+        port = self.cfg.ports.etcd_peer
+        members = [(peer.name, peer_url(peer.address, port)) for peer in ticket.peers]
+        return initial_cluster([*members, (ticket.this.name, peer_url(ticket.this.address, port))])
+
+    def wait_until_voter(self) -> None:
+        """A consensus joiner: wait until node 0 has promoted this node's etcd member (it says so itself)."""
+        membership = self.etcd_membership()
+        started = time.monotonic()
+        last_report = started
+        while not self._stop.is_set():
+            try:
+                if not membership.is_learner():
+                    break
+                state = "a learner"
+            except (EtcdError, OSError) as exc:
+                state = f"not answering ({exc})"
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                self.log(f"consensus: etcd member still {state} after {time.monotonic() - started:.0f} s")
+            self._stop.wait(1.0)
+        self.log(f"consensus: etcd member is a voter ({time.monotonic() - started:.1f} s after it started)")
 
     def finish_control_plane(self) -> None:
-        """Node 0, once the apiserver is ready: controllers, built-in objects, CoreDNS."""
+        """Once etcd serves: (joiner) the apiserver; then controllers, and on node 0 built-in objects and CoreDNS."""
         cfg = self.cfg
         facts = self.node_facts()
+        bootstrap = bool(self.role and self.role.bootstrap)
+        if not bootstrap:
+            self.wait_until_voter()
+            if cfg.runs("kube.apiserver"):
+                self.supervisor.start(ComponentSpec("kube.apiserver", comp.apiserver_argv(cfg, facts)))
         admin = self.admin_client()
         while not admin.ready():
             if self._stop.wait(0.5):
                 return
         self.conditions.set("APIServerReady")
+        self.conditions.set("ConsensusVoter")
         self.log("apiserver ready")
+        # Leader election once there is more than one control-plane node (see components.leader_election_flags).
+        several = not bootstrap or len(self.etcd_membership().members()) > 1
+        with self._controllers_lock:
+            self._leader_elect = self._leader_elect or several
+            self.start_controllers()
+            self._controllers_started = True
+        if bootstrap:
+            self.reconcile()
+            if cfg.runs("coredns"):
+                write_public(cfg.kube_dir / "Corefile", comp.corefile(cfg, facts.upstream_dns).encode())
+                self.supervisor.start(ComponentSpec("coredns", comp.coredns_argv(cfg)))
+        self.log("controller-manager and scheduler started" + (", and CoreDNS" if bootstrap else "")
+                 + (" (leader election on)" if self._leader_elect else ""))
+
+    def start_controllers(self) -> None:
+        """controller-manager and scheduler, with leader election as :attr:`_leader_elect` says."""
+        cfg = self.cfg
         if cfg.runs("kube.controller-manager"):
-            self.supervisor.start(ComponentSpec("kube.controller-manager", comp.controller_manager_argv(cfg)))
+            self.supervisor.start(ComponentSpec("kube.controller-manager",
+                                                comp.controller_manager_argv(cfg, self._leader_elect)))
         if cfg.runs("kube.scheduler"):
-            self.supervisor.start(ComponentSpec("kube.scheduler", comp.scheduler_argv(cfg)))
-        self.reconcile()
-        if cfg.runs("coredns"):
-            write_public(cfg.kube_dir / "Corefile", comp.corefile(cfg, facts.upstream_dns).encode())
-            self.supervisor.start(ComponentSpec("coredns", comp.coredns_argv(cfg)))
-        self.log("controller-manager, scheduler and CoreDNS started")
+            self.supervisor.start(ComponentSpec("kube.scheduler", comp.scheduler_argv(cfg, self._leader_elect)))
+
+    def elect_leaders(self) -> None:
+        """Node 0, when a second control-plane node is coming: restart its controllers with leader election.
+
+        Until then they run without (one instance each); two instances
+        without election would both act. A restart costs seconds, once per
+        cluster, during the boot of a cluster with several control-plane nodes.
+        """
+        with self._controllers_lock:
+            if self._leader_elect:
+                return
+            self._leader_elect = True
+            if not self._controllers_started:
+                return  # finish_control_plane starts them with election
+            for name in ("kube.scheduler", "kube.controller-manager"):
+                self.supervisor.stop(name)
+            self.start_controllers()
+        self.log("consensus: controller-manager and scheduler restarted with leader election")
 
     def admin_client(self) -> KubeClient:
         f = self.files
@@ -583,6 +738,27 @@ class Agent:
             self.supervisor.start(ComponentSpec("kube.proxy", comp.kube_proxy_argv(cfg)))
         self.log("kubelet and kube-proxy started")
 
+    def start_provisioner(self) -> None:
+        """Serve this node's ``local`` volume claims in the background (see :mod:`volumes`).
+
+        Its own identity, because the Node authorizer lets a kubelet only read
+        the volumes of its own pods; its own log buffer, echoed to the
+        console, because it logs only one line per volume made or deleted.
+        """
+        buffer = self.logs.get_or_create("volumes")
+
+        def log(message: str) -> None:
+            buffer.write(message)
+            self.log(f"volumes: {message}")
+
+        def run() -> None:
+            f = self.files
+            client = KubeClient(self.apiserver_url, Credentials(f.ca, f.crt("provisioner"), f.key("provisioner")))
+            LocalProvisioner(client, self.name or "", self.cfg.volumes_dir, log).run(self._stop, PROVISION_EVERY)
+
+        threading.Thread(target=self._guarded, args=(run,), name="volumes", daemon=True).start()
+        self.log(f"volume provisioner started ({self.cfg.volumes_dir})")
+
     def assign_pod_cidrs(self, nodes: list[dict[str, Any]]) -> None:
         """Node 0: give nodes without a pod CIDR one now (see network.pod_cidr_assignments)."""
         from urllib.parse import quote
@@ -602,6 +778,20 @@ class Agent:
                 if node["metadata"]["name"] == name:
                     node["spec"] = updated.get("spec", node.get("spec"))
             self.log(f"assigned pod CIDR {cidr} to {name}")
+
+    def promote_learners(self) -> None:
+        """Node 0: make every etcd learner that has caught up a voter (etcd refuses the others, for now)."""
+        try:
+            promoted, waiting = self.etcd_membership().promote_learners()
+        except (EtcdError, OSError) as exc:
+            self.log(f"consensus: cannot read etcd membership: {exc}")
+            return
+        for member in promoted:
+            self.log(f"consensus: promoted etcd member {member.name or member.id} ({member.address}) to voter")
+        for member_id, why in waiting.items():
+            if member_id not in self._learners_seen:
+                self._learners_seen.add(member_id)
+                self.log(f"consensus: learner {member_id} not promoted yet: {why}")
 
     def controllers_serving(self) -> bool:
         """Node 0: the scheduler and controller-manager answer their health endpoints.
@@ -666,6 +856,8 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - apiserver restarts are routine
                 if self.conditions.get("KubernetesReady"):
                     self.log(f"node watch: {exc!r}")
+            if self.role and self.role.bootstrap and self.conditions.get("ConsensusVoter"):
+                self.promote_learners()
             if self.role and self.role.bootstrap and time.monotonic() - last_reconcile > RECONCILE_EVERY:
                 self.reconcile()
                 last_reconcile = time.monotonic()

@@ -4,7 +4,7 @@ Pure functions from (config, node facts) to argv lists and file contents, so
 that they are unit-testable and the agent's boot sequence stays readable.
 
 Tuning for emulation (everything runs ~10x slower under TCG than on metal):
-no leader election anywhere (one instance of each controller per cluster),
+no leader election while a cluster has one control-plane node,
 etcd without fsync (the disk is a throw-away snapshot anyway), API priority
 and fairness off (a single client population), no profiling endpoints, and
 generous kubelet image-GC thresholds so that preloaded images, which cannot be
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pytest_smalltown import contract
 from pytest_smalltown.node.config import AgentConfig
+from pytest_smalltown.node.consensus import peer_url
 
 
 #: Common name of the aggregator's client certificate (front proxy).
@@ -66,11 +67,19 @@ class Files:
         return self.p("service-account.pub")
 
 
-def etcd_argv(cfg: AgentConfig, name: str) -> list[str]:
-    """Single-member etcd on loopback only: workers never talk to etcd."""
+def etcd_argv(cfg: AgentConfig, name: str, ip: str, join: str | None = None) -> list[str]:
+    """etcd: clients on loopback only (each control-plane node's apiserver uses its own member), peers on the node's address.
+
+    ``join`` is the ``--initial-cluster`` of the cluster this member joins
+    (every member, itself included; see :mod:`consensus`); without it the
+    member bootstraps a cluster of one. Either is ignored once the data
+    directory exists (a reboot): the member then knows its cluster.
+    One certificate (``etcd-member``, naming the node's address) serves
+    both ports and is the member's client identity towards its peers.
+    """
     f = Files(cfg)
     client = f"https://127.0.0.1:{cfg.ports.etcd_client}"
-    peer = f"https://127.0.0.1:{cfg.ports.etcd_peer}"
+    peer = peer_url(ip, cfg.ports.etcd_peer)
     return [
         cfg.bins.resolve("etcd"),
         f"--name={name}",
@@ -79,15 +88,15 @@ def etcd_argv(cfg: AgentConfig, name: str) -> list[str]:
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={name}={peer}",
-        "--initial-cluster-state=new",
+        f"--initial-cluster={join or f'{name}={peer}'}",
+        f"--initial-cluster-state={'existing' if join else 'new'}",
         "--initial-cluster-token=smalltown",
-        f"--cert-file={f.crt('etcd-server')}",
-        f"--key-file={f.key('etcd-server')}",
+        f"--cert-file={f.crt('etcd-member')}",
+        f"--key-file={f.key('etcd-member')}",
         f"--trusted-ca-file={f.ca}",
         "--client-cert-auth=true",
-        f"--peer-cert-file={f.crt('etcd-peer')}",
-        f"--peer-key-file={f.key('etcd-peer')}",
+        f"--peer-cert-file={f.crt('etcd-member')}",
+        f"--peer-key-file={f.key('etcd-member')}",
         f"--peer-trusted-ca-file={f.ca}",
         "--peer-client-cert-auth=true",
         "--unsafe-no-fsync=true",
@@ -142,7 +151,21 @@ def apiserver_argv(cfg: AgentConfig, node: NodeFacts) -> list[str]:
     ]
 
 
-def controller_manager_argv(cfg: AgentConfig) -> list[str]:
+def leader_election_flags(elect: bool) -> list[str]:
+    """Leader election for a controller that may run on several control-plane nodes.
+
+    Off while the cluster has one control-plane node (nothing to elect, and
+    a renewal missed on a loaded emulated node would restart the controller
+    for nothing); on, with deadlines far beyond the defaults for the same
+    reason, once it has more (see :mod:`consensus`).
+    """
+    if not elect:
+        return ["--leader-elect=false"]
+    return ["--leader-elect=true", "--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=45s",
+            "--leader-elect-retry-period=5s"]
+
+
+def controller_manager_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
     f = Files(cfg)
     kc = f.kubeconfig("controller-manager")
     return [
@@ -150,7 +173,7 @@ def controller_manager_argv(cfg: AgentConfig) -> list[str]:
         f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
-        "--leader-elect=false",
+        *leader_election_flags(leader_elect),
         "--allocate-node-cidrs=true",
         f"--cluster-cidr={contract.POD_NETWORK}",
         "--node-cidr-mask-size=24",
@@ -167,7 +190,7 @@ def controller_manager_argv(cfg: AgentConfig) -> list[str]:
     ]
 
 
-def scheduler_argv(cfg: AgentConfig) -> list[str]:
+def scheduler_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
     f = Files(cfg)
     kc = f.kubeconfig("scheduler")
     return [
@@ -175,7 +198,7 @@ def scheduler_argv(cfg: AgentConfig) -> list[str]:
         f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
-        "--leader-elect=false",
+        *leader_election_flags(leader_elect),
         "--bind-address=127.0.0.1",
         f"--secure-port={cfg.ports.scheduler}",
         "--profiling=false",

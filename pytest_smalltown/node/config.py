@@ -86,6 +86,11 @@ class AgentConfig:
         return self.data / "kubernetes"
 
     @property
+    def volumes_dir(self) -> Path:
+        """Where the local provisioner makes PersistentVolume directories (on the node's disk, like etcd's)."""
+        return self.data / "volumes"
+
+    @property
     def etc(self) -> Path:
         return self.root / "etc"
 

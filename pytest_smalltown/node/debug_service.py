@@ -9,6 +9,9 @@ that will never have it (a worker holds no CA key).
 LoadImage spools the uploaded archive to a file on the node's disk (an image
 can be larger than the VM's RAM, and ``/tmp`` is tmpfs), hands that file to
 the node's importer, and removes it whatever happens.
+
+Reboot answers before the node goes down: the agent's reboot runs in a
+thread of its own that first lets the answer leave.
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ class Conditions:
 
 
 KubeconfigIssuer = Callable[[str, Sequence[str]], str]
-TicketIssuer = Callable[[str], enrolment_pb2.GoldenTicket]
+#: (external_ip, join_consensus) -> ticket
+TicketIssuer = Callable[[str, bool], enrolment_pb2.GoldenTicket]
 
 
 def component_path(parts: Sequence[str]) -> str:
@@ -127,6 +131,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         ticket: TicketIssuer,
         follow_poll: float = 0.5,
         images: ImageLoader | None = None,
+        reboot: Callable[[], None] | None = None,
     ) -> None:
         self.logs = logs
         self.conditions = conditions
@@ -134,6 +139,8 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         self.ticket = ticket
         self.follow_poll = follow_poll
         self.images = images
+        #: Starts a graceful reboot in the background (None: this node cannot reboot itself).
+        self.reboot = reboot
 
     def GetDebugKubeconfig(self, request, context):  # type: ignore[no-untyped-def]
         if not request.id:
@@ -166,7 +173,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
 
     def GetGoldenTicket(self, request, context):  # type: ignore[no-untyped-def]
         try:
-            ticket = self.ticket(request.external_ip)
+            ticket = self.ticket(request.external_ip, request.join_consensus)
         except InvalidTicketRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Unavailable as exc:
@@ -254,6 +261,14 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         finally:
             spooled.unlink(missing_ok=True)
         return debug_pb2.LoadImageResponse()
+
+
+    def Reboot(self, request, context):  # type: ignore[no-untyped-def]
+        if self.reboot is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this node agent is not the machine's init and cannot reboot it")
+        self.reboot()
+        return debug_pb2.RebootResponse()
 
 
 def _mib(n: int) -> str:

@@ -1,11 +1,12 @@
 """A deliberately tiny Kubernetes API client (stdlib http.client + ssl).
 
 The node image carries only grpcio, protobuf and cryptography for the agent,
-so the ``kubernetes`` package is not available; the agent needs four verbs:
-GET an object, LIST a collection, server-side APPLY an object, and a readiness
-probe. Server-side apply (PATCH with ``application/apply-patch+yaml``, a JSON
-body being valid YAML) makes the reconciler idempotent without any
-get-compare-update logic of its own.
+so the ``kubernetes`` package is not available; the agent needs a handful of
+verbs: GET an object, LIST a collection, server-side APPLY an object, a merge
+PATCH, a readiness probe, and for the volume provisioner (:mod:`volumes`)
+CREATE and DELETE. Server-side apply (PATCH with
+``application/apply-patch+yaml``, a JSON body being valid YAML) makes the
+reconciler idempotent without any get-compare-update logic of its own.
 """
 
 from __future__ import annotations
@@ -87,13 +88,37 @@ class KubeClient:
         result: dict[str, Any] = json.loads(text)
         return result
 
-
     def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         status, text = self.request("PATCH", path, patch, "application/merge-patch+json")
         if status != 200:
             raise ApiError(status, text)
         result: dict[str, Any] = json.loads(text)
         return result
+
+    def post(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj`` in the collection at ``path``; an existing object is ApiError 409.
+
+        A plain create rather than :meth:`apply`: the provisioner must not
+        overwrite a volume that already exists under the same name.
+        """
+        status, text = self.request("POST", path, obj)
+        if status not in (200, 201, 202):
+            raise ApiError(status, text)
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    def delete(self, path: str) -> None:
+        """Delete the object at ``path``; a missing object is ApiError 404."""
+        status, text = self.request("DELETE", path)
+        if status not in (200, 202):
+            raise ApiError(status, text)
+
+    def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """The items of the collection at ``path``, optionally filtered by a label selector."""
+        if label_selector:
+            path = f"{path}?{urlencode({'labelSelector': label_selector})}"
+        items: list[dict[str, Any]] = self.get(path).get("items") or []
+        return items
 
 
 #: apiVersion/kind -> (URL prefix, plural, namespaced)
@@ -108,6 +133,8 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): (
         "/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
     ("node.k8s.io/v1", "RuntimeClass"): ("/apis/node.k8s.io/v1", "runtimeclasses", False),
+    ("storage.k8s.io/v1", "StorageClass"): ("/apis/storage.k8s.io/v1", "storageclasses", False),
+    ("v1", "PersistentVolume"): ("/api/v1", "persistentvolumes", False),
 }
 
 

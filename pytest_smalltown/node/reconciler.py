@@ -7,6 +7,10 @@ on a timer, so that a user deleting one by accident gets it back. Ours:
   may use the kubelet API (logs, exec, port-forward need this);
   CoreDNS (``smalltown:coredns``) may read what the kubernetes plugin watches.
 * RuntimeClass ``runc`` (handler ``runc``), as Smalltown ships.
+* The default StorageClass ``local`` (:data:`contract.STORAGE_CLASS`), bound
+  on the first consumer and served by the provisioner in every node's agent
+  (:mod:`volumes`), and RBAC for those provisioners (group
+  ``smalltown:provisioners``): volumes, claims, classes and events.
 * Cluster DNS: a selectorless Service ``kube-system/kube-dns`` at the
   contract's DNS IP, and an EndpointSlice pointing at CoreDNS, which runs as a
   supervised host process on node 0 (no image to pull, starts before any pod
@@ -27,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_smalltown import contract
+from pytest_smalltown.node.volumes import PROVISIONER_GROUP
 
 BUILTIN_LABEL = "smalltown.dev/builtin"
 APISERVER_KUBELET_CLIENT = "smalltown:apiserver-kubelet-client"
@@ -78,6 +83,36 @@ def builtin_objects(dns_ip: str, dns_port: int = 53) -> list[dict[str, Any]]:
             "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
             "metadata": _meta("runc"),
             "handler": "runc",
+        },
+        {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {**_meta(contract.STORAGE_CLASS),
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": contract.PROVISIONER,
+            # The volume is a directory on one node's disk: the pod must be
+            # placed first, so the claim is provisioned where it runs.
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        },
+        {
+            "apiVersion": rbac, "kind": "ClusterRole",
+            "metadata": _meta("smalltown:provisioner"),
+            "rules": [
+                {"apiGroups": [""], "resources": ["persistentvolumes"],
+                 "verbs": ["get", "list", "watch", "create", "delete"]},
+                {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+                 "verbs": ["get", "list", "watch", "update", "patch"]},
+                {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            ],
+        },
+        {
+            "apiVersion": rbac, "kind": "ClusterRoleBinding",
+            "metadata": _meta("smalltown:provisioner"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "smalltown:provisioner"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": PROVISIONER_GROUP}],
         },
         {
             "apiVersion": "v1", "kind": "Service",

@@ -30,7 +30,13 @@ from pytest_smalltown.node.agent import Agent
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
 from pytest_smalltown.node.debug_service import Conditions
-from pytest_smalltown.node.enrolment import InvalidTicketRequest, issue_golden_ticket
+from pytest_smalltown.node.enrolment import (
+    ConsensusSeat,
+    InvalidTicketRequest,
+    check_ticket,
+    issue_golden_ticket,
+    joins_consensus,
+)
 from pytest_smalltown.node.logbuffer import LogBuffer
 from pytest_smalltown.node.reconciler import BUILTIN_LABEL, builtin_objects
 from pytest_smalltown.node.supervisor import ComponentSpec, Supervisor, next_backoff
@@ -237,8 +243,18 @@ def test_control_plane_flags(tmp_path: Path) -> None:
     assert {"--leader-elect=false", "--allocate-node-cidrs=true",
             f"--cluster-cidr={contract.POD_NETWORK}", "--node-cidr-mask-size=24"} <= set(cm)
     assert "--leader-elect=false" in components.scheduler_argv(cfg)
-    etcd = components.etcd_argv(cfg, "n0")
+    # Several control-plane nodes: leader election, with deadlines for loaded emulated nodes.
+    for argv in (components.controller_manager_argv(cfg, leader_elect=True),
+                 components.scheduler_argv(cfg, leader_elect=True)):
+        assert "--leader-elect=true" in argv and "--leader-elect-renew-deadline=45s" in argv
+    etcd = components.etcd_argv(cfg, "n0", "10.1.0.2")
     assert "--unsafe-no-fsync=true" in etcd and f"--data-dir={cfg.etcd_data}" in etcd
+    peer = f"https://10.1.0.2:{cfg.ports.etcd_peer}"
+    assert {f"--listen-peer-urls={peer}", f"--initial-cluster=n0={peer}", "--initial-cluster-state=new",
+            f"--listen-client-urls=https://127.0.0.1:{cfg.ports.etcd_client}"} <= set(etcd)
+    joiner = components.etcd_argv(cfg, "n1", "10.1.0.3", join=f"n0={peer},n1=https://10.1.0.3:7834")
+    assert {f"--initial-cluster=n0={peer},n1=https://10.1.0.3:7834", "--initial-cluster-state=existing",
+            "--listen-peer-urls=https://10.1.0.3:7834"} <= set(joiner)
 
 
 def test_containerd_config(tmp_path: Path) -> None:
@@ -304,6 +320,32 @@ def test_builtin_objects_are_labelled() -> None:
     assert svc["spec"]["clusterIP"] == contract.CLUSTER_DNS_IP and "selector" not in svc["spec"]
     eps = next(o for o in objs if o["kind"] == "EndpointSlice")
     assert eps["endpoints"][0]["addresses"] == ["10.1.0.2"]
+
+
+def test_builtin_storage_class_and_provisioner_rbac() -> None:
+    from pytest_smalltown.node.kubeapi import object_path
+    from pytest_smalltown.node.volumes import PROVISIONER_GROUP
+
+    objs = builtin_objects("10.1.0.2")
+    for obj in objs:
+        object_path(obj)  # the reconciler's client can apply every kind
+    sc = next(o for o in objs if o["kind"] == "StorageClass")
+    assert sc["metadata"]["name"] == contract.STORAGE_CLASS == "local"
+    assert sc["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+    assert sc["provisioner"] == contract.PROVISIONER
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer" and sc["reclaimPolicy"] == "Delete"
+    role = next(o for o in objs if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "smalltown:provisioner")
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert {("", "persistentvolumes", v) for v in ("get", "list", "watch", "create", "delete")} <= granted
+    assert {("", "persistentvolumeclaims", v) for v in ("get", "list", "watch", "update", "patch")} <= granted
+    assert {("storage.k8s.io", "storageclasses", v) for v in ("get", "list", "watch")} <= granted
+    assert {("", "events", "create"), ("", "events", "patch")} <= granted
+    binding = next(o for o in objs if o["kind"] == "ClusterRoleBinding"
+                   and o["metadata"]["name"] == "smalltown:provisioner")
+    assert binding["roleRef"]["name"] == "smalltown:provisioner"
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": PROVISIONER_GROUP}]
 
 
 # ------------------------------------------------------------ gRPC service
@@ -472,9 +514,61 @@ def test_golden_ticket_contents(agent: Agent, stub: debug_pb2_grpc.NodeDebugServ
     proxy = x509.load_pem_x509_certificate(t.kube_proxy_client_cert)
     assert proxy.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:kube-proxy"
     assert pki.load_key(t.kube_proxy_client_key).public_key() == proxy.public_key()
+    provisioner = x509.load_pem_x509_certificate(t.provisioner_client_cert)
+    provisioner.verify_directly_issued_by(ca)
+    assert provisioner.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
+        f"smalltown:provisioner:{t.node_id}"
+    assert provisioner.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "smalltown:provisioners"
+    assert pki.load_key(t.provisioner_client_key).public_key() == provisioner.public_key()
+    assert check_ticket(t) == []
     # Two tickets are two different nodes.
     t2 = stub.GetGoldenTicket(debug_pb2.GetGoldenTicketRequest(external_ip="10.1.0.4"), timeout=10).ticket
     assert t2.node_id != t.node_id
+
+
+def test_node0_issues_its_own_provisioner_identity(agent: Agent) -> None:
+    _ready_node0(agent)
+    agent.issue_ip_certs()
+    cert = x509.load_pem_x509_certificate(agent.files.crt("provisioner").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"smalltown:provisioner:{agent.name}"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "smalltown:provisioners"
+    assert pki.load_key(agent.files.key("provisioner").read_bytes()).public_key() == cert.public_key()
+    assert agent.files.key("provisioner").stat().st_mode & 0o777 == 0o600
+
+
+def test_check_ticket_names_what_a_ticket_lacks(tmp_path: Path) -> None:
+    ca = pki.ClusterCA(tmp_path)
+    ca.ensure()
+    t = issue_golden_ticket(ca, "10.1.0.3", "10.1.0.2:6443", "n0", "10.1.0.2")
+    assert check_ticket(t) == []
+    t.ClearField("provisioner_client_key")
+    t.ClearField("kube_proxy_client_cert")
+    assert check_ticket(t) == ["kube_proxy_client_cert", "provisioner_client_key"]
+    assert "provisioner_client_cert" in check_ticket(enrolment_pb2.GoldenTicket())
+
+
+def test_a_consensus_ticket_carries_real_etcd_and_control_plane_material(tmp_path: Path) -> None:
+    ca = pki.ClusterCA(tmp_path)
+    ca.ensure()
+    worker = issue_golden_ticket(ca, "10.1.0.3", "10.1.0.2:6443", "n0", "10.1.0.2")
+    assert not joins_consensus(worker)
+    assert not (worker.etcd_client_cert or worker.kubernetes_ca_key or worker.service_account_key)
+
+    sa_key = pki.key_pem(pki.new_key())
+    seat = ConsensusSeat(peers=(("n0", "10.1.0.2"), ("n1", "10.1.0.3")), service_account_key=sa_key)
+    t = issue_golden_ticket(ca, "10.1.0.4", "10.1.0.2:6443", "n0", "10.1.0.2", seat)
+    assert joins_consensus(t) and check_ticket(t) == []
+    assert [(p.name, p.address) for p in t.peers] == [("n0", "10.1.0.2"), ("n1", "10.1.0.3")]
+    assert (t.this.name, t.this.address) == (t.node_id, "10.1.0.4")
+    member = x509.load_pem_x509_certificate(t.etcd_client_cert)
+    sans = member.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"10.1.0.4", "127.0.0.1"}
+    usages = member.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usages)
+    member.verify_directly_issued_by(ca.cert)
+    assert pki.load_key(t.etcd_client_key).public_key() == member.public_key()
+    assert pki.load_key(t.kubernetes_ca_key).public_key() == ca.cert.public_key()
+    assert t.service_account_key == sa_key
 
 
 def test_issue_golden_ticket_validates_directly(tmp_path: Path) -> None:
@@ -602,6 +696,9 @@ def test_worker_boot_adopts_the_ticket_identity_and_material(tmp_path: Path) -> 
         cert = x509.load_pem_x509_certificate(base64.b64decode(kc["users"][0]["user"]["client-certificate-data"]))
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{ticket.node_id}"
         assert (cfg.pki / "ca.crt").read_bytes() == ca.cert_pem
+        assert (cfg.pki / "provisioner.crt").read_bytes() == ticket.provisioner_client_cert
+        assert (cfg.pki / "provisioner.key").read_bytes() == ticket.provisioner_client_key
+        assert (cfg.pki / "provisioner.key").stat().st_mode & 0o777 == 0o600
         assert not (cfg.pki / "ca.key").exists()  # workers never hold the CA key
         with grpc.insecure_channel(f"127.0.0.1:{a.debug_port}") as ch:
             stub = debug_pb2_grpc.NodeDebugServiceStub(ch)

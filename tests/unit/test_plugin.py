@@ -31,6 +31,7 @@ class FakeCluster:
         self.how = "booted"
         self.ports = {7837: 1, 6443: 2}
         self.nodes = []
+        self.switch_qmp_socket = None
         self.dead = False
     def kill_a_vm(self):
         self.dead = True

@@ -34,7 +34,8 @@ def test_field_numbers_match_the_original_node_api() -> None:
     assert numbers(debug_pb2.GetDebugKubeconfigRequest) == {"id": 1, "groups": 2}
     assert numbers(debug_pb2.GetComponentLogsRequest) == {"component_path": 1, "tail_lines": 2}
     assert numbers(debug_pb2.GetConditionResponse) == {"ok": 1}
-    assert numbers(debug_pb2.GetGoldenTicketRequest) == {"external_ip": 1}
+    # join_consensus is a reference-node extension (100 and up, as in the ticket).
+    assert numbers(debug_pb2.GetGoldenTicketRequest) == {"external_ip": 1, "join_consensus": 100}
     assert numbers(debug_pb2.GetLogsRequest) == {
         "dn": 1, "filters": 2, "backlog_mode": 3, "backlog_count": 4, "stream_mode": 5,
     }  # fmt: skip

@@ -131,8 +131,38 @@ def test_cmdline_for_two_nodes() -> None:
         "forward": "7836,7837,6443",
         "target": "10.1.0.2",
         "proxy": "27837=10.1.0.2:7837,27838=10.1.0.3:7837",
+        "dnat": "30000-32767",
     }
     assert "console=ttyS0" in cmdline.split()
+
+
+def test_node_ports_are_not_forwarded_at_launch_but_on_request() -> None:
+    with pytest.raises(ValueError, match="NodePort.*forward_node_port"):
+        sw.check_ports([7837, 30080])
+
+    class FakeMonitor:
+        """Answers HMP like QEMU: nothing on success, a message when the host port is taken."""
+
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+            self.commands: list[str] = []
+
+        def cmd(self, command: str, **arguments: str) -> str:
+            assert command == "human-monitor-command"
+            self.commands.append(arguments["command-line"])
+            if len(self.commands) <= self.failures:
+                return "Could not set up host forwarding rule 'tcp:...'\r\n"
+            return ""
+
+    monitor = FakeMonitor(failures=1)
+    host_port = sw.forward_node_port(monitor, 30080)  # type: ignore[arg-type]
+    assert monitor.commands[-1] == f"hostfwd_add net0 tcp:127.0.0.1:{host_port}-:30080"
+    assert len(monitor.commands) == 2
+    with pytest.raises(sw.SwitchError, match="NodePort 30081"):
+        sw.forward_node_port(FakeMonitor(failures=99), 30081)  # type: ignore[arg-type]
+    for bad in (8080, 40000, True, "30080"):
+        with pytest.raises(ValueError, match="not a NodePort"):
+            sw.forward_node_port(FakeMonitor(failures=0), bad)  # type: ignore[arg-type]
 
 
 def test_every_node_gets_its_own_debug_port_on_the_switch() -> None:
@@ -172,9 +202,10 @@ def test_cmdline_forwards_what_it_is_told_to_the_target_node() -> None:
     assert params(cmdline)["target"] == "10.1.0.3"
 
 
-def test_cmdline_without_ports_forwards_nothing_to_node_0() -> None:
+def test_cmdline_without_ports_forwards_only_node_ports_to_node_0() -> None:
     p = params(sw.switch_cmdline(1, ports=[]))
-    assert "forward" not in p and "target" not in p
+    assert "forward" not in p
+    assert (p["target"], p["dnat"]) == ("10.1.0.2", "30000-32767")
     assert p["proxy"] == "27837=10.1.0.2:7837"
 
 

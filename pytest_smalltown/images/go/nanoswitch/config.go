@@ -38,18 +38,28 @@ var (
 //	nanoswitch.uplink=MAC                uplink NIC (default 02:72:82:bf:c3:56)
 //	nanoswitch.proxy=P=IP:Q[,P=IP:Q...]  TCP port P of the uplink to port Q of a
 //	                                     bridge address (one node's debug service)
+//	nanoswitch.dnat=LO-HI                TCP ports LO..HI of the uplink to the same
+//	                                     port of the target, in the kernel (NodePorts)
 //
 // forward/target send a port to the same port of one node; proxy names each
 // destination, which is how every node's debug service gets a port of its own.
-// A listening port may appear only once across forward and proxy.
+// A listening port may appear only once across forward and proxy. dnat is for
+// ports the host forwards only while a test runs (QEMU's hostfwd_add): a
+// kernel rule costs nothing while unused, a listener per port would.
 type Config struct {
 	Nodes     int
 	Ports     []int
 	Target    net.IP
 	Proxies   []Proxy
+	DNAT      *PortRange
 	Leases    map[string]net.IP // canonical lower-case MAC -> address
 	UplinkMAC net.HardwareAddr
 }
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct{ Low, High int }
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Low, r.High) }
 
 // Proxy is one TCP port of the uplink and where its connections go.
 type Proxy struct {
@@ -98,6 +108,8 @@ func parseCmdline(cmdline string) (*Config, error) {
 			cfg.UplinkMAC, err = net.ParseMAC(value)
 		case "proxy":
 			cfg.Proxies, err = parseProxies(value)
+		case "dnat":
+			cfg.DNAT, err = parsePortRange(value)
 		default:
 			err = fmt.Errorf("unknown parameter")
 		}
@@ -108,6 +120,14 @@ func parseCmdline(cmdline string) (*Config, error) {
 	if len(cfg.Ports) > 0 && cfg.Target == nil {
 		return nil, fmt.Errorf("nanoswitch.forward given without nanoswitch.target")
 	}
+	if cfg.DNAT != nil && cfg.Target == nil {
+		return nil, fmt.Errorf("nanoswitch.dnat given without nanoswitch.target")
+	}
+	for _, p := range cfg.proxies() {
+		if cfg.DNAT != nil && p.Listen >= cfg.DNAT.Low && p.Listen <= cfg.DNAT.High {
+			return nil, fmt.Errorf("port %d is both proxied and in nanoswitch.dnat=%s", p.Listen, cfg.DNAT)
+		}
+	}
 	for _, p := range cfg.Proxies {
 		for _, port := range cfg.Ports {
 			if p.Listen == port {
@@ -116,6 +136,26 @@ func parseCmdline(cmdline string) (*Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// parsePortRange reads "LO-HI" (LO <= HI, both valid ports).
+func parsePortRange(value string) (*PortRange, error) {
+	low, high, ok := strings.Cut(value, "-")
+	if !ok {
+		return nil, fmt.Errorf("want LO-HI")
+	}
+	lo, err := parsePort(low)
+	if err != nil {
+		return nil, err
+	}
+	hi, err := parsePort(high)
+	if err != nil {
+		return nil, err
+	}
+	if lo > hi {
+		return nil, fmt.Errorf("empty range")
+	}
+	return &PortRange{lo, hi}, nil
 }
 
 // parseProxies reads "P=IP:Q,..." (listening ports distinct, destinations on the bridge).

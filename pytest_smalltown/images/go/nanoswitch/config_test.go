@@ -47,6 +47,16 @@ func TestParseCmdlineProxies(t *testing.T) {
 	}
 }
 
+func TestParseCmdlineDNAT(t *testing.T) {
+	cfg, err := parseCmdline(strings.TrimSpace(sampleCmdline) + " nanoswitch.dnat=30000-32767")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DNAT == nil || *cfg.DNAT != (PortRange{30000, 32767}) || !cfg.Target.Equal(net.IPv4(10, 1, 0, 2)) {
+		t.Fatalf("dnat %v to %v", cfg.DNAT, cfg.Target)
+	}
+}
+
 func TestParseCmdlineRejects(t *testing.T) {
 	for _, bad := range []string{
 		"nanoswitch.forward=7836", // no target
@@ -68,6 +78,11 @@ func TestParseCmdlineRejects(t *testing.T) {
 		"nanoswitch.proxy=27837=10.1.0.2:70000",                    // not a port
 		"nanoswitch.proxy=27837=10.1.0.2:7837,27837=10.1.0.3:7837", // listening twice
 		"nanoswitch.forward=7837 nanoswitch.target=10.1.0.2 nanoswitch.proxy=7837=10.1.0.3:7837",
+		"nanoswitch.dnat=30000-32767",                                                  // no target
+		"nanoswitch.dnat=32767-30000 nanoswitch.target=10.1.0.2",                       // empty
+		"nanoswitch.dnat=30000 nanoswitch.target=10.1.0.2",                             // not a range
+		"nanoswitch.dnat=30000-70000 nanoswitch.target=10.1.0.2",                       // not a port
+		"nanoswitch.dnat=7000-8000 nanoswitch.target=10.1.0.2 nanoswitch.forward=7837", // overlaps a proxy
 	} {
 		if _, err := parseCmdline(bad); err == nil {
 			t.Errorf("%q was accepted", bad)

@@ -102,7 +102,7 @@ func run(cfg *Config) error {
 		return err
 	}
 	go adoptLateNICs(cfg.UplinkMAC, bridge)
-	if err := setupNAT(uplinkName); err != nil {
+	if err := setupNAT(uplinkName, cfg.DNAT, cfg.Target); err != nil {
 		return err
 	}
 	table := newLeaseTable(cfg.Leases)
@@ -124,6 +124,9 @@ func run(cfg *Config) error {
 	logf("bridge %s %s/24 ports %s; uplink %s/24 via %s", bridgeName, bridgeIP, strings.Join(names, ","), uplinkIP, uplinkGW)
 	if len(cfg.Proxies) > 0 {
 		logf("proxying %s", proxyList(cfg.Proxies))
+	}
+	if cfg.DNAT != nil {
+		logf("NAT %s to %s", cfg.DNAT, cfg.Target)
 	}
 	if len(cfg.Ports) == 0 {
 		logf("forwarding none (up %s)", uptime())

@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"net"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // ifname is an interface name as nftables compares it: NUL-padded to IFNAMSIZ.
@@ -26,7 +29,19 @@ func ifname(name string) []byte {
 //	    ip saddr 10.1.0.0/24 oifname "uplink" masquerade
 //	  }
 //	}
-func setupNAT(uplink string) error {
+//
+// With dnat (nanoswitch.dnat=LO-HI), TCP connections arriving on the uplink
+// for a port in the range go to the same port of target (node 0), so a
+// NodePort the host forwards at run time reaches the cluster:
+//
+//	chain prerouting {
+//	  type nat hook prerouting priority dstnat;
+//	  iifname "uplink" tcp dport LO-HI dnat to TARGET
+//	}
+//
+// Replies need no rule: the nodes route through the switch, and conntrack
+// undoes the translation.
+func setupNAT(uplink string, dnat *PortRange, target net.IP) error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
@@ -53,8 +68,37 @@ func setupNAT(uplink string) error {
 			&expr.Masq{},
 		},
 	})
+	if dnat != nil {
+		pre := conn.AddChain(&nftables.Chain{
+			Name:     "prerouting",
+			Table:    table,
+			Type:     nftables.ChainTypeNAT,
+			Hooknum:  nftables.ChainHookPrerouting,
+			Priority: nftables.ChainPriorityNATDest,
+		})
+		conn.AddRule(&nftables.Rule{
+			Table: table,
+			Chain: pre,
+			Exprs: []expr.Any{
+				// iifname "uplink"
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(uplink)},
+				// meta l4proto tcp
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+				// tcp dport LO-HI
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Range{Op: expr.CmpOpEq, Register: 1,
+					FromData: binaryutil.BigEndian.PutUint16(uint16(dnat.Low)),
+					ToData:   binaryutil.BigEndian.PutUint16(uint16(dnat.High))},
+				// dnat to TARGET
+				&expr.Immediate{Register: 1, Data: target.To4()},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+			},
+		})
+	}
 	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("nftables: installing masquerade rule: %w", err)
+		return fmt.Errorf("nftables: installing NAT rules: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,64 @@
+"""A 3-node cluster is a real consensus: every node an etcd voter with its own apiserver, and it survives a loss.
+
+Nodes 1 and 2 joined etcd with their golden tickets (learner first, then
+promoted by node 0) and run an apiserver, controller-manager and scheduler
+of their own. With one of them killed, two of three members remain: the API
+keeps answering, reads and writes alike.
+
+The last test kills a node VM, which ends this cluster's usefulness: it is
+the only module on the 3-node spec, and its tests run in file order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from pytest_smalltown.kube import node_addresses, node_ready, wait_for
+from pytest_smalltown.launch.switch import node_address
+
+pytestmark = pytest.mark.smalltown(nodes=3)
+
+NODES = 3
+
+
+def test_every_node_is_an_etcd_voter_with_an_apiserver_of_its_own(smalltown_cluster: Any, core: k8s.CoreV1Api) -> None:
+    for index in range(NODES):
+        debug = smalltown_cluster.node_debug(index)
+        try:
+            assert debug.condition("ConsensusVoter"), f"node {index}'s etcd member does not vote"
+            logs = "\n".join(debug.component_logs("kube.apiserver"))
+        finally:
+            debug.close()
+        assert logs, f"node {index} runs no apiserver"
+    # Every apiserver registers itself as an endpoint of the `kubernetes` Service.
+    slices = k8s.DiscoveryV1Api(core.api_client).list_namespaced_endpoint_slice(
+        "default", label_selector="kubernetes.io/service-name=kubernetes")
+    addresses = sorted(a for s in slices.items for e in s.endpoints or [] for a in e.addresses)
+    assert addresses == [node_address(i) for i in range(NODES)]
+
+
+def test_the_api_keeps_answering_after_a_node_is_killed(smalltown_cluster: Any, core: k8s.CoreV1Api,
+                                                         smalltown_namespace: str) -> None:  # fmt: skip
+    victim = smalltown_cluster.nodes[2]
+    victim.vm.stop(grace=0)  # QEMU ends; the guest is not told: a power cut, its etcd member gone with it
+
+    # Two of three members remain a quorum: writes commit and reads see them.
+    token = secrets.token_hex(8)
+    core.create_namespaced_config_map(smalltown_namespace, k8s.V1ConfigMap(
+        metadata=k8s.V1ObjectMeta(name="after-the-loss"), data={"token": token}), _request_timeout=60)
+    read = core.read_namespaced_config_map("after-the-loss", smalltown_namespace, _request_timeout=60)
+    assert read.data == {"token": token}
+
+    # The cluster notices the loss: the dead node goes NotReady (after the
+    # node-lifecycle grace period), the others stay Ready.
+    def states() -> dict[str, bool] | None:
+        nodes = core.list_node(_request_timeout=30).items
+        ready = {node_addresses(n)["InternalIP"]: node_ready(n) for n in nodes}
+        return ready if ready.get(victim.address) is False else None
+
+    ready = wait_for("the killed node to be NotReady", states, timeout=300, interval=5.0)
+    assert ready == {node_address(0): True, node_address(1): True, node_address(2): False}
