@@ -27,7 +27,7 @@ def test_subcommands_parse() -> None:
     assert parser.parse_args(["up", "--nodes", "3"]).nodes == 3
 
 
-@pytest.mark.parametrize("command", [["status"], ["down"], ["dbg", "logs", "containerd"]])
+@pytest.mark.parametrize("command", [["status"], ["down"], ["dbg", "logs", "containerd"], ["reboot", "1"]])
 def test_commands_needing_a_cluster_say_how_to_start_one(command: list[str]) -> None:
     with pytest.raises(SystemExit, match="no cluster is running \\(start one with: smalltown up\\)"):
         main(command)
@@ -42,6 +42,19 @@ def test_a_corrupt_state_file_is_a_clear_error_not_a_traceback(content: str) -> 
     with pytest.raises(SystemExit, match="cluster state file .* start again with: smalltown up"):
         main(["status"])
     assert state_path().read_text() == content, "the file is evidence: left as it was"
+
+
+def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
+    from pytest_smalltown.kept import AttachedCluster, KeptClusterError
+    from pytest_smalltown.launch.ports import PortMap
+    from pytest_smalltown.spec import ClusterSpec
+
+    kept = AttachedCluster(spec=ClusterSpec(2), debug=None, kube=None, kubeconfig_path=Path("/x"), ports=PortMap({}),
+                           owner_pid=1, console_paths={})  # fmt: skip
+    with pytest.raises(KeptClusterError, match="no QMP sockets recorded.*smalltown down && smalltown up"):
+        kept.reboot_node(1)
+    with pytest.raises(KeptClusterError, match="no switch QMP socket recorded"):
+        kept.forward_node_port(30080)
 
 
 def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
