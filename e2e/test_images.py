@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +33,28 @@ def pod_of(name: str, image: str, node: str) -> k8s.V1Pod:
 
 
 def test_a_loaded_image_runs_on_every_node(
-    smalltown_cluster: Any, kube: Any, core: k8s.CoreV1Api, smalltown_namespace: str, tmp_path: Path
+    smalltown_cluster: Any, smalltown_kube: Any, core: k8s.CoreV1Api, smalltown_namespace: str, tmp_path: Path,
+    smalltown_progress: Callable[[str], None],
 ) -> None:
     token = secrets.token_hex(8)
     image = f"example.test/e2e/token:{token}"
     archive = image_with_files(image, {"srv/run.sh": f"echo token {token}\n".encode()}, tmp_path / "token.tar",
                                cmd=("sh", "/srv/run.sh"))  # fmt: skip
+    started = time.monotonic()
     smalltown_cluster.load_image(archive)
+    seconds = time.monotonic() - started
+    mib = archive.stat().st_size / (1 << 20)
+    smalltown_progress(f"LoadImage: {mib:.1f} MiB into {smalltown_cluster.spec.nodes} nodes in {seconds:.1f}s "
+                       f"({mib * smalltown_cluster.spec.nodes / seconds:.1f} MiB/s, one node after the other)")
     for node in core.list_node().items:
         name = f"from-{node.metadata.name}"[:63]
         core.create_namespaced_pod(smalltown_namespace, pod_of(name, image, node.metadata.name))
-        wait_pod_phase(kube, smalltown_namespace, name, ("Succeeded",), timeout=180)
-        assert pod_logs(kube, smalltown_namespace, name).strip() == f"token {token}"
+        wait_pod_phase(smalltown_kube, smalltown_namespace, name, ("Succeeded",), timeout=180)
+        assert pod_logs(smalltown_kube, smalltown_namespace, name).strip() == f"token {token}"
 
 
 def test_a_corrupt_archive_is_refused_and_loads_nothing(
-    smalltown_cluster: Any, kube: Any, core: k8s.CoreV1Api, smalltown_namespace: str, tmp_path: Path
+    smalltown_cluster: Any, smalltown_kube: Any, core: k8s.CoreV1Api, smalltown_namespace: str, tmp_path: Path
 ) -> None:
     image = f"example.test/e2e/broken:{secrets.token_hex(8)}"
     whole = image_with_files(image, {"srv/x": b"x" * 4096}, tmp_path / "whole.tar").read_bytes()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.smalltown(nodes=1)
 
 
 def test_kubectl_cp_into_and_out_of_a_pod(
-    run_pod: Callable[..., Any], smalltown_cluster: Any, kube: Any, smalltown_namespace: str, tmp_path: Path
+    run_pod: Callable[..., Any], smalltown_cluster: Any, smalltown_kube: Any, smalltown_namespace: str, tmp_path: Path
 ) -> None:
     """``kubectl cp`` runs ``tar`` inside the container, in both directions."""
     run_pod("files", ["sleep", "3600"])
@@ -28,7 +28,7 @@ def test_kubectl_cp_into_and_out_of_a_pod(
     into = subprocess.run([*kubectl, "cp", str(tmp_path / "in.bin"), "files:/tmp/in.bin"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert into.returncode == 0, into.stderr
-    size = exec_in_pod(kube, smalltown_namespace, "files", ["wc", "-c", "/tmp/in.bin"])
+    size = exec_in_pod(smalltown_kube, smalltown_namespace, "files", ["wc", "-c", "/tmp/in.bin"])
     assert size.stdout.split()[0] == str(len(payload)), size
 
     out = subprocess.run([*kubectl, "cp", "files:/tmp/in.bin", str(tmp_path / "out.bin")],

@@ -9,6 +9,7 @@ with the machine).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -58,16 +59,19 @@ def running_pod(core: k8s.CoreV1Api, namespace: str, name: str, timeout: float) 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful", "hard"])
 def test_a_rebooted_node_is_ready_again_with_its_pods(
-    smalltown_cluster: Any, kube: Any, core: k8s.CoreV1Api, apps: k8s.AppsV1Api, smalltown_namespace: str,
-    hard: bool,
+    smalltown_cluster: Any, smalltown_kube: Any, core: k8s.CoreV1Api, apps: k8s.AppsV1Api, smalltown_namespace: str,
+    smalltown_progress: Callable[[str], None], hard: bool,
 ) -> None:  # fmt: skip
-    node = find_node(kube, node_address(REBOOTED))
+    node = find_node(smalltown_kube, node_address(REBOOTED))
     name = "survivor"
     apps.create_namespaced_deployment(smalltown_namespace, pinned_deployment(name, node.metadata.name))
     before = running_pod(core, smalltown_namespace, name, timeout=180)
     container_before = before.status.container_statuses[0].container_id
 
     result = smalltown_cluster.reboot_node(REBOOTED, hard=hard)
+    came_up = sum(smalltown_cluster.phase_seconds.values())
+    smalltown_progress(f"{'hard' if hard else 'graceful'} reboot of node {REBOOTED}: Ready again after "
+                       f"{result.seconds_to_ready:.1f}s (the cluster came up in {came_up:.1f}s)")
 
     assert result.node == node.metadata.name
     assert result.new_boot_id and result.new_boot_id != result.old_boot_id

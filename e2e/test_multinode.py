@@ -23,7 +23,7 @@ def test_both_nodes_ready_at_their_planned_addresses(core: k8s.CoreV1Api) -> Non
 
 
 def test_daemonset_runs_everywhere_and_second_node_pod_answers(
-    apps: k8s.AppsV1Api, core: k8s.CoreV1Api, kube: Any, smalltown_namespace: str
+    apps: k8s.AppsV1Api, core: k8s.CoreV1Api, smalltown_kube: Any, smalltown_namespace: str
 ) -> None:
     labels = {"app": "everywhere"}
     daemonset = k8s.V1DaemonSet(
@@ -60,13 +60,15 @@ def test_daemonset_runs_everywhere_and_second_node_pod_answers(
     node_by_name = {n.metadata.name: n for n in core.list_node().items}
     (second,) = [p for p in pods if node_addresses(node_by_name[p.spec.node_name])["InternalIP"] == "10.1.0.3"]
     # Logs and exec of a pod on node 1 travel apiserver (node 0) -> kubelet (node 1) across the switch.
-    logs = wait_for("the second node's pod to log", lambda: pod_logs(kube, smalltown_namespace, second.metadata.name),
+    logs = wait_for("the second node's pod to log",
+                    lambda: pod_logs(smalltown_kube, smalltown_namespace, second.metadata.name),
                     timeout=60)  # fmt: skip
     assert f"running on {second.spec.node_name}" in logs
-    result = exec_in_pod(kube, smalltown_namespace, second.metadata.name, ["sh", "-c", "hostname; exit 4"])
+    result = exec_in_pod(smalltown_kube, smalltown_namespace, second.metadata.name, ["sh", "-c", "hostname; exit 4"])
     assert result.stdout.strip() == second.metadata.name and result.exit_code == 4
 
     # Pod-to-pod across nodes: the node-0 pod reaches the node-1 pod's IP.
     (first,) = [p for p in pods if p is not second]
-    ping = exec_in_pod(kube, smalltown_namespace, first.metadata.name, ["ping", "-c", "1", "-W", "5", second.status.pod_ip])
+    ping = exec_in_pod(smalltown_kube, smalltown_namespace, first.metadata.name,
+                       ["ping", "-c", "1", "-W", "5", second.status.pod_ip])
     assert ping.exit_code == 0, ping.stdout + ping.stderr

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.smalltown(nodes=1)
 
 
 def test_pod_reaches_the_api_through_the_kubernetes_service(
-    run_pod: Callable[..., Any], kube: Any, smalltown_namespace: str
+    run_pod: Callable[..., Any], smalltown_kube: Any, smalltown_namespace: str
 ) -> None:
     """DNS (CoreDNS) resolves the Service name; kube-proxy routes its ClusterIP to the apiserver."""
     script = (
@@ -24,7 +24,7 @@ def test_pod_reaches_the_api_through_the_kubernetes_service(
         "echo | nc -w 10 kubernetes.default.svc.cluster.local 443 && echo TCP-OK"
     )
     run_pod("api-client", ["sh", "-c", script], phase="Succeeded", timeout=240)
-    logs = pod_logs(kube, smalltown_namespace, "api-client")
+    logs = pod_logs(smalltown_kube, smalltown_namespace, "api-client")
     assert KUBERNETES_SERVICE_IP in logs, logs
     assert "TCP-OK" in logs, logs
 
@@ -37,7 +37,7 @@ def test_pod_gets_an_address_from_the_node_pod_cidr(run_pod: Callable[..., Any],
 
 
 def test_pods_reach_neither_the_host_nor_the_node_debug_service(
-    run_pod: Callable[..., Any], kube: Any, core: Any, smalltown_namespace: str
+    run_pod: Callable[..., Any], smalltown_kube: Any, core: Any, smalltown_namespace: str
 ) -> None:
     """The fence: a host loopback listener (SLIRP's 10.0.2.2) and the node's :7837 refuse pods.
 
@@ -75,7 +75,7 @@ def test_pods_reach_neither_the_host_nor_the_node_debug_service(
                 f"if echo | nc -w 10 {KUBERNETES_SERVICE_IP} 443; then echo API-REACHED; fi",
             ])  # fmt: skip
             run_pod("prober", ["sh", "-c", script], phase="Succeeded", timeout=240)
-            logs = pod_logs(kube, smalltown_namespace, "prober")
+            logs = pod_logs(smalltown_kube, smalltown_namespace, "prober")
         finally:
             stop.set()
             watcher.join(timeout=5)

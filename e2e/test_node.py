@@ -32,10 +32,10 @@ def test_node_has_pod_cidr_and_capacity(core: k8s.CoreV1Api) -> None:
     assert int(node.status.allocatable["pods"]) > 0
 
 
-def test_builtin_objects_are_present(kube: Any) -> None:
-    node_api = k8s.NodeV1Api(kube)
+def test_builtin_objects_are_present(smalltown_kube: Any) -> None:
+    node_api = k8s.NodeV1Api(smalltown_kube)
     runtime_class = node_api.read_runtime_class("runc")
     assert runtime_class.handler == "runc"
-    rbac = k8s.RbacAuthorizationV1Api(kube)
+    rbac = k8s.RbacAuthorizationV1Api(smalltown_kube)
     builtin = rbac.list_cluster_role_binding(label_selector="smalltown.dev/builtin=true").items
     assert builtin, "the reconciler's built-in ClusterRoleBindings are missing"

@@ -27,20 +27,22 @@ def test_failing_container_is_reported_failed(run_pod: Callable[..., Any]) -> No
 
 
 def test_pod_logs_contain_what_the_container_printed(
-    run_pod: Callable[..., Any], kube: Any, smalltown_namespace: str
+    run_pod: Callable[..., Any], smalltown_kube: Any, smalltown_namespace: str
 ) -> None:
     run_pod("printer", ["sh", "-c", "echo hello from smalltown; echo second line >&2"], phase="Succeeded")
-    logs = pod_logs(kube, smalltown_namespace, "printer")
+    logs = pod_logs(smalltown_kube, smalltown_namespace, "printer")
     assert "hello from smalltown" in logs and "second line" in logs
 
 
-def test_exec_returns_output_and_exit_code(run_pod: Callable[..., Any], kube: Any, smalltown_namespace: str) -> None:
+def test_exec_returns_output_and_exit_code(
+    run_pod: Callable[..., Any], smalltown_kube: Any, smalltown_namespace: str
+) -> None:
     run_pod("shell", ["sleep", "3600"], phase="Running")
-    result = exec_in_pod(kube, smalltown_namespace, "shell", ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    result = exec_in_pod(smalltown_kube, smalltown_namespace, "shell", ["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert result.stdout == "out\n"
     assert result.stderr == "err\n"
     assert result.exit_code == 7
-    ok = exec_in_pod(kube, smalltown_namespace, "shell", ["cat", "/etc/hostname"])
+    ok = exec_in_pod(smalltown_kube, smalltown_namespace, "shell", ["cat", "/etc/hostname"])
     assert ok.exit_code == 0 and ok.stdout.strip() == "shell"
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.smalltown(nodes=2)
 
 
 def test_pod_fetches_http_through_a_service_by_short_and_full_name_on_both_nodes(
-    run_pod: Callable[..., Any], core: k8s.CoreV1Api, kube: Any, smalltown_namespace: str
+    run_pod: Callable[..., Any], core: k8s.CoreV1Api, smalltown_kube: Any, smalltown_namespace: str
 ) -> None:
     by_address = {node_addresses(n)["InternalIP"]: n.metadata.name for n in core.list_node().items}
     server_node, other_node = by_address["10.1.0.3"], by_address["10.1.0.2"]
@@ -44,7 +44,7 @@ def test_pod_fetches_http_through_a_service_by_short_and_full_name_on_both_nodes
             command = ["wget", "-q", "-O", "-", "-T", "5", f"http://{host}/"]
 
             def fetch() -> str | None:
-                result = exec_in_pod(kube, smalltown_namespace, client, command)
+                result = exec_in_pod(smalltown_kube, smalltown_namespace, client, command)
                 # kube-proxy programs the new Service within seconds; until then: retry.
                 return result.stdout if result.exit_code == 0 else None
 
@@ -53,7 +53,8 @@ def test_pod_fetches_http_through_a_service_by_short_and_full_name_on_both_nodes
 
 
 def test_a_node_port_answers_on_every_node_and_from_the_host(
-    smalltown_cluster: Any, run_pod: Callable[..., Any], core: k8s.CoreV1Api, kube: Any, smalltown_namespace: str
+    smalltown_cluster: Any, run_pod: Callable[..., Any], core: k8s.CoreV1Api, smalltown_kube: Any,
+    smalltown_namespace: str,
 ) -> None:
     by_address = {node_addresses(n)["InternalIP"]: n.metadata.name for n in core.list_node().items}
     serve = "mkdir -p /www && echo node-port-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
@@ -71,7 +72,7 @@ def test_a_node_port_answers_on_every_node_and_from_the_host(
         command = ["wget", "-q", "-O", "-", "-T", "5", f"http://{address}:{node_port}/"]
 
         def fetch() -> str | None:
-            result = exec_in_pod(kube, smalltown_namespace, "np-client", command)
+            result = exec_in_pod(smalltown_kube, smalltown_namespace, "np-client", command)
             return result.stdout if result.exit_code == 0 else None
 
         body = wait_for(f"NodePort {node_port} on {address}", fetch, timeout=120, interval=2)

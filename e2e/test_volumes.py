@@ -54,9 +54,9 @@ def stateful_set(name: str) -> k8s.V1StatefulSet:
 
 
 def test_a_stateful_set_claim_binds_keeps_its_data_and_is_released(
-    kube: Any, core: k8s.CoreV1Api, apps: k8s.AppsV1Api, smalltown_namespace: str
+    smalltown_kube: Any, core: k8s.CoreV1Api, apps: k8s.AppsV1Api, smalltown_namespace: str
 ) -> None:
-    storage = k8s.StorageV1Api(kube)
+    storage = k8s.StorageV1Api(smalltown_kube)
     default = [c for c in storage.list_storage_class().items
                if (c.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
     assert [(c.metadata.name, c.provisioner, c.volume_binding_mode) for c in default] == [
@@ -83,7 +83,7 @@ def test_a_stateful_set_claim_binds_keeps_its_data_and_is_released(
     assert term.match_expressions[0].values == [pod.spec.node_name]
 
     token = secrets.token_hex(8)
-    written = exec_in_pod(kube, smalltown_namespace, pod_name,
+    written = exec_in_pod(smalltown_kube, smalltown_namespace, pod_name,
                           ["sh", "-c", f"echo {token} > /data/token && dd if=/dev/zero of=/data/fill bs=1M count=8"])
     assert written.exit_code == 0, written.stderr
 
@@ -91,7 +91,7 @@ def test_a_stateful_set_claim_binds_keeps_its_data_and_is_released(
     core.delete_namespaced_pod(pod_name, smalltown_namespace, grace_period_seconds=0)
     again = wait_for(f"{pod_name} to come back", lambda: running(pod.metadata.uid), timeout=240, interval=2.0)
     assert again.spec.node_name == pod.spec.node_name
-    read = exec_in_pod(kube, smalltown_namespace, pod_name, ["cat", "/data/token"])
+    read = exec_in_pod(smalltown_kube, smalltown_namespace, pod_name, ["cat", "/data/token"])
     assert read.stdout.strip() == token
 
     # Deleting the set and the claim releases the volume; the provisioner deletes it and its directory.
@@ -112,7 +112,7 @@ def test_a_stateful_set_claim_binds_keeps_its_data_and_is_released(
     lister.spec.containers[0].volume_mounts = [k8s.V1VolumeMount(name="volumes", mount_path="/volumes")]
     lister.spec.volumes = [k8s.V1Volume(name="volumes", host_path=k8s.V1HostPathVolumeSource(path=VOLUMES_DIR))]
     core.create_namespaced_pod(smalltown_namespace, lister)
-    wait_pod_phase(kube, smalltown_namespace, "lister", ("Succeeded",), timeout=180)
-    entries = pod_logs(kube, smalltown_namespace, "lister").split()
+    wait_pod_phase(smalltown_kube, smalltown_namespace, "lister", ("Succeeded",), timeout=180)
+    entries = pod_logs(smalltown_kube, smalltown_namespace, "lister").split()
     assert "." in entries, entries  # the listing ran
     assert volume.metadata.name not in entries, entries

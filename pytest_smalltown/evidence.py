@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any
 
 from pytest_smalltown.contract import COMPONENTS
 from pytest_smalltown.kube import namespace_events
+from pytest_smalltown.pool import EvidenceSource
 
 #: Components whose tail goes into a failure report (the usual suspects for pod trouble).
 REPORT_COMPONENTS = ("kube.kubelet", "containerd")
@@ -27,7 +27,7 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "test"
 
 
-def report_sections(cluster: Any, namespace: str | None) -> list[tuple[str, str]]:
+def report_sections(cluster: EvidenceSource, namespace: str | None) -> list[tuple[str, str]]:
     """(title, text) pairs for a failed test's report; never raises (evidence must not mask the failure)."""
     sections: list[tuple[str, str]] = []
     for name, lines in cluster.consoles(REPORT_LINES).items():
@@ -46,7 +46,7 @@ def report_sections(cluster: Any, namespace: str | None) -> list[tuple[str, str]
     return sections
 
 
-def write_artifacts(cluster: Any, directory: Path, test_id: str, namespace: str | None) -> Path:
+def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, namespace: str | None) -> Path:
     """Dump everything for one failed test under ``directory/<test id>/``; returns that directory."""
     target = directory / _safe(test_id)
     target.mkdir(parents=True, exist_ok=True)

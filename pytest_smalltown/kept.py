@@ -26,6 +26,10 @@ from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.spec import ClusterSpec
 
 
+#: Default deadline of a kept cluster's reboot (its boot timeout is not recorded): the default boot timeout.
+KEPT_REBOOT_TIMEOUT = 600.0
+
+
 class KeptClusterError(RuntimeError):
     """No usable kept cluster; the message says how to get one."""
 
@@ -128,7 +132,13 @@ class AttachedCluster:
         finally:
             monitor.close()
 
-    def reboot_node(self, index: int, hard: bool = False, timeout: float = 600.0) -> Any:
+    def node_debug(self, index: int) -> Any:
+        """As :meth:`pytest_smalltown.cluster.Cluster.node_debug`: a new debug client for node ``index``."""
+        from pytest_smalltown.debug import node_debug_client
+
+        return node_debug_client(self.ports, index)
+
+    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> Any:
         """As :meth:`pytest_smalltown.cluster.Cluster.reboot_node`, on the kept cluster's node ``index``."""
         from pytest_smalltown.debug import node_debug_client
         from pytest_smalltown.launch.vmstate import Monitor
@@ -144,7 +154,8 @@ class AttachedCluster:
         monitor = Monitor.at(self.qmp_sockets[index], name)
         debug = node_debug_client(self.ports, index)
         try:
-            return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard, timeout=timeout,
+            return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,
+                               timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
                                console_tail=lambda: self.consoles().get(name, []))
         finally:
             debug.close()

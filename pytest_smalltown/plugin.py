@@ -12,15 +12,21 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_smalltown import aliases
 from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
-from pytest_smalltown.pool import ClusterPool, Launcher
+from pytest_smalltown.pool import ClusterPool, EvidenceSource, Launcher, SmalltownCluster
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 from pytest_smalltown.shard import NO_CLUSTER, ShardError, assign, estimate, load_durations, record_durations
 from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+    from pytest_smalltown.debug import DebugClient
 
 #: Fixtures that need a live cluster; an item using any of them is planned into the pool.
 CLUSTER_FIXTURES = frozenset({"smalltown_cluster", "smalltown_debug", "kube", "kubeconfig"})
@@ -80,6 +86,7 @@ def _resolve_settings(config: pytest.Config) -> Settings:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    aliases.register(config)
     state = SmalltownSession(_resolve_settings(config))
     config.stash[SESSION_KEY] = state
     if getattr(config.option, "dist", "no") == "load" and not _is_xdist_worker(config):
@@ -194,8 +201,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if session.settings.keep_on_failure and not session.settings.attach:
         session.pool.keep(spec)
     cluster = session.pool.live(spec)
-    if cluster is None or not hasattr(cluster, "consoles"):
-        return  # launch failed (its error already shows the consoles) or not a real cluster
+    if not isinstance(cluster, EvidenceSource):
+        return  # launch failed (its error already shows the consoles), or a stand-in without VMs
     from pytest_smalltown.evidence import report_sections, write_artifacts
 
     namespace = item.stash.get(NAMESPACE_KEY, None)
@@ -436,7 +443,7 @@ def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config
 
 
 @pytest.fixture
-def smalltown_cluster(request: pytest.FixtureRequest, smalltown_launcher: Launcher) -> Iterator[Any]:
+def smalltown_cluster(request: pytest.FixtureRequest, smalltown_launcher: Launcher) -> Iterator[SmalltownCluster]:
     """The live cluster for this test's ``smalltown`` marker (1 node without one)."""
     spec = request.node.stash.get(SPEC_KEY, None)
     pool = _session(request.config).pool
@@ -452,29 +459,31 @@ def smalltown_cluster(request: pytest.FixtureRequest, smalltown_launcher: Launch
         _session(request.config).reported.add(spec)
         request.node.user_properties.append(("smalltown_launch_seconds", f"{record.launch_seconds:.1f}"))
         request.node.user_properties += [(f"smalltown_phase_{name}", f"{sec:.1f}") for name, sec in record.phases.items()]
-    yield cluster
+    yield cluster  # type: ignore[misc]  # launchers hand out full clusters; the pool needs only a ClusterHandle
 
 
 @pytest.fixture
-def smalltown_debug(smalltown_cluster: Any) -> Any:
+def smalltown_debug(smalltown_cluster: SmalltownCluster) -> DebugClient:
     """A NodeDebugService client of node 0 (retries transient failures)."""
     return smalltown_cluster.debug
 
 
 @pytest.fixture
-def kube(smalltown_cluster: Any) -> Any:
-    """A ``kubernetes.client.ApiClient`` with cluster-admin debug credentials."""
+def smalltown_kube(smalltown_cluster: SmalltownCluster) -> ApiClient:
+    """A ``kubernetes.client.ApiClient`` with cluster-admin debug credentials (also as ``kube``)."""
     return smalltown_cluster.kube
 
 
 @pytest.fixture
-def kubeconfig(smalltown_cluster: Any) -> Path:
-    """Path of the cluster's debug kubeconfig (mode 0600), for tools like kubectl."""
+def smalltown_kubeconfig(smalltown_cluster: SmalltownCluster) -> Path:
+    """Path of the cluster's debug kubeconfig (mode 0600), for tools like kubectl (also as ``kubeconfig``)."""
     return smalltown_cluster.kubeconfig_path
 
 
 @pytest.fixture
-def smalltown_namespace(request: pytest.FixtureRequest, kube: Any, smalltown_settings: Settings) -> Iterator[str]:
+def smalltown_namespace(
+    request: pytest.FixtureRequest, smalltown_kube: ApiClient, smalltown_settings: Settings
+) -> Iterator[str]:
     """A fresh namespace for this test, deleted afterwards.
 
     With ``--smalltown-keep-namespace`` a failed test's namespace is kept for
@@ -482,10 +491,10 @@ def smalltown_namespace(request: pytest.FixtureRequest, kube: Any, smalltown_set
     """
     from pytest_smalltown.kube import create_namespace, delete_namespace
 
-    name = create_namespace(kube, request.node.name)
+    name = create_namespace(smalltown_kube, request.node.name)
     request.node.stash[NAMESPACE_KEY] = name
     yield name
     if smalltown_settings.keep_namespace and item_failed(request.node):
         request.node.add_report_section("teardown", "smalltown", f"kept namespace {name} for inspection")
         return
-    delete_namespace(kube, name)
+    delete_namespace(smalltown_kube, name)

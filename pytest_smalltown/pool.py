@@ -19,9 +19,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pytest_smalltown.spec import ClusterSpec
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+    from pytest_smalltown.debug import DebugClient
+    from pytest_smalltown.launch.ports import PortMap
+    from pytest_smalltown.lifecycle import RebootResult
 
 
 class ClusterHandle(Protocol):
@@ -31,6 +39,45 @@ class ClusterHandle(Protocol):
         """Raise (naming the VM, its exit status and console tail) if any VM of the cluster has exited."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class EvidenceSource(Protocol):
+    """What a failed test's evidence is read from (:mod:`pytest_smalltown.evidence`)."""
+
+    debug: DebugClient
+    kube: ApiClient
+
+    def consoles(self, lines: int = ...) -> dict[str, list[str]]:
+        """The last ``lines`` console lines of every VM, by VM name."""
+
+    def dump(self, directory: Path) -> list[Path]:
+        """Copy every console log into ``directory``; returns the copies."""
+
+
+@runtime_checkable
+class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
+    """What a test gets as ``smalltown_cluster``: a launched cluster, or the kept one it attached to.
+
+    :class:`~pytest_smalltown.cluster.Cluster` and
+    :class:`~pytest_smalltown.kept.AttachedCluster` both are one.
+    """
+
+    spec: ClusterSpec
+    kubeconfig_path: Path
+    ports: PortMap
+
+    def node_debug(self, index: int) -> DebugClient:
+        """A new debug client for node ``index`` (close it when done)."""
+
+    def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
+        """Import a container image archive into ``nodes`` (default: all)."""
+
+    def forward_node_port(self, node_port: int) -> int:
+        """A 127.0.0.1 host port forwarded to NodePort ``node_port``."""
+
+    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> RebootResult:
+        """Reboot node ``index`` and wait until it is Ready again."""
 
 
 class ClusterLaunchFailed(RuntimeError):

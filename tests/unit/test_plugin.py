@@ -604,3 +604,27 @@ def test_report_header_and_junit_properties(pytester: pytest.Pytester, events) -
     assert junit.count('name="smalltown_spec" value="2-node"') == 2
     assert junit.count('name="smalltown_launch_seconds"') == 1, "only the test that booted the cluster"
     assert 'name="smalltown_phase_switch" value="0.5"' in junit
+
+
+def test_short_fixture_names_are_aliases_of_the_prefixed_ones(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        r"""
+        def test_names(smalltown_kube, kube, smalltown_kubeconfig, kubeconfig):
+            assert kube is smalltown_kube == "kube-of-1"
+            assert kubeconfig is smalltown_kubeconfig
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_with_kubetest_installed_its_fixture_names_stay_its_own(pytester: pytest.Pytester, events) -> None:
+    # A stand-in registered under kubetest's plugin name, defining its `kube` fixture.
+    pytester.makepyfile(kubetest="import pytest\n\n@pytest.fixture\ndef kube():\n    return 'kubetest-kube'\n")
+    pytester.makepyfile(
+        test_both=r"""
+        def test_both(kube, smalltown_kube):
+            assert kube == "kubetest-kube" and smalltown_kube == "kube-of-1"
+        """
+    )
+    pytester.syspathinsert()
+    pytester.runpytest("-p", "kubetest", "-p", "no:cacheprovider").assert_outcomes(passed=1)
