@@ -32,18 +32,22 @@ from typing import Any
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import KeptClusterError, read_state, state_path, write_state
-from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
+from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
 #: The launch settings the cluster commands take as flags (the rest come from $SMALLTOWN_* or defaults).
-CLUSTER_SETTINGS = ("image", "accel", "node_memory", "node_cpus", "boot_timeout", "snapshots")
+#: The settings a cluster command takes as flags: the launch settings of the pytest options, one table.
+CLUSTER_OPTIONS = tuple(option for option in OPTIONS if option.cluster)
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from pytest_smalltown.settings import resolve
-
-    cli = {name: getattr(args, name, None) for name in CLUSTER_SETTINGS}
-    return resolve({k: (str(v) if v is not None else None) for k, v in cli.items()}, {})
+def _settings(args: argparse.Namespace) -> Settings:
+    """The launch settings from the command's flags, the environment and defaults; exits (2) on a bad value."""
+    cli = {option.name: getattr(args, option.name, None) for option in CLUSTER_OPTIONS}
+    try:
+        return resolve(cli, {}, flag=lambda option: option.cli_flag)
+    except SettingsError as error:
+        print(f"smalltown: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _read_state() -> dict[str, Any]:
@@ -115,6 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= MAX_NODES:
         print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
         return EXIT_USAGE
+    _settings(args)  # a bad value is an error here, not in the background process's log
     if state_path().exists():
         try:
             state = _read_state()
@@ -126,9 +131,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
-    for name in CLUSTER_SETTINGS:
-        if getattr(args, name, None) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for option in CLUSTER_OPTIONS:
+        if getattr(args, option.name, None) is not None:
+            argv += [option.cli_flag, str(getattr(args, option.name))]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
@@ -374,14 +379,11 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def _cluster_options(parser: argparse.ArgumentParser, nodes: int = 1, why: str = "") -> None:
+    """``--nodes`` and one flag per launch setting (``settings.OPTIONS``), validated by ``settings.resolve``."""
     parser.add_argument("--nodes", type=int, default=nodes, help=f"number of nodes (default {nodes}{why})")
-    parser.add_argument("--image", help="'reference' or a Smalltown disk image (default: $SMALLTOWN_IMAGE or reference)")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="accelerator (default auto)")
-    parser.add_argument("--node-memory", type=int, help="MiB per node")
-    parser.add_argument("--node-cpus", type=int, help="vCPUs per node")
-    parser.add_argument("--boot-timeout", type=float, help="seconds to wait for readiness")
-    parser.add_argument("--snapshots", choices=SNAPSHOT_MODES,
-                        help="restore a saved cluster (auto, the default), boot and save anew (refresh), or boot (off)")
+    for option in CLUSTER_OPTIONS:
+        parser.add_argument(option.cli_flag, dest=option.name, metavar=option.metavar,
+                            help=f"{option.help} (default: ${option.env} or {option.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,10 +33,18 @@ class Option:
     help: str
     parse: Callable[[str], Any] = str
     metavar: str = "VALUE"
+    #: Shapes the clusters a launch makes (the CLI's cluster commands take it too, as :attr:`cli_flag`);
+    #: the others are about a pytest session.
+    cluster: bool = False
 
     @property
     def flag(self) -> str:
         return "--smalltown-" + self.name.replace("_", "-")
+
+    @property
+    def cli_flag(self) -> str:
+        """The ``smalltown`` command's flag, e.g. ``--node-memory``."""
+        return "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -100,21 +108,21 @@ def _optional_path(value: str) -> Path | None:
 
 OPTIONS: tuple[Option, ...] = (
     Option("image", "reference", "node image: 'reference' (built from upstream parts on demand) or the path "
-           "of a Smalltown disk image booted by UEFI", metavar="IMAGE"),
-    Option("accel", "auto", "accelerator: auto (probe KVM, fall back to TCG), kvm or tcg", _accel, "MODE"),
-    Option("ovmf_code", "/usr/share/OVMF/OVMF_CODE_4M.fd", "OVMF firmware code (UEFI images only)", Path, "PATH"),
-    Option("ovmf_vars", "/usr/share/OVMF/OVMF_VARS_4M.fd", "OVMF vars template (UEFI images only)", Path, "PATH"),
-    Option("tpm", "false", "attach a swtpm TPM 2.0 to each node", _bool, "BOOL"),
-    Option("node_memory", "2048", "guest memory per node VM in MiB", _node_memory, "MIB"),
-    Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N"),
+           "of a Smalltown disk image booted by UEFI", metavar="IMAGE", cluster=True),
+    Option("accel", "auto", "accelerator: auto (probe KVM, fall back to TCG), kvm or tcg", _accel, "MODE", cluster=True),
+    Option("ovmf_code", "/usr/share/OVMF/OVMF_CODE_4M.fd", "OVMF firmware code (UEFI images only)", Path, "PATH", True),
+    Option("ovmf_vars", "/usr/share/OVMF/OVMF_VARS_4M.fd", "OVMF vars template (UEFI images only)", Path, "PATH", True),
+    Option("tpm", "false", "attach a swtpm TPM 2.0 to each node", _bool, "BOOL", True),
+    Option("node_memory", "2048", "guest memory per node VM in MiB", _node_memory, "MIB", True),
+    Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N", True),
     Option("snapshots", "auto", "auto: restore a cluster saved by an earlier session with the same inputs, "
            "else boot it and save it once Ready; refresh: always boot and save anew; off: always boot, "
-           "never save", _snapshot_mode, "MODE"),
-    Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS"),
+           "never save", _snapshot_mode, "MODE", True),
+    Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS", True),
     Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",
            _optional_path, "DIR"),
     Option("keep_namespace", "false", "keep a failed test's namespace for inspection", _bool, "BOOL"),
-    Option("qemu", "qemu-system-x86_64", "QEMU binary", str, "PATH"),
+    Option("qemu", "qemu-system-x86_64", "QEMU binary", str, "PATH", True),
     Option("attach", "false", "run against the cluster 'smalltown up' keeps running (same spec) instead of "
            "booting one; nothing is torn down", _bool, "BOOL"),
     Option("keep_on_failure", "false", "when a test failed, keep that cluster running after the tests and "
@@ -153,17 +161,20 @@ def resolve(
     cli: Mapping[str, str | None],
     ini: Mapping[str, str | None],
     environ: Mapping[str, str] = os.environ,
+    flag: Callable[[Option], str] = lambda option: option.flag,
 ) -> Settings:
     """Merge the sources by precedence and validate every value.
 
-    ``cli`` and ``ini`` map option names to raw strings (None when unset).
+    ``cli`` and ``ini`` map option names to raw strings (None when unset);
+    ``flag`` names an option's command-line flag in error messages (pytest's
+    by default, ``Option.cli_flag`` for the ``smalltown`` command).
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for option in OPTIONS:
         raw: str | None
         if cli.get(option.name) is not None:
-            raw, source = cli[option.name], option.flag
+            raw, source = cli[option.name], flag(option)
         elif option.env in environ:
             raw, source = environ[option.env], f"${option.env}"
         elif ini.get(option.name) not in (None, ""):
@@ -175,8 +186,8 @@ def resolve(
             values[option.name] = option.parse(raw)
         except ValueError as error:
             raise SettingsError(
-                f"{option.flag} (from {source}) = {raw!r} is invalid: {error}. "
-                f"Set it with {option.flag}, ${option.env} or the ini key {option.ini}."
+                f"{flag(option)} (from {source}) = {raw!r} is invalid: {error}. "
+                f"Set it with {flag(option)}, ${option.env} or the ini key {option.ini}."
             ) from None
         sources[option.name] = source
     return Settings(**values, sources=sources)

@@ -174,3 +174,35 @@ def test_dbg_loadimage_on_a_cluster_kept_before_per_node_ports(nodes: list[_Node
 def test_dbg_loadimage_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dbg", "loadimage", str(tmp_path / "nope.tar")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_cluster_commands_take_every_launch_setting_from_the_one_option_table() -> None:
+    from pytest_smalltown.settings import OPTIONS
+
+    parser = build_parser()
+    launch = [o for o in OPTIONS if o.cluster]
+    assert {o.name for o in launch} >= {"image", "accel", "node_memory", "node_cpus", "snapshots", "qemu", "tpm"}
+    argv = ["up", "--nodes", "2"]
+    for option in launch:
+        argv += [option.cli_flag, f"value-of-{option.name}"]
+    args = parser.parse_args(argv)
+    assert all(getattr(args, o.name) == f"value-of-{o.name}" for o in launch)
+    assert not hasattr(parser.parse_args(["up"]), "keep_namespace"), "session settings are pytest's only"
+
+
+@pytest.mark.parametrize(("flag", "value", "why"), [
+    ("--node-memory", "16", "at least 1024 MiB"),
+    ("--accel", "fast", "must be one of auto, kvm, tcg"),
+    ("--boot-timeout", "nan", "finite number"),
+])  # fmt: skip
+def test_a_bad_launch_setting_is_refused_before_anything_starts(
+    flag: str, value: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown.cli import state_path
+
+    with pytest.raises(SystemExit) as exited:
+        main(["up", flag, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} (from {flag}) = '{value}' is invalid" in err and why in err
+    assert not state_path().parent.exists(), "nothing was started or written"
