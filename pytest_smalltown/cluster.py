@@ -137,6 +137,8 @@ class ClusterNode:
     address: str
     vm: VM
     tpm: Process | None = None
+    #: Powered off on purpose (:meth:`Cluster.stop_node`): not a death.
+    stopped: bool = False
 
     @property
     def name(self) -> str:
@@ -225,6 +227,17 @@ class Cluster:
         """
         return self.switch.forward_node_port(node_port)
 
+    def stop_node(self, index: int) -> None:
+        """Power node ``index`` off, as a power cut would (QEMU ends; the guest is not told).
+
+        For tests of what the rest of the cluster does without it. The node
+        stays off for the rest of the session, and the cluster counts as
+        alive without it: later tests of the same spec get it so.
+        """
+        node = self.nodes[index]
+        node.stopped = True
+        node.vm.stop(grace=0)
+
     def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> RebootResult:
         """Reboot node ``index`` (graceful: the node shuts down cleanly; ``hard``: a reset) and wait until it is back.
 
@@ -262,6 +275,8 @@ def _check_vms(switch: Switch | None, nodes: list[ClusterNode]) -> None:
     if switch is not None:
         switch.vm.check_running()
     for node in nodes:
+        if node.stopped:
+            continue
         node.vm.check_running()
         node.vm.check_not_hung()
 

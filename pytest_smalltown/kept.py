@@ -138,20 +138,35 @@ class AttachedCluster:
 
         return node_debug_client(self.ports, index)
 
-    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> Any:
-        """As :meth:`pytest_smalltown.cluster.Cluster.reboot_node`, on the kept cluster's node ``index``."""
-        from pytest_smalltown.debug import node_debug_client
+    def stop_node(self, index: int) -> None:
+        """As :meth:`pytest_smalltown.cluster.Cluster.stop_node`: QEMU of the kept cluster's node ``index`` quits."""
         from pytest_smalltown.launch.vmstate import Monitor
-        from pytest_smalltown.lifecycle import reboot_node
 
+        monitor = Monitor.at(self._qmp_socket(index), f"node{index}")
+        try:
+            monitor.cmd("quit")
+        except Exception:  # noqa: BLE001 - QEMU may close the connection before it answers
+            pass
+        finally:
+            monitor.close()
+
+    def _qmp_socket(self, index: int) -> Path:
         if not 0 <= index < len(self.qmp_sockets):
             raise KeptClusterError(
                 f"node {index}: the kept cluster has nodes 0..{self.spec.nodes - 1}"
                 + ("" if self.qmp_sockets else " but an older smalltown started it (no QMP sockets recorded); "
                    "restart it: smalltown down && smalltown up")
             )
+        return self.qmp_sockets[index]
+
+    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> Any:
+        """As :meth:`pytest_smalltown.cluster.Cluster.reboot_node`, on the kept cluster's node ``index``."""
+        from pytest_smalltown.debug import node_debug_client
+        from pytest_smalltown.launch.vmstate import Monitor
+        from pytest_smalltown.lifecycle import reboot_node
+
         name = f"node{index}"
-        monitor = Monitor.at(self.qmp_sockets[index], name)
+        monitor = Monitor.at(self._qmp_socket(index), name)
         debug = node_debug_client(self.ports, index)
         try:
             return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,

@@ -22,6 +22,7 @@ from pytest_smalltown.pool import ClusterPool, EvidenceSource, Launcher, Smallto
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 from pytest_smalltown.shard import NO_CLUSTER, ShardError, assign, estimate, load_durations, record_durations
 from pytest_smalltown.spec import DEFAULT_SPEC, MARKER, MARKER_HELP, ClusterSpec, MarkerError, spec_from_marker
+from pytest_smalltown.watch import DeathWatch
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -46,6 +47,7 @@ class SmalltownSession:
         self.worker_summary_lines: list[str] = []
         self.spec_groups: SpecGroups | None = None
         self.reported: set[ClusterSpec] = set()  # specs whose launch timings went into a JUnit report
+        self.watch = DeathWatch()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,6 +94,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "dist", "no") == "load" and not _is_xdist_worker(config):
         state.spec_groups = SpecGroups.create()
         config.add_cleanup(state.spec_groups.remove)
+    state.watch.install()
+    config.add_cleanup(state.watch.uninstall)
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -184,6 +188,18 @@ def _keep_shard(config: pytest.Config, items: list[pytest.Item], state: Smalltow
 
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 NAMESPACE_KEY = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Run the test body watched: if its cluster dies meanwhile, the test fails at once (see :mod:`watch`)."""
+    spec = item.stash.get(SPEC_KEY, None)
+    state = _session(item.config)
+    cluster = state.pool.live(spec) if spec is not None else None
+    if cluster is None:
+        return (yield)
+    with state.watch.watching(cluster):
+        return (yield)
 
 
 @pytest.hookimpl(hookwrapper=True)

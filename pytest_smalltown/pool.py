@@ -79,6 +79,9 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
     def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> RebootResult:
         """Reboot node ``index`` and wait until it is Ready again."""
 
+    def stop_node(self, index: int) -> None:
+        """Power node ``index`` off for the rest of the session (not a death of the cluster)."""
+
 
 class ClusterLaunchFailed(RuntimeError):
     """The cluster for a spec failed to launch, or died, earlier in this session."""

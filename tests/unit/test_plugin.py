@@ -628,3 +628,30 @@ def test_with_kubetest_installed_its_fixture_names_stay_its_own(pytester: pytest
     )
     pytester.syspathinsert()
     pytester.runpytest("-p", "kubetest", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_cluster_that_dies_during_a_test_fails_that_test_at_once(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        r"""
+        import time
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_dies(smalltown_cluster):
+            smalltown_cluster.kill_a_vm()
+            time.sleep(120)  # a client waiting for a node that is gone
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_after(smalltown_cluster):
+            pass
+
+        def test_unrelated():
+            time.sleep(1.5)  # no stray interrupt once the watched test is over
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    # Without the watch the sleep would end and the test pass; the next test of the spec does not wait either.
+    result.stdout.fnmatch_lines(["*ClusterDiedDuringTest: the cluster died while this test ran: VM 'node0' exited "
+                                 "with status 137*"])  # fmt: skip
+    result.stdout.fnmatch_lines(["*ClusterDied: the 1-node cluster died after its launch*"])
