@@ -38,6 +38,12 @@ SWITCH_FORWARDED_PORTS: tuple[NodePort, ...] = (
 #: (``launch/switch.py: node_debug_guest_port``).
 NODE_DEBUG_PORT_BASE = 27837
 
+#: Most nodes a cluster has, everywhere (markers, the CLI, the switch). The
+#: binding limit is the host: eight 2 GiB node VMs fill a 24 GiB CI machine
+#: with room for the switch and the tests. The switch itself could serve 16
+#: (microvm's 24 virtio-mmio slots; ~27 bytes of its kernel command line per lease).
+MAX_NODES = 8
+
 #: NodePort Services' ports: Kubernetes' default range (the apiserver keeps
 #: it). The switch DNATs these uplink ports to node 0, so a host forward
 #: added while a test runs reaches a NodePort (``Switch.forward_node_port``).

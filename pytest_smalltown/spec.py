@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_smalltown.contract import MAX_NODES
 from pytest_smalltown.images.preload import PRELOAD_SETS
 
 MARKER = "smalltown"
@@ -18,8 +19,6 @@ MARKER_HELP = (
     "(default 1) whose nodes also carry the named image sets (e.g. preload='conformance'). "
     "Tests with the same spec share one cluster, launched once."
 )
-#: Upper bound on nodes: the Nanoswitch supports this many NICs.
-MAX_NODES = 8
 
 
 class MarkerError(ValueError):

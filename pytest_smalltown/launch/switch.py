@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE, NODE_PORT_RANGE, SWITCH_FORWARDED_PORTS, NodePort
+from pytest_smalltown.contract import MAX_NODES, NODE_DEBUG_PORT_BASE, NODE_PORT_RANGE, SWITCH_FORWARDED_PORTS, NodePort
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
 from pytest_smalltown.launch.ports import PortMap, allocate_free_port
@@ -73,10 +73,6 @@ KUBERNETES_API_PORT = int(NodePort.KUBERNETES_API)  # 6443
 #: Guest ports forwarded from 127.0.0.1 on the host to node 0 unless told otherwise.
 DEFAULT_PORTS: tuple[int, ...] = tuple(int(p) for p in SWITCH_FORWARDED_PORTS)
 
-#: Most nodes one switch serves. The bounds that matter: QEMU's microvm has 24
-#: virtio-mmio slots (one is the uplink), and every lease costs ~27 bytes of the
-#: kernel's 2048-byte command line. 16 leaves room on both.
-MAX_NODES = 16
 
 #: Memory for the switch VM. The switch is one Go program; 128 MiB is plenty
 #: and keeps the host free for the nodes.

@@ -40,8 +40,8 @@ def test_node_mac_and_address_follow_the_design() -> None:
     assert sw.node_address(0) == "10.1.0.2"
     assert sw.node_mac(1) == "02:53:4d:01:00:03"
     assert sw.node_address(1) == "10.1.0.3"
-    assert sw.node_mac(13) == "02:53:4d:01:00:0f"
-    assert sw.node_address(13) == "10.1.0.15"
+    assert sw.node_mac(7) == "02:53:4d:01:00:09"
+    assert sw.node_address(7) == "10.1.0.9"
 
 
 def test_every_node_has_a_distinct_unicast_local_mac_and_address_on_the_bridge() -> None:
@@ -185,7 +185,7 @@ def test_per_node_debug_ports_cannot_be_forwarded_to_node_0() -> None:
         sw.check_ports([7837, reserved])
     with pytest.raises(ValueError, match="reserved"):
         sw.switch_cmdline(2, ports=[27837])
-    assert sw.check_ports([sw.NODE_DEBUG_GUEST_PORTS.start - 1, sw.NODE_DEBUG_GUEST_PORTS.stop]) == (27836, 27853)
+    assert sw.check_ports([sw.NODE_DEBUG_GUEST_PORTS.start - 1, sw.NODE_DEBUG_GUEST_PORTS.stop]) == (27836, 27837 + sw.MAX_NODES)
 
 
 def test_cmdline_leases_every_node_and_fits_the_kernel_limit_at_max_nodes() -> None:
