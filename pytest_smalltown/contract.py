@@ -44,6 +44,10 @@ NODE_DEBUG_PORT_BASE = 27837
 #: (microvm's 24 virtio-mmio slots; ~27 bytes of its kernel command line per lease).
 MAX_NODES = 8
 
+#: etcd members (and control-plane nodes) of a cluster large enough to have
+#: several: three survive the loss of any one.
+CONSENSUS_SIZE = 3
+
 #: NodePort Services' ports: Kubernetes' default range (the apiserver keeps
 #: it). The switch DNATs these uplink ports to node 0, so a host forward
 #: added while a test runs reaches a NodePort (``Switch.forward_node_port``).

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_smalltown.contract import MAX_NODES
+from pytest_smalltown.contract import CONSENSUS_SIZE, MAX_NODES
 from pytest_smalltown.images.preload import PRELOAD_SETS
 
 MARKER = "smalltown"
@@ -23,10 +23,6 @@ MARKER_HELP = (
 
 class MarkerError(ValueError):
     """A ``smalltown`` marker has arguments that do not describe a cluster."""
-
-
-#: etcd members (and control-plane nodes) of a cluster large enough to have several.
-CONSENSUS_SIZE = 3
 
 
 @dataclass(frozen=True, order=True)

@@ -137,7 +137,6 @@ class Agent:
         self._leader_elect = False
         self._controllers_lock = threading.Lock()
         self._controllers_started = False
-        self._learners_seen: set[str] = set()
 
     # ----------------------------------------------------------------- API
 
@@ -613,6 +612,9 @@ class Agent:
             cfg.etcd_data.chmod(0o700)
             assert self.name and self.ip
             self.supervisor.start(ComponentSpec("etcd", comp.etcd_argv(cfg, self.name, self.ip, self.etcd_join())))
+            if self.role and self.role.bootstrap:
+                threading.Thread(target=self._guarded, args=(self.promote_learners,), name="consensus",
+                                 daemon=True).start()
         if self.role and self.role.bootstrap and cfg.runs("kube.apiserver"):
             self.supervisor.start(ComponentSpec("kube.apiserver", comp.apiserver_argv(cfg, self.node_facts())))
         self.log("etcd and apiserver started" if self.role and self.role.bootstrap else "etcd started")
@@ -780,18 +782,29 @@ class Agent:
             self.log(f"assigned pod CIDR {cidr} to {name}")
 
     def promote_learners(self) -> None:
-        """Node 0: make every etcd learner that has caught up a voter (etcd refuses the others, for now)."""
-        try:
-            promoted, waiting = self.etcd_membership().promote_learners()
-        except (EtcdError, OSError) as exc:
-            self.log(f"consensus: cannot read etcd membership: {exc}")
-            return
-        for member in promoted:
-            self.log(f"consensus: promoted etcd member {member.name or member.id} ({member.address}) to voter")
-        for member_id, why in waiting.items():
-            if member_id not in self._learners_seen:
-                self._learners_seen.add(member_id)
-                self.log(f"consensus: learner {member_id} not promoted yet: {why}")
+        """Node 0, from etcd's start on: every 2 s, make each etcd learner that has caught up a voter.
+
+        A thread of its own rather than a step of the node loop: that loop
+        starts once the node's own Kubernetes parts are up, and a joiner
+        waiting for its promotion should not wait for those.
+        """
+        membership: EtcdMembership | None = None
+        reported: set[str] = set()
+        while not self._stop.wait(2.0):
+            try:
+                membership = membership or self.etcd_membership()
+                promoted, waiting = membership.promote_learners()
+            except (EtcdError, OSError) as exc:
+                if "membership" not in reported and self.conditions.get("ConsensusVoter"):
+                    reported.add("membership")  # once: etcd restarts are logged by etcd
+                    self.log(f"consensus: cannot read etcd membership: {exc}")
+                continue
+            for member in promoted:
+                self.log(f"consensus: promoted etcd member {member.name or member.id} ({member.address}) to voter")
+            for member_id, why in waiting.items():
+                if member_id not in reported:
+                    reported.add(member_id)
+                    self.log(f"consensus: learner {member_id} not promoted yet: {why}")
 
     def controllers_serving(self) -> bool:
         """Node 0: the scheduler and controller-manager answer their health endpoints.
@@ -856,8 +869,6 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - apiserver restarts are routine
                 if self.conditions.get("KubernetesReady"):
                     self.log(f"node watch: {exc!r}")
-            if self.role and self.role.bootstrap and self.conditions.get("ConsensusVoter"):
-                self.promote_learners()
             if self.role and self.role.bootstrap and time.monotonic() - last_reconcile > RECONCILE_EVERY:
                 self.reconcile()
                 last_reconcile = time.monotonic()

@@ -103,6 +103,9 @@ def etcd_argv(cfg: AgentConfig, name: str, ip: str, join: str | None = None) -> 
         "--listen-metrics-urls=",
         "--quota-backend-bytes=1073741824",
         "--snapshot-count=10000",
+        # Every further member of the consensus joins as a learner; etcd's
+        # default of one learner at a time would make them join one by one.
+        f"--max-learners={contract.CONSENSUS_SIZE - 1}",
         "--log-level=warn",
     ]
 

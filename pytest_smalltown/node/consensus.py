@@ -9,7 +9,9 @@ for its address, the CA, and every member's name and address, which become
 its ``--initial-cluster`` (with ``--initial-cluster-state=existing``). Node
 0 then promotes each learner to a voter as soon as etcd accepts that (once
 the learner has caught up with the leader); the newcomer waits for that
-before it starts its own apiserver on its own member.
+before it starts its own apiserver on its own member. Newcomers are added
+one at a time (the next once the previous one's member has started), so
+that the member list in each ticket is the cluster's when its node starts.
 
 Membership is read and changed through etcd's JSON gateway (``/v3/...`` on
 the client port, the same TLS client certificate as every etcd client): the
@@ -34,6 +36,10 @@ from pytest_smalltown.node.kubeapi import Credentials
 
 class EtcdError(Exception):
     """The etcd gateway refused a request; the message is etcd's."""
+
+
+class JoinInProgress(EtcdError):
+    """Another new member has not started yet; ask again once it has."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,22 @@ class EtcdMembership:
         return [_member(m) for m in self._call("/v3/cluster/member/list", {}).get("members", [])]
 
     def add_learner(self, url: str) -> Member:
-        """Add a non-voting member that will be reached at peer URL ``url``; an existing one with that URL is kept."""
-        for member in self.members():
+        """Add a non-voting member that will be reached at peer URL ``url``; an existing one with that URL is kept.
+
+        Raises :class:`JoinInProgress` while another added member has not
+        started yet: a newcomer's ``--initial-cluster`` must list exactly
+        the members there are when it starts, so a member added after a
+        ticket was issued would make that ticket's node refuse to start.
+        One at a time, each newcomer's list stays true.
+        """
+        members = self.members()
+        for member in members:
             if url in member.peer_urls:
                 return member
+        waiting = [m for m in members if not m.name]
+        if waiting:
+            raise JoinInProgress(f"etcd member {', '.join(waiting[0].peer_urls)} was added but has not started yet; "
+                                 "members join one at a time")
         answer = self._call("/v3/cluster/member/add", {"peerURLs": [url], "isLearner": True})
         return _member(answer["member"])
 

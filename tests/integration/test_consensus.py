@@ -21,7 +21,7 @@ from pytest_smalltown.images.gobuild import build_program
 from pytest_smalltown.launch.ports import allocate_free_port
 from pytest_smalltown.node import components as comp
 from pytest_smalltown.node.config import AgentConfig, Binaries, Ports
-from pytest_smalltown.node.consensus import EtcdError, EtcdMembership, initial_cluster, peer_url
+from pytest_smalltown.node.consensus import EtcdError, EtcdMembership, JoinInProgress, initial_cluster, peer_url
 from pytest_smalltown.node.kubeapi import Credentials
 from pytest_smalltown.node.pki import ClusterCA, write_private, write_public
 
@@ -84,17 +84,23 @@ def test_a_learner_joins_and_is_promoted(tmp_path: Path, processes: list[subproc
     assert leader.add_learner(url).id == learner.id, "adding the same peer URL again keeps the member"
     promoted, waiting = leader.promote_learners()
     assert promoted == [] and learner.id in waiting, "a learner that has not started cannot be promoted"
+    third_url = peer_url("127.0.0.1", allocate_free_port())
+    with pytest.raises(JoinInProgress, match="has not started yet"):
+        leader.add_learner(third_url)
 
     join = initial_cluster([("n0", peer_url("127.0.0.1", first.ports.etcd_peer)), ("n1", url)])
     processes.append(subprocess.Popen(comp.etcd_argv(second, "n1", "127.0.0.1", join), stderr=subprocess.DEVNULL))
     newcomer = membership(second)
     wait("the new member to answer as a learner", newcomer.is_learner)
+    # Started, still a learner: the next member can be added (two learners at once: --max-learners).
+    third = leader.add_learner(third_url)
+    assert third.learner and third.id != learner.id
 
     def promote() -> bool:
         return [m.id for m in leader.promote_learners()[0]] == [learner.id]
 
     wait("the learner to be promoted", promote)
     assert not newcomer.is_learner()
-    members = {m.name: m for m in leader.members()}
+    members = {m.name: m for m in leader.members() if m.id != third.id}
     assert sorted(members) == ["n0", "n1"] and not any(m.learner for m in members.values())
     assert members["n1"].address == "127.0.0.1"
