@@ -663,7 +663,11 @@ class Agent:
         self.conditions.set("ConsensusVoter")
         self.log("apiserver ready")
         # Leader election once there is more than one control-plane node (see components.leader_election_flags).
-        several = not bootstrap or len(self.etcd_membership().members()) > 1
+        try:
+            several = not bootstrap or len(self.etcd_membership().members()) > 1
+        except (EtcdError, OSError) as exc:  # elect_leaders still turns election on when a member is added
+            self.log(f"consensus: etcd membership not readable ({exc}); controllers start without leader election")
+            several = False
         with self._controllers_lock:
             self._leader_elect = self._leader_elect or several
             self.start_controllers()
