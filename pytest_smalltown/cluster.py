@@ -61,7 +61,6 @@ from pytest_smalltown.kube import (
     write_kubeconfig,
 )
 from pytest_smalltown.launch.accel import resolve_accel
-from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.switch import Switch, launch_switch, node_address
@@ -87,6 +86,7 @@ from pytest_smalltown.launch.vmstate import (
     wait_incoming,
     wait_migration,
 )
+from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.settings import Settings
 from pytest_smalltown.snapshots import (
