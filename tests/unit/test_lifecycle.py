@@ -66,11 +66,15 @@ def api(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 @pytest.mark.parametrize("hard", [False, True])
-def test_a_reboot_lets_the_vm_reset_only_for_its_duration_and_waits_for_a_new_boot(api: list[Any], hard: bool) -> None:
+def test_a_reboot_lets_the_vm_reset_only_for_its_duration_and_waits_for_a_new_boot(
+    api: list[Any], hard: bool
+) -> None:
     api += [node("boot-1", True), node("boot-2", False), node("boot-2", True)]
     monitor, debug = FakeMonitor(), FakeDebug()
-    result = lifecycle.reboot_node(monitor, debug, object(), "10.1.0.3", hard=hard, timeout=30)  # type: ignore[arg-type]
-    assert (result.node, result.old_boot_id, result.new_boot_id, result.hard) == ("smalltown-n1", "boot-1", "boot-2", hard)
+    result = lifecycle.reboot_node(monitor, debug, object(), "10.1.0.3", hard=hard,  # type: ignore[arg-type]
+                                   timeout=30)  # fmt: skip
+    assert (result.node, result.old_boot_id, result.new_boot_id) == ("smalltown-n1", "boot-1", "boot-2")
+    assert result.hard is hard
     expected = [("set-action", {"reboot": "reset"})]
     expected += [("system_reset", {})] if hard else []
     expected += [("set-action", {"reboot": "shutdown"})]
@@ -82,11 +86,11 @@ def test_a_node_that_does_not_come_back_is_an_error_with_its_console(api: list[A
     monitor = FakeMonitor()
     with pytest.raises(lifecycle.RebootError, match=r"(?s)graceful reboot of node smalltown-n1.*boot ID unchanged.*"
                                                     r"console \(last lines\):\n    kernel: still here"):  # fmt: skip
-        lifecycle.reboot_node(monitor, FakeDebug(), object(), "10.1.0.3", hard=False, timeout=1.5,  # type: ignore[arg-type]
-                              console_tail=lambda: ["kernel: still here"])
+        lifecycle.reboot_node(monitor, FakeDebug(), object(), "10.1.0.3", hard=False,  # type: ignore[arg-type]
+                              timeout=1.5, console_tail=lambda: ["kernel: still here"])
     assert monitor.commands[-1] == ("set-action", {"reboot": "shutdown"}), "-no-reboot semantics restored"
 
 
 def test_an_unknown_address_names_the_nodes_there_are(api: list[Any]) -> None:
-    with pytest.raises(LookupError, match=r"no Kubernetes node has the address 10.1.0.9; nodes: smalltown-n1 \(10.1.0.3\)"):
+    with pytest.raises(LookupError, match=r"address 10.1.0.9; nodes: smalltown-n1 \(10.1.0.3\)"):
         lifecycle.find_node(object(), "10.1.0.9")  # type: ignore[arg-type]
