@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     reboot.add_argument("node", type=int, help="node index (0 runs the control plane)")
     reboot.add_argument("--hard", action="store_true", help="reset the VM instead of a clean shutdown (node 0: "
                         "etcd may lose its last writes)")
-    reboot.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it (default 600)")
+    reboot.add_argument("--timeout", type=float, help="seconds to wait for it (default 600: the default boot timeout)")
     reboot.set_defaults(func=cmd_reboot)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
