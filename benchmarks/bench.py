@@ -7,6 +7,7 @@ it prints what it measured so that figures can be compared run to run.
     python benchmarks/bench.py                 # tiny VM, probe, switch, 1- and 2-node clusters
     python benchmarks/bench.py --nodes 1       # only the 1-node cluster
     python benchmarks/bench.py --e2e           # also time `pytest e2e/`, cold and restored
+    python benchmarks/bench.py --uefi          # direct boot vs the UEFI disk with a TPM, side by side
 
 Each cluster size is booted cold (and saved as a snapshot), then restored
 from that snapshot, in one run, so the ratio between the two is measured
@@ -153,6 +154,27 @@ def bench_cluster(nodes: int, tiny: float | None) -> None:
     print(f"  restore / cold boot = 1/{figures['refresh'] / figures['auto']:.1f} (target <= 1/10)")
 
 
+def bench_uefi(nodes: int, tiny: float | None) -> None:
+    """Direct kernel boot vs the UEFI disk through OVMF with a swtpm per node: both cold, to Ready, side by side."""
+    from pytest_smalltown.images.uefi import build_uefi_image
+
+    paths = {"direct boot": {"snapshots": "off"},
+             "UEFI + TPM": {"snapshots": "off", "image": str(build_uefi_image(quiet)), "tpm": "true"}}  # fmt: skip
+    figures = {}
+    for what, options in paths.items():
+        started = time.monotonic()
+        cluster = launch_cluster(ClusterSpec(nodes), resolve(options, {}), quiet)
+        try:
+            figures[what] = launch_to_ready(cluster, time.monotonic() - started)
+            phases = ", ".join(f"{name} {secs:.1f}s" for name, secs in cluster.phase_seconds.items())
+            print(f"{nodes}-node cluster, {what}: launch -> all Ready {figures[what]:.1f}s; {phases} ({load()})")
+        finally:
+            cluster.close()
+    ratio = figures["UEFI + TPM"] / figures["direct boot"]
+    print(f"  UEFI + TPM / direct boot = {ratio:.2f}"
+          + (f"; tiny VM x {figures['direct boot'] / tiny:.0f} and x {figures['UEFI + TPM'] / tiny:.0f}" if tiny else ""))
+
+
 def bench_e2e() -> None:
     """``pytest e2e/`` twice: booting (and saving) every cluster, then restoring them all."""
     walls = {}
@@ -172,6 +194,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, action="append", help="cluster sizes to measure (default 1 and 2)")
     parser.add_argument("--skip-small", action="store_true", help="skip tiny VM, probe and switch figures")
     parser.add_argument("--e2e", action="store_true", help="also time a whole pytest e2e/ run")
+    parser.add_argument("--uefi", action="store_true", help="instead of cold vs restored: direct boot vs the "
+                        "UEFI disk with a TPM, per cluster size")
     args = parser.parse_args()
     accel = resolve_accel(os.environ.get("SMALLTOWN_ACCEL", "auto")).accel
     print(f"host: {os.cpu_count()} CPUs, accelerator {accel}, {load()}")
@@ -184,7 +208,10 @@ def main() -> int:
             tiny = bench_tiny(accel)
             bench_switch(accel)
         for nodes in args.nodes or [1, 2]:
-            bench_cluster(nodes, tiny)
+            if args.uefi:
+                bench_uefi(nodes, tiny)
+            else:
+                bench_cluster(nodes, tiny)
         if args.e2e:
             bench_e2e()
     finally:

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from pytest_smalltown.debug import DebugClient
+from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=1)
 
@@ -37,6 +38,21 @@ def test_unknown_component_is_not_found(smalltown_debug: DebugClient) -> None:
 @pytest.mark.parametrize("condition", ["IPAssigned", "DataAvailable", "KubernetesReady"])
 def test_conditions_hold_on_a_ready_node(smalltown_debug: DebugClient, condition: str) -> None:
     assert smalltown_debug.condition(condition) is True
+
+
+def test_data_is_sealed_to_the_tpm_exactly_when_the_node_has_one_and_a_data_partition(
+    smalltown_debug: DebugClient, smalltown_settings: Settings,
+) -> None:  # fmt: skip
+    """The reference UEFI disk with ``--smalltown-tpm``: LUKS2, key sealed to the node's swtpm; otherwise not."""
+    sealed = smalltown_settings.tpm and smalltown_settings.image != "reference"
+    assert smalltown_debug.condition("DataSealed") is sealed
+    agent_log = "\n".join(smalltown_debug.component_logs("agent"))
+    if sealed:
+        assert "sealed to this TPM (first boot" in agent_log or "unlocked with the key sealed to this TPM" in agent_log
+    elif smalltown_settings.image == "reference":
+        assert "no data partition: data directory /var/lib/smalltown is on the root file system" in agent_log
+    else:
+        assert "NOT encrypted" in agent_log, "a data partition without a TPM is plain, and the node says so"
 
 
 def test_unknown_condition_is_not_found(smalltown_debug: DebugClient) -> None:

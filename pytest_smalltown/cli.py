@@ -1,6 +1,7 @@
 """The ``smalltown`` command: the same launcher as the pytest plugin, for humans.
 
-    smalltown image build [--only node|switch|tiny]   build or refresh cached images
+    smalltown image build [--only NAME]               build or refresh cached images (tiny, switch, node, uefi)
+    smalltown image path uefi                         print the reference UEFI disk's path
     smalltown accel                                   which accelerator this host gets
     smalltown up [--nodes N]                          start a cluster and keep it running
     smalltown status | down                           show / stop that cluster
@@ -59,10 +60,13 @@ def _read_state() -> dict[str, Any]:
 
 # --- image ----------------------------------------------------------------------
 
+#: What ``smalltown image build`` builds, in order; ``uefi`` is the node as a UEFI disk.
+IMAGE_TARGETS = ("tiny", "switch", "node", "uefi")
+
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    targets = [args.only] if args.only else ["tiny", "switch", "node"]
+    targets = [args.only] if args.only else list(IMAGE_TARGETS)
     for target in targets:
         t0 = time.monotonic()
         if target == "tiny":
@@ -73,12 +77,24 @@ def cmd_image_build(args: argparse.Namespace) -> int:
             from pytest_smalltown.images.switch import build_switch_image
 
             result = build_switch_image()
-        else:
+        elif target == "node":
             from pytest_smalltown.images.node import build_all_images
 
             result = build_all_images()
+        else:
+            from pytest_smalltown.images.uefi import build_uefi_image
+
+            result = build_uefi_image()
         print(f"{target}: ready in {time.monotonic() - t0:.1f}s: {result}")
     print(f"all images ready in {time.monotonic() - started:.1f}s (cache: {cache_root()})")
+    return 0
+
+
+def cmd_image_path(args: argparse.Namespace) -> int:
+    """Print only the path of the reference UEFI disk (built if needed; progress on stderr), for scripts."""
+    from pytest_smalltown.images.uefi import build_uefi_image
+
+    print(build_uefi_image())
     return 0
 
 
@@ -392,8 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = commands.add_parser("image", help="reference images").add_subparsers(dest="image_command", required=True)
     build = image.add_parser("build", help="build (or find cached) reference images, with timings")
-    build.add_argument("--only", choices=("tiny", "switch", "node"))
+    build.add_argument("--only", choices=IMAGE_TARGETS)
     build.set_defaults(func=cmd_image_build)
+    path = image.add_parser("path", help="print the path of the reference node's UEFI disk (for --smalltown-image)")
+    path.add_argument("which", choices=("uefi",), help="uefi: the GPT disk that boots through OVMF")
+    path.set_defaults(func=cmd_image_path)
 
     accel = commands.add_parser("accel", help="probe which accelerator this host can use")
     accel.add_argument("mode", nargs="?", default="auto", choices=("auto", "kvm", "tcg"))

@@ -271,13 +271,14 @@ class Cluster:
 
 
 def _check_vms(switch: Switch | None, nodes: list[ClusterNode]) -> None:
-    """Raise if the switch or a node VM exited, or a node's kernel reports a hang."""
+    """Raise if the switch or a node VM exited, a node's firmware could not boot it, or its kernel hangs."""
     if switch is not None:
         switch.vm.check_running()
     for node in nodes:
         if node.stopped:
             continue
         node.vm.check_running()
+        node.vm.check_firmware_booted()
         node.vm.check_not_hung()
 
 

@@ -142,6 +142,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     order = sorted(range(len(items)), key=position)
     items[:] = [items[i] for i in order]
     session_state = _session(config)
+    if session_state.settings.max_nodes is not None:
+        _keep_small_specs(config, items, session_state.settings.max_nodes)
     if session_state.settings.shard is not None:
         _keep_shard(config, items, session_state)
     if _is_xdist_worker(config) and "smalltown_spec_groups" in config.workerinput:  # type: ignore[attr-defined]
@@ -155,6 +157,15 @@ def group_label(item: pytest.Item) -> str:
     """The label a test's time is recorded and sharded under: its spec, or :data:`shard.NO_CLUSTER`."""
     spec = item.stash.get(SPEC_KEY, None)
     return str(spec) if spec is not None else NO_CLUSTER
+
+
+def _keep_small_specs(config: pytest.Config, items: list[pytest.Item], max_nodes: int) -> None:
+    """Deselect every test whose cluster has more than ``max_nodes`` nodes (tests without a cluster stay)."""
+    too_big = [item for item in items if (spec := item.stash.get(SPEC_KEY, None)) is not None and spec.nodes > max_nodes]
+    if too_big:
+        config.hook.pytest_deselected(items=too_big)
+        dropped = {id(item) for item in too_big}
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 def _keep_shard(config: pytest.Config, items: list[pytest.Item], state: SmalltownSession) -> None:

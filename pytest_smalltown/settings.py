@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_smalltown import contract
 from pytest_smalltown.launch.accel import ACCEL_MODES
 from pytest_smalltown.shard import Shard, parse_shard
 from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
@@ -81,6 +82,15 @@ def _node_memory(value: str) -> int:
     return number
 
 
+def _optional_node_count(value: str) -> int | None:
+    if not value:
+        return None
+    number = int(value)
+    if not 1 <= number <= contract.MAX_NODES:
+        raise ValueError(f"must be between 1 and {contract.MAX_NODES}")
+    return number
+
+
 def _accel(value: str) -> str:
     if value not in ACCEL_MODES:
         raise ValueError(f"must be one of {', '.join(ACCEL_MODES)}")
@@ -131,6 +141,8 @@ OPTIONS: tuple[Option, ...] = (
            "durations file", parse_shard, "I/N"),
     Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
            "the end of the session", _optional_path, "FILE"),
+    Option("max_nodes", "", "run only the tests whose cluster has at most N nodes; the others are deselected "
+           "(e.g. 1 for a quick pass, or for a second node image)", _optional_node_count, "N"),
 )  # fmt: skip
 
 
@@ -154,6 +166,7 @@ class Settings:
     keep_on_failure: bool = False
     shard: Shard | None = None
     durations: Path | None = None
+    max_nodes: int | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

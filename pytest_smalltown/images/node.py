@@ -80,6 +80,11 @@ ROOTFS_PACKAGES: tuple[str, ...] = (
     "tini",
     "busybox-static",
     "ethtool",
+    # The data partition of the UEFI image (images/uefi.py): LUKS2 with its
+    # key sealed to the TPM (node/datapart.py), ext4 inside.
+    "cryptsetup-bin",
+    "tpm2-tools",
+    "e2fsprogs",
 )
 
 #: dpkg filters: documentation, manuals and translations are dead weight on a
@@ -136,6 +141,7 @@ ROOTFS_MODULE_DIRS: tuple[str, ...] = (
     "kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko", "kernel/drivers/net/dummy.ko",
     "kernel/drivers/net/vxlan", "kernel/drivers/net/wireguard", "kernel/drivers/net/macvlan.ko",
     "kernel/drivers/net/ipvlan",
+    "kernel/drivers/md", "kernel/arch/x86/crypto",  # dm-crypt and its ciphers (the UEFI image's data partition)
 )
 
 KUBE_LINKS: tuple[str, ...] = (
@@ -456,11 +462,12 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
     used = int(_run(["du", "-s", "--block-size=1", str(root)], "du").stdout.split()[0])
     size_mib = (used * 13 // 10 + free_bytes) >> 20
     disk.unlink(missing_ok=True)
+    journal_mib = max(4, min(JOURNAL_MIB, size_mib // 4))  # small test disks get a smaller one
     # The host's mke2fs.conf is ignored and every ext4 feature named, so that the
     # disk is the same whatever distribution builds it (and the 6.1 kernel reads it).
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "MKE2FS_CONFIG": "/dev/null"}
     _run([mke2fs, "-q", "-F", "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
-          "-b", "4096", "-I", "256", "-J", f"size={JOURNAL_MIB}", "-i", "16384", "-L", "smalltown-root",
+          "-b", "4096", "-I", "256", "-J", f"size={journal_mib}", "-i", "16384", "-L", "smalltown-root",
           "-U", "5a11c0de-0000-4000-8000-000000000001",
           "-E", "root_owner=0:0,hash_seed=5a11c0de-0000-4000-8000-000000000002,nodiscard",
           "-d", str(root), str(disk), f"{size_mib}M"], "mke2fs", env=env)

@@ -126,7 +126,8 @@ def stop_group(popen: subprocess.Popen[Any]) -> int:
 
 
 def run_supervised(
-    argv: Sequence[str], *, cwd: str | Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str], *, cwd: str | Path | None = None, env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a build tool to completion like :func:`subprocess.run` (text output captured), supervised.
 
@@ -134,10 +135,11 @@ def run_supervised(
     session is interrupted or killed meanwhile, they must not go on building
     (and holding the cache lock) behind it.
     """
-    popen = supervised_popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+    stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
+    popen = supervised_popen(argv, cwd=cwd, env=env, stdin=stdin,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        stdout, stderr = popen.communicate()
+        stdout, stderr = popen.communicate(input)
     finally:
         returncode = stop_group(popen)
     return subprocess.CompletedProcess(list(argv), returncode, stdout, stderr)

@@ -86,6 +86,25 @@ HUNG_GUEST_SECONDS = 120
 _SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
 
 
+class FirmwareBootError(LaunchError):
+    """The UEFI firmware could not boot the disk: it said so on the console and will not boot anything else."""
+
+    def __init__(self, name: str, line: str, console_tail: list[str]) -> None:
+        self.name = name
+        self.console_tail = console_tail
+        tail = "\n".join(f"    {line}" for line in console_tail[-20:])
+        super().__init__(f"VM {name!r}: the UEFI firmware could not boot its disk: {line.strip()}\n"
+                         "  Check that the image is a GPT disk with an EFI system partition holding "
+                         "EFI/BOOT/BOOTX64.EFI (or a boot entry in the OVMF vars given).\n"
+                         f"  last console lines:\n{tail}")
+
+
+#: OVMF's boot manager giving up on a boot option, or on all of them. It goes
+#: on with network boot and then its shell, which would only end at the boot
+#: deadline; the first disk option failing is already the answer.
+_FIRMWARE_GAVE_UP = re.compile(r"BdsDxe: (failed to (?:load|start) Boot[0-9A-F]{4} .*|No bootable option or device was found.*)")
+
+
 class QemuNotFoundError(LaunchError):
     """QEMU is not installed."""
 
@@ -254,6 +273,12 @@ class VM(Process):
         stuck = [int(match.group(1)) for line in tail if (match := _SOFT_LOCKUP.search(line))]
         if stuck and max(stuck) >= threshold:
             raise GuestHungError(self.name, max(stuck), self.console_tail(50))
+
+    def check_firmware_booted(self) -> None:
+        """Raise :class:`FirmwareBootError` if the UEFI firmware reported that it could not boot the disk."""
+        for line in self.console_tail(60):
+            if match := _FIRMWARE_GAVE_UP.search(line):
+                raise FirmwareBootError(self.name, match.group(0), self.console_tail(50))
 
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, what: str | None = None) -> re.Match[str]:
         """Block until a console line (seen at any time since boot) matches ``pattern``.

@@ -4,7 +4,9 @@ Boot sequence (each step prints one console line):
 
 1. file systems, cgroups, sysctls, loopback (only as the VM's init);
 2. NodeDebugService on :7837, then :data:`contract.DEBUG_SERVICE_READY_LINE`;
-3. data directory -> ``DataAvailable``; enrolment file read: absent = bootstrap, present = join;
+3. data directory (on the UEFI image: the data partition, unlocked with
+   its TPM-sealed key, :mod:`datapart`) -> ``DataAvailable``, ``DataSealed``;
+   enrolment file read: absent = bootstrap, present = join;
 4. node key, hostname, /etc/machine-id, /etc/os-release;
 5. control-plane nodes: the CA (node 0 makes it; a consensus joiner's came
    in its ticket; GetDebugKubeconfig works from here on);
@@ -52,7 +54,7 @@ from pytest_smalltown.node import VERSION as package_version
 from pytest_smalltown import contract
 from pytest_smalltown.api import enrolment_pb2
 from pytest_smalltown.node import components as comp
-from pytest_smalltown.node import clock, identity, network, system
+from pytest_smalltown.node import clock, datapart, identity, network, system
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
 from pytest_smalltown.node.debug_service import (
@@ -83,7 +85,7 @@ from pytest_smalltown.node.volumes import LocalProvisioner, issue_identity as is
 
 #: Conditions beyond the contract's, for finer-grained waiting and diagnosis.
 #: ConsensusVoter: this node's etcd member votes (node 0 once etcd serves, a consensus joiner once promoted).
-EXTRA_CONDITIONS = ("ContainerdReady", "ImagesLoaded", "APIServerReady", "PodNetworkReady", "ConsensusVoter")
+EXTRA_CONDITIONS = ("DataSealed", "ContainerdReady", "ImagesLoaded", "APIServerReady", "PodNetworkReady", "ConsensusVoter")
 #: Buffers that exist on every node (empty if the component does not run there).
 LOG_BUFFERS = (*contract.COMPONENTS, "etcd", "kube.proxy", "coredns", "network.dhcp", "volumes", "agent")
 #: Seconds between the volume provisioner's passes (how long a scheduled claim waits at most).
@@ -253,6 +255,14 @@ class Agent:
 
     def boot(self) -> None:
         cfg = self.cfg
+        if cfg.init:
+            try:
+                data = datapart.prepare_data(cfg.data, self.log)
+            except datapart.DataUnavailableError as error:
+                self.log(f"DATA UNAVAILABLE: {error}")
+                raise
+            self.conditions.set("DataSealed", data.sealed)
+            self.log(data.description)
         for d in (cfg.data, cfg.pki, cfg.kube_dir, cfg.run):
             d.mkdir(parents=True, exist_ok=True)
         probe = cfg.data / ".probe"

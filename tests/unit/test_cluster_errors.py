@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
-from pytest_smalltown.launch.vm import VM, GuestHungError, QemuNotFoundError
+from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError, QemuNotFoundError
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -102,3 +102,15 @@ def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.Mo
     with pytest.raises(ClusterLaunchError, match="stuck for 131s"):
         launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), progress=lambda _: None)
     assert len(attempts) == 4
+
+
+def test_the_firmware_giving_up_on_the_disk_is_a_boot_error_booting_is_not() -> None:
+    booting = _console(['\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)',
+                        'BdsDxe: starting Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)'])
+    booting.check_firmware_booted()
+    failed = _console(['\x1b[2J\x1b[01;01HBdsDxe: failed to load Boot0001 "UEFI Misc Device" from '
+                       'PciRoot(0x0)/Pci(0x1,0x0): Not Found', ">>Start PXE over IPv4."])
+    with pytest.raises(FirmwareBootError, match=r"node0.*could not boot its disk: BdsDxe: failed to load Boot0001") as info:
+        failed.check_firmware_booted()
+    assert "EFI/BOOT/BOOTX64.EFI" in str(info.value), "the message says what a bootable disk needs"
+    assert ">>Start PXE over IPv4." in str(info.value), "the console tail is part of the message"

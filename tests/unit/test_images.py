@@ -260,6 +260,9 @@ def test_make_disk_packs_a_tree_without_mounting(tmp_path: Path) -> None:
     stat = subprocess.run(["debugfs", "-R", "stat /usr/local/bin/kubectl", str(disk)],
                           capture_output=True, text=True).stdout
     assert 'Fast link dest: "kube"' in stat
+    # A journal: a hard reset of a node must not leave its metadata half-written.
+    header = subprocess.run(["dumpe2fs", "-h", str(disk)], capture_output=True, text=True).stdout
+    assert "has_journal" in next(line for line in header.splitlines() if line.startswith("Filesystem features"))
 
 
 def test_apt_show_parsing_takes_the_first_paragraph_per_package() -> None:

@@ -439,6 +439,24 @@ def test_durations_are_recorded_per_spec_and_merged(pytester: pytest.Pytester, e
     assert groups["5-node"] == 999.0 and all(seconds >= 0 for seconds in groups.values())
 
 
+def test_max_nodes_deselects_bigger_clusters_and_launches_only_what_fits(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    result = pytester.runpytest("-v", "--smalltown-max-nodes=1")
+    result.assert_outcomes(passed=4, deselected=2)
+    ran = {line.split("::")[1].split(" ")[0] for line in result.outlines if " PASSED" in line}
+    assert ran == {"test_plain", "test_one[0]", "test_one[1]", "test_one[2]"}, "tests without a cluster stay"
+    assert [nodes for what, nodes in events() if what == "launch"] == [1]
+
+
+@pytest.mark.parametrize("value", ["0", "9", "one"])
+def test_a_bad_max_nodes_is_a_usage_error(pytester: pytest.Pytester, events, value: str) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    result = pytester.runpytest(f"--smalltown-max-nodes={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--smalltown-max-nodes*is invalid*"])
+    assert events() == []
+
+
 @pytest.mark.parametrize("shard", ["3/2", "0/2", "two", "1/0"])
 def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester, events, shard: str) -> None:
     pytester.makepyfile(SHARDED_SUITE)
