@@ -32,7 +32,7 @@ from typing import Any
 
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
-from pytest_smalltown.kept import KeptClusterError, read_state, state_path, write_state
+from pytest_smalltown.kept import KeptClusterError, claim, read_state, state_path, write_state
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
@@ -143,7 +143,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         except SystemExit:
             pass
-    state_path().parent.mkdir(parents=True, exist_ok=True)
+    slot = claim()
+    if slot is None:
+        print("another cluster is being started or kept right now (smalltown status shows it once it is up); "
+              "stop it with: smalltown down", file=sys.stderr)
+        return 1
     log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
@@ -151,7 +155,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if getattr(args, option.name, None) is not None:
             argv += [option.cli_flag, str(getattr(args, option.name))]
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        # The slot's lock goes with the server: it holds it for as long as it owns the cluster.
+        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                  pass_fds=(slot,))  # fmt: skip
+    os.close(slot)
     print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
     offset = 0
     while not state_path().exists():

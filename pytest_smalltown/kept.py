@@ -12,6 +12,7 @@ end.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -37,6 +38,27 @@ class KeptClusterError(RuntimeError):
 def state_path() -> Path:
     """Where the kept cluster is recorded."""
     return cache_root() / "run" / "cluster.json"
+
+
+def claim() -> int | None:
+    """Take the one kept-cluster slot of this cache; returns the lock's file descriptor, or None if taken.
+
+    Only one cluster at a time is recorded in the state file. Two ``smalltown
+    up`` (or two sessions keeping a failed cluster) started side by side would
+    both find no state file and overwrite each other's; the slot is an
+    ``flock`` instead, held by the process that owns the kept cluster for as
+    long as it lives (``up`` hands its descriptor to that process), and freed
+    by the kernel however that process ends.
+    """
+    path = state_path().with_name("cluster.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def read_state() -> dict[str, Any]:

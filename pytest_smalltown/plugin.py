@@ -7,8 +7,10 @@ does is also available to the ``smalltown`` CLI.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
@@ -39,8 +41,11 @@ SESSION_KEY = pytest.StashKey["SmalltownSession"]()
 class SmalltownSession:
     """Per-session state: the settings, the cluster pool, and seconds spent per spec (for durations)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, run_id: str) -> None:
         self.settings = settings
+        #: Names this run's failure dumps (``artifacts/<run id>/``): two sessions on one host, or
+        #: one after another, never write into each other's. xdist workers share their controller's.
+        self.run_id = run_id
         self.pool = ClusterPool()
         self.group_seconds: dict[str, float] = {}
         self.shard_summary: str | None = None
@@ -89,7 +94,11 @@ def _resolve_settings(config: pytest.Config) -> Settings:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     aliases.register(config)
-    state = SmalltownSession(_resolve_settings(config))
+    if _is_xdist_worker(config):
+        run_id = config.workerinput["smalltown_run_id"]  # type: ignore[attr-defined]
+    else:
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    state = SmalltownSession(_resolve_settings(config), run_id)
     config.stash[SESSION_KEY] = state
     if getattr(config.option, "dist", "no") == "load" and not _is_xdist_worker(config):
         state.spec_groups = SpecGroups.create()
@@ -235,7 +244,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     namespace = item.stash.get(NAMESPACE_KEY, None)
     for title, text in report_sections(cluster, namespace):
         report.sections.append((title, text))
-    directory = session.settings.artifacts or item.config.rootpath / "artifacts"
+    directory = (session.settings.artifacts or item.config.rootpath / "artifacts") / session.run_id
     try:
         written = write_artifacts(cluster, directory, item.nodeid, namespace)
         report.sections.append(("smalltown artifacts", str(written)))
@@ -287,16 +296,17 @@ def _wait_while_kept(config: pytest.Config, kept: dict[ClusterSpec, Any]) -> Non
     up``, so the CLI's ``status``/``dbg``/``down`` and ``--smalltown-attach``
     reach it.
     """
-    import os
-    import time
-
-    from pytest_smalltown.kept import remove_state, write_state
+    from pytest_smalltown.kept import claim, remove_state, write_state
 
     say = terminal_progress(config)
     first_spec, first = next(iter(kept.items()))
-    write_state(first, os.getpid())
-    say(f"kept the {first_spec} cluster after a failure; reach it with: smalltown status, smalltown dbg kubectl "
-        f"get pods -A, smalltown dbg logs kube.kubelet (kubeconfig {first.kubeconfig_path})")
+    if claim() is not None:  # held until this process ends
+        write_state(first, os.getpid())
+        say(f"kept the {first_spec} cluster after a failure; reach it with: smalltown status, smalltown dbg kubectl "
+            f"get pods -A, smalltown dbg logs kube.kubelet (kubeconfig {first.kubeconfig_path})")
+    else:
+        say(f"kept the {first_spec} cluster after a failure, but another cluster is recorded for the smalltown "
+            f"command (smalltown status); reach this one with: KUBECONFIG={first.kubeconfig_path} kubectl ...")
     for spec, cluster in list(kept.items())[1:]:
         say(f"also kept the {spec} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
     say(f"stop with: smalltown down (or Ctrl-C here, or kill {os.getpid()})")
@@ -365,8 +375,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     Each worker boots its own clusters; a core per worker would oversubscribe
     the host many times over under emulation.
     """
-    import os
-
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own override wins
     settings = _resolve_settings(config)  # called before pytest_configure
@@ -377,6 +385,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_configure_node(node: Any) -> None:
     """Controller side: where a new worker writes which spec each of its tests needs."""
     state = _session(node.config)
+    node.workerinput["smalltown_run_id"] = state.run_id
     if state.spec_groups is not None:
         node.workerinput["smalltown_spec_groups"] = str(state.spec_groups.file_for(node.gateway.id))
 

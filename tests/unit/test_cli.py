@@ -206,3 +206,31 @@ def test_a_bad_launch_setting_is_refused_before_anything_starts(
     err = capsys.readouterr().err
     assert f"{flag} (from {flag}) = '{value}' is invalid" in err and why in err
     assert not state_path().parent.exists(), "nothing was started or written"
+
+
+def test_one_cluster_is_kept_at_a_time_even_when_two_are_started_side_by_side(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``up`` while another process holds the slot is refused before it starts anything."""
+    import os
+
+    from pytest_smalltown.kept import claim
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pytest_smalltown.kept import claim; "
+         "print(claim() is not None, flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        assert claim() is None, "the slot is taken while its holder lives"
+        started: list[Any] = []
+        monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+        assert main(["up", "--nodes", "1"]) == 1
+        assert "another cluster is being started or kept right now" in capsys.readouterr().err
+        assert started == [], "nothing was started"
+    finally:
+        holder.kill()
+        holder.wait()
+    fd = claim()
+    assert fd is not None, "the kernel freed the slot when its holder was killed"
+    os.close(fd)

@@ -7,6 +7,8 @@ exactly what the pool did; nothing here starts QEMU.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -290,11 +292,42 @@ def test_failed_test_report_carries_cluster_evidence_and_artifacts(pytester: pyt
         "*smalltown kube.kubelet (node0, last 25)*", "*kube.kubelet line 2*",
         "*smalltown artifacts*",
     ])  # fmt: skip
-    (dump,) = artifacts.iterdir()
+    (run,) = artifacts.iterdir()  # one directory per run
+    (dump,) = run.iterdir()
     assert "test_broken" in dump.name
     assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
     assert (dump / "components" / "containerd.log").read_text().startswith("containerd line 0")
-    assert "test_fine" not in " ".join(p.name for p in artifacts.iterdir())
+    assert "test_fine" not in " ".join(p.name for p in run.iterdir())
+
+
+def test_two_sessions_at_once_keep_their_failure_dumps_apart(pytester: pytest.Pytester) -> None:
+    """Two pytest processes running the same suite side by side: each run's dumps in a directory of its own."""
+    pytester.makeconftest(EVIDENCE_DOUBLE)
+    pytester.makepyfile(
+        """
+        import os, time
+        from pathlib import Path
+
+        def test_broken(smalltown_cluster):
+            # Both sessions are inside their test at the same time before either fails.
+            Path(f"started-{os.getpid()}").touch()
+            deadline = time.monotonic() + 60
+            while len(list(Path(".").glob("started-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert False, f"broken in {os.getpid()}"
+        """
+    )
+    artifacts = pytester.path / "dumps"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--smalltown-artifacts={artifacts}"]
+    runs = [subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert all("1 failed" in output for output in outputs), outputs
+    dumps = sorted(artifacts.iterdir())
+    assert len(dumps) == 2, f"one run directory per session: {dumps}"
+    for run in runs:
+        (mine,) = [d for d in dumps if d.name.endswith(f"-{run.pid}")]
+        (dump,) = mine.iterdir()
+        assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
 
 
 NAMESPACE_DOUBLE = DOUBLE + r"""
