@@ -146,27 +146,33 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
+def _default(name: str) -> Any:
+    """The parsed default of option ``name``: :data:`OPTIONS` is the one place defaults are written."""
+    (option,) = (option for option in OPTIONS if option.name == name)
+    return option.parse(option.default)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Resolved, validated settings."""
+    """Resolved, validated settings (``Settings()`` is every default, as :func:`resolve` gives with no input)."""
 
-    image: str = "reference"
-    accel: str = "auto"
-    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-    ovmf_vars: Path = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-    tpm: bool = False
-    node_memory: int = 2048
-    node_cpus: int = 2
-    snapshots: str = "auto"
-    boot_timeout: float = 600.0
-    artifacts: Path | None = None
-    keep_namespace: bool = False
-    qemu: str = "qemu-system-x86_64"
-    attach: bool = False
-    keep_on_failure: bool = False
-    shard: Shard | None = None
-    durations: Path | None = None
-    max_nodes: int | None = None
+    image: str = _default("image")
+    accel: str = _default("accel")
+    ovmf_code: Path = _default("ovmf_code")
+    ovmf_vars: Path = _default("ovmf_vars")
+    tpm: bool = _default("tpm")
+    node_memory: int = _default("node_memory")
+    node_cpus: int = _default("node_cpus")
+    snapshots: str = _default("snapshots")
+    boot_timeout: float = _default("boot_timeout")
+    artifacts: Path | None = _default("artifacts")
+    keep_namespace: bool = _default("keep_namespace")
+    qemu: str = _default("qemu")
+    attach: bool = _default("attach")
+    keep_on_failure: bool = _default("keep_on_failure")
+    shard: Shard | None = _default("shard")
+    durations: Path | None = _default("durations")
+    max_nodes: int | None = _default("max_nodes")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 

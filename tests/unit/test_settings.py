@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_smalltown.settings import OPTIONS, SettingsError, resolve
+from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 
 def test_defaults() -> None:
     settings = resolve({}, {}, environ={})
     assert settings.image == "reference" and settings.accel == "auto" and settings.tpm is False
     assert all(source == "default" for source in settings.sources.values())
+    assert settings == Settings(), "the dataclass's defaults are the option table's"
 
 
 def test_precedence() -> None:
