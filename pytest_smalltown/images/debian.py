@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import cache_root, hash_inputs, remembered
+from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, remembered, stderr_progress
 from pytest_smalltown.launch.reaper import run_supervised
 
 #: What apt resolves candidate versions from: its package lists, sources, pins
@@ -162,6 +162,43 @@ def extract(deb: Path, dest: Path) -> None:
     _require_tool("dpkg-deb", "images are built from Debian packages and need dpkg")
     dest.mkdir(parents=True, exist_ok=True)
     run_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")
+
+
+#: Debian's statically linked busybox: the tiny VM's, the node initramfs's and the test image's userland.
+BUSYBOX_PACKAGE = "busybox-static"
+BUSYBOX_MEMBER = "bin/busybox"
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """One file taken out of a Debian package, and the package version it came from."""
+
+    path: Path
+    version: str
+
+
+def package_file(package: str, member: str, progress: Progress = stderr_progress) -> PackageFile:
+    """File ``member`` of ``package`` at the version apt would install: downloaded once, then cached.
+
+    Several images carry the same file (busybox is in three); this is the one
+    place that fetches it and knows where in its package it lives.
+    """
+    version, _ = candidate(package)
+    name = Path(member).name
+
+    def fetch(out: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            (deb,) = download([package], Path(tmp) / "debs")
+            extract(deb, Path(tmp) / "root")
+            shutil.copy2(Path(tmp) / "root" / member, out / name)
+
+    root = cached_build(f"deb-{package}-{name}", hash_inputs([package, version, member]), fetch, progress)
+    return PackageFile(root / name, version)
+
+
+def busybox(progress: Progress = stderr_progress) -> PackageFile:
+    """Debian's static busybox binary (:func:`package_file`)."""
+    return package_file(BUSYBOX_PACKAGE, BUSYBOX_MEMBER, progress)
 
 
 # --- another suite, through a private apt state -------------------------------------

@@ -45,7 +45,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -544,7 +543,7 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
     binaries: dict[str, Path] = {}
     for program in gobuild.PROGRAMS:
         binaries[program] = step(f"go-{program}", functools.partial(gobuild.build_program, program, progress))
-    busybox_version, _ = debian.candidate("busybox-static")
+    busybox_version, _ = debian.candidate(debian.BUSYBOX_PACKAGE)
     sources = python_sources()
     if not any(rel.startswith("node/") for rel in sources):
         progress("warning: pytest_smalltown/node/ is missing; the image has no agent to run")
@@ -564,10 +563,7 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
         make_disk(staging, out / "disk.raw")
         shutil.rmtree(staging)
         progress("writing the initramfs")
-        with tempfile.TemporaryDirectory() as tmp:
-            (deb,) = debian.download(["busybox-static"], Path(tmp) / "debs")
-            debian.extract(deb, Path(tmp) / "root")
-            build_initramfs(kernel, Path(tmp) / "root/bin/busybox").write(out / "initramfs.gz")
+        build_initramfs(kernel, debian.busybox(progress).path).write(out / "initramfs.gz")
         shutil.copyfile(kernel.vmlinuz, out / "vmlinuz")
         (out / "cmdline").write_text(CMDLINE + "\n")
         (out / "image.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -417,12 +417,8 @@ def busybox_layer(
 
 def debian_busybox_layer(progress: Progress = stderr_progress) -> ImageLayer:
     """:func:`busybox_layer` made from Debian's ``busybox-static``, asking the binary what it has."""
-    progress("fetching busybox-static")
-    with tempfile.TemporaryDirectory() as tmp:
-        (deb,) = debian.download(["busybox-static"], Path(tmp) / "debs")
-        debian.extract(deb, Path(tmp) / "root")
-        binary = Path(tmp) / "root" / "bin" / "busybox"
-        return busybox_layer(binary.read_bytes(), busybox_applets(binary), wget_lacks_timeout(binary))
+    binary = debian.busybox(progress).path
+    return busybox_layer(binary.read_bytes(), busybox_applets(binary), wget_lacks_timeout(binary))
 
 
 # --- pause ---------------------------------------------------------------------
@@ -465,9 +461,9 @@ PAUSE_TAG_VERSION = PAUSE_IMAGE.rsplit(":", 1)[1]
 
 def build_images(progress: Progress = stderr_progress) -> dict[str, Path]:
     """Return ``{image name: archive path}`` for :data:`PAUSE_IMAGE` and :data:`TEST_IMAGE`."""
-    busybox_version, _ = debian.candidate("busybox-static")
+    busybox_version, _ = debian.candidate(debian.BUSYBOX_PACKAGE)
     key = hash_inputs([
-        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, gcc_version(), "busybox-static=" + busybox_version,
+        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, gcc_version(), f"{debian.BUSYBOX_PACKAGE}={busybox_version}",
         repr(BUSYBOX_APPLETS), Path(__file__), FILES_DIR, "oci-v2",
     ])
 

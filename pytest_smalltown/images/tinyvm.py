@@ -20,7 +20,6 @@ every test:
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, s
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, add_modules, get_kernel
 
-BUSYBOX_PACKAGE = "busybox-static"
 TINY_MODULES = ["virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "qemu_fw_cfg"]
 
 #: Console line printed once the tiny VM has done everything it was asked to.
@@ -122,15 +120,12 @@ class TinyImage:
 def build_tiny_image(progress: Progress = stderr_progress) -> TinyImage:
     """Build (or find in the cache) the tiny VM image."""
     kernel = get_kernel(progress)
-    busybox_version, _ = debian.candidate(BUSYBOX_PACKAGE)
-    key = hash_inputs([kernel.cache_key, f"{BUSYBOX_PACKAGE}={busybox_version}", INIT_SCRIPT, *TINY_MODULES])
+    busybox = debian.busybox(progress)
+    key = hash_inputs([kernel.cache_key, f"{debian.BUSYBOX_PACKAGE}={busybox.version}", INIT_SCRIPT, *TINY_MODULES])
 
     def build(out: Path) -> None:
         image = Initramfs()
-        with tempfile.TemporaryDirectory() as tmp:
-            (deb,) = debian.download([BUSYBOX_PACKAGE], Path(tmp) / "debs")
-            debian.extract(deb, Path(tmp) / "root")
-            image.copy("/bin/busybox", Path(tmp) / "root" / "bin" / "busybox", 0o755)
+        image.copy("/bin/busybox", busybox.path, 0o755)
         for directory in ("/proc", "/sys", "/dev", "/tmp", "/etc"):
             image.directory(directory)
         image.file("/init", INIT_SCRIPT.encode(), 0o755)

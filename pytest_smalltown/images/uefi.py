@@ -171,17 +171,8 @@ def make_gpt_disk(esp: Path, root: Path, disk: Path) -> list[Partition]:
 
 
 def efi_stub(progress: Progress = stderr_progress) -> Path:
-    """systemd-boot's EFI stub (from Debian's ``systemd-boot-efi`` at apt's candidate version), cached."""
-    version, _ = debian.candidate("systemd-boot-efi")
-
-    def fetch(out: Path) -> None:
-        (deb,) = debian.download(["systemd-boot-efi"], out / "debs")
-        debian.extract(deb, out / "package")
-        shutil.copyfile(out / "package" / STUB_PATH, out / "linuxx64.efi.stub")
-        shutil.rmtree(out / "debs")
-        shutil.rmtree(out / "package")
-
-    return cached_build("efi-stub", hash_inputs(["systemd-boot-efi", version]), fetch, progress) / "linuxx64.efi.stub"
+    """systemd-boot's EFI stub (Debian's ``systemd-boot-efi`` at apt's candidate version), cached."""
+    return debian.package_file("systemd-boot-efi", STUB_PATH, progress).path
 
 
 def make_uefi_disk(stub: Path, kernel: Path, initramfs: Path, cmdline: str, os_release: str, root: Path,
