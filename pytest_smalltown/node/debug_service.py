@@ -242,6 +242,12 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         try:
             with os.fdopen(fd, "wb") as out:
                 size = _spool(request_iterator, out, loader.spool_dir, context)
+            remaining = context.time_remaining()
+            if not context.is_active() or (remaining is not None and remaining <= 0):
+                # The client gave up (cancelled, or its deadline passed) while it was
+                # sending: the stream may have ended early, so what came is no archive
+                # to import. Seen under load: the stream's end arrived after the deadline.
+                context.abort(grpc.StatusCode.CANCELLED, "the client went away during the upload; nothing imported")
             if size == 0:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty image archive: the stream carried no bytes")
             free = shutil.disk_usage(loader.spool_dir).free
