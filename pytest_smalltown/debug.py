@@ -13,7 +13,6 @@ still starting containerd, or the connection broke), starting over.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
 from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
+from pytest_smalltown.kube import wait_for
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.switch import node_debug_guest_port
 
@@ -117,13 +117,22 @@ class DebugClient:
         return self.call(lambda: self.stub.GetCondition(request, timeout=10)).ok
 
     def wait_condition(self, name: str, timeout: float, interval: float = 0.5) -> None:
-        """Poll until ``name`` holds; TimeoutError naming the condition otherwise."""
-        deadline = time.monotonic() + timeout
-        while not self.call(lambda: self.stub.GetCondition(debug_pb2.GetConditionRequest(name=name), timeout=10),
-                            retry_for=max(1.0, deadline - time.monotonic())).ok:  # fmt: skip
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node condition {name} did not become true within {timeout:.0f}s")
-            time.sleep(interval)
+        """Poll until ``name`` holds; :class:`~pytest_smalltown.kube.WaitTimeoutError` naming the condition otherwise.
+
+        A node that cannot be reached counts as "not yet", like a false answer;
+        any other error (an unknown condition: NOT_FOUND) is raised at once.
+        """
+        request = debug_pb2.GetConditionRequest(name=name)
+
+        def holds() -> bool:
+            try:
+                return bool(self.stub.GetCondition(request, timeout=10).ok)
+            except grpc.RpcError as error:
+                if error.code() in RETRYABLE:  # type: ignore[attr-defined]
+                    return False
+                raise
+
+        wait_for(f"node condition {name}", holds, timeout, interval, fatal=(grpc.RpcError,))
 
     def golden_ticket(
         self, external_ip: str, join_consensus: bool = False, retry_for: float | None = None

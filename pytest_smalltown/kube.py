@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_fixed
 from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -46,35 +47,35 @@ def wait_for(
 ) -> T:
     """Call ``check`` until it returns something truthy; return that.
 
-    Exceptions from ``check`` count as "not yet" (the API may be briefly
-    unavailable), except :class:`PodEndedError` and the ``fatal`` types,
-    which are raised at once because waiting cannot help. On
-    the deadline raise :class:`WaitTimeoutError` naming ``what`` and the last
-    state (``describe()``, or the last exception ``check`` raised).
+    The host side's one polling policy (a fixed interval up to a deadline,
+    on tenacity). Exceptions from ``check`` count as "not yet" (the API may be
+    briefly unavailable), except :class:`PodEndedError` and the ``fatal``
+    types, which are raised at once because waiting cannot help. On the
+    deadline raise :class:`WaitTimeoutError` naming ``what`` and the last state
+    (``describe()``, or the last exception ``check`` raised).
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
     stop_at_once: tuple[type[BaseException], ...] = (PodEndedError, *fatal)
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except stop_at_once:
-            raise
-        except Exception as error:  # noqa: BLE001 - remembered for the message
-            last_error = error
-        if time.monotonic() >= deadline:
-            state = ""
-            if describe is not None:
-                try:
-                    state = f"; last state: {describe()}"
-                except Exception as error:  # noqa: BLE001
-                    state = f"; could not describe state: {error}"
-            elif last_error is not None:
-                state = f"; last error: {last_error}"
-            raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{state}")
-        time.sleep(interval)
+
+    def give_up(state: RetryCallState) -> T:
+        detail = ""
+        if describe is not None:
+            try:
+                detail = f"; last state: {describe()}"
+            except Exception as error:  # noqa: BLE001
+                detail = f"; could not describe state: {error}"
+        elif state.outcome is not None and state.outcome.failed:
+            detail = f"; last error: {state.outcome.exception()}"
+        raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda error: not isinstance(error, stop_at_once)) | retry_if_result(lambda r: not r),
+        wait=wait_fixed(interval),
+        stop=stop_after_delay(timeout),
+        retry_error_callback=give_up,
+    )
+    result = retrying(check)
+    assert result  # tenacity returns only a result the retry condition accepted: a truthy one
+    return result
 
 
 def write_kubeconfig(kubeconfig_yaml: str, api_port: int, path: Path) -> Path:
