@@ -367,11 +367,11 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 def _ready_node0(a: Agent) -> None:
     from pytest_smalltown.node.agent import Role
 
-    a.role = Role(bootstrap=True)
-    a.ca.ensure()
-    a.ca_ready.set()
-    a.name = "smalltown-0000000000000000"
-    a.ip = "10.1.0.2"
+    a.node.role = Role(bootstrap=True)
+    a.credentials.ca.ensure()
+    a.credentials.ca_ready.set()
+    a.node.name = "smalltown-0000000000000000"
+    a.node.ip = "10.1.0.2"
 
 
 @pytest.fixture
@@ -418,7 +418,7 @@ def test_kubeconfig_unavailable_before_the_ca(agent: Agent, stub: debug_pb2_grpc
 def test_kubeconfig_rejected_on_a_worker(agent: Agent, stub: debug_pb2_grpc.NodeDebugServiceStub) -> None:
     from pytest_smalltown.node.agent import Role
 
-    agent.role = Role(bootstrap=False, ticket=enrolment_pb2.GoldenTicket())
+    agent.node.role = Role(bootstrap=False, ticket=enrolment_pb2.GoldenTicket())
     req = debug_pb2.GetDebugKubeconfigRequest(id="debug-user")
     assert _code(stub.GetDebugKubeconfig, req) == grpc.StatusCode.FAILED_PRECONDITION
     assert _code(stub.GetGoldenTicket, debug_pb2.GetGoldenTicketRequest(external_ip="10.1.0.4")) \
@@ -434,7 +434,7 @@ def test_kubeconfig_certificate_has_cn_o_and_ca_signature(
     kc = json.loads(resp.debug_kubeconfig)
     assert kc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     ca = x509.load_pem_x509_certificate(base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]))
-    assert ca == agent.ca.cert
+    assert ca == agent.credentials.ca.cert
     cert = x509.load_pem_x509_certificate(base64.b64decode(kc["users"][0]["user"]["client-certificate-data"]))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "debug-user"
     assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == \
@@ -496,10 +496,10 @@ def test_golden_ticket_contents(agent: Agent, stub: debug_pb2_grpc.NodeDebugServ
     key = identity.load_node_key(t.node_key)
     assert t.node_id == identity.node_name(key) == t.this.name
     assert t.this.address == "10.1.0.3"
-    assert [(p.name, p.address) for p in t.peers] == [(agent.name, "10.1.0.2")]
+    assert [(p.name, p.address) for p in t.peers] == [(agent.node.name, "10.1.0.2")]
     assert t.apiserver_address == "10.1.0.2:6443"
     ca = x509.load_pem_x509_certificate(t.kubernetes_ca_cert)
-    assert ca == agent.ca.cert
+    assert ca == agent.credentials.ca.cert
     node_cert = x509.load_pem_x509_certificate(t.node_cert)
     node_cert.verify_directly_issued_by(ca)
     assert isinstance(node_cert.public_key(), ed25519.Ed25519PublicKey)
@@ -528,12 +528,14 @@ def test_golden_ticket_contents(agent: Agent, stub: debug_pb2_grpc.NodeDebugServ
 
 def test_node0_issues_its_own_provisioner_identity(agent: Agent) -> None:
     _ready_node0(agent)
-    agent.issue_ip_certs()
-    cert = x509.load_pem_x509_certificate(agent.files.crt("provisioner").read_bytes())
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"smalltown:provisioner:{agent.name}"
+    agent.credentials.issue_ip_certs()
+    files = agent.credentials.files
+    cert = x509.load_pem_x509_certificate(files.crt("provisioner").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
+        f"smalltown:provisioner:{agent.node.name}"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "smalltown:provisioners"
-    assert pki.load_key(agent.files.key("provisioner").read_bytes()).public_key() == cert.public_key()
-    assert agent.files.key("provisioner").stat().st_mode & 0o777 == 0o600
+    assert pki.load_key(files.key("provisioner").read_bytes()).public_key() == cert.public_key()
+    assert files.key("provisioner").stat().st_mode & 0o777 == 0o600
 
 
 def test_check_ticket_names_what_a_ticket_lacks(tmp_path: Path) -> None:
@@ -688,7 +690,7 @@ def test_worker_boot_adopts_the_ticket_identity_and_material(tmp_path: Path) -> 
         kubelet_kc = cfg.kube_dir / "kubelet.kubeconfig"
         while not kubelet_kc.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert a.name == ticket.node_id
+        assert a.node.name == ticket.node_id
         assert identity.load_node_key((cfg.data / "node.key").read_bytes()).public_key() == \
             identity.load_node_key(ticket.node_key).public_key()
         kc = json.loads(kubelet_kc.read_text())
@@ -705,7 +707,7 @@ def test_worker_boot_adopts_the_ticket_identity_and_material(tmp_path: Path) -> 
             assert _code(stub.GetDebugKubeconfig, debug_pb2.GetDebugKubeconfigRequest(id="x")) \
                 == grpc.StatusCode.FAILED_PRECONDITION
     finally:
-        a._stop.set()
+        a.node.stop.set()
         a.debug_server.stop(0)  # type: ignore[union-attr]
 
 
@@ -764,9 +766,10 @@ def test_load_image_imports_through_the_agents_ctr_and_spools_on_its_disk(
     archive = tmp_path / "app.tar"
     archive.write_text("GOOD smalltown.local/app:1 smalltown.local/sidecar:1")
     client.load_image(archive)
-    assert containerd_agent._image_names() == {contract.PAUSE_IMAGE, "smalltown.local/app:1", "smalltown.local/sidecar:1"}
-    assert list(containerd_agent.image_spool_dir.iterdir()) == []
-    assert containerd_agent.image_spool_dir.is_relative_to(containerd_agent.cfg.data)
+    assert containerd_agent.runtime.image_names() == \
+        {contract.PAUSE_IMAGE, "smalltown.local/app:1", "smalltown.local/sidecar:1"}
+    assert list(containerd_agent.runtime.image_spool_dir.iterdir()) == []
+    assert containerd_agent.runtime.image_spool_dir.is_relative_to(containerd_agent.cfg.data)
     size = archive.stat().st_size
     assert any(f"LoadImage: {size} byte archive imported" in line for line in containerd_agent.logs.get("agent").lines(0))
 
@@ -782,8 +785,8 @@ def test_a_failed_import_removes_the_images_it_created(
     assert "INVALID_ARGUMENT" in message and str(archive) in message
     assert "ctr: failed to extract layer sha256:1: invalid tar header" in message
     assert "apply failure" not in message, "containerd's log lines echoed by ctr are left out"
-    assert containerd_agent._image_names() == {contract.PAUSE_IMAGE}, "the node is as it was"
-    assert list(containerd_agent.image_spool_dir.iterdir()) == []
+    assert containerd_agent.runtime.image_names() == {contract.PAUSE_IMAGE}, "the node is as it was"
+    assert list(containerd_agent.runtime.image_spool_dir.iterdir()) == []
 
 
 def test_load_image_waits_for_containerd(containerd_agent: Agent, client: DebugClient, tmp_path: Path) -> None:
@@ -794,7 +797,7 @@ def test_load_image_waits_for_containerd(containerd_agent: Agent, client: DebugC
         client.load_image(archive, retry_for=0.3)
     threading.Timer(0.3, containerd_agent.conditions.set, ("ContainerdReady",)).start()
     client.load_image(archive, retry_for=20)
-    assert "smalltown.local/app:1" in containerd_agent._image_names()
+    assert "smalltown.local/app:1" in containerd_agent.runtime.image_names()
 
 
 def test_boot_removes_uploads_an_earlier_boot_left_behind(
@@ -802,12 +805,12 @@ def test_boot_removes_uploads_an_earlier_boot_left_behind(
 ) -> None:
     from pytest_smalltown.node.debug_service import SPOOL_PREFIX
 
-    spool = containerd_agent.image_spool_dir
+    spool = containerd_agent.runtime.image_spool_dir
     spool.mkdir(parents=True)
     (spool / f"{SPOOL_PREFIX}abc.tar").write_bytes(b"half an upload")
     monkeypatch.setattr(containerd_agent.supervisor, "start", lambda spec: None)
     monkeypatch.setattr(threading, "Thread", lambda **kw: type("T", (), {"start": lambda self: None})())
-    containerd_agent.start_containerd()
+    containerd_agent.runtime.start_containerd()
     assert list(spool.iterdir()) == []
 
 # ------------------------------------------------------------ LoadImage on the agent
