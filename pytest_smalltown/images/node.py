@@ -239,8 +239,9 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
-def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = run_supervised(argv, env=env)
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None,
+         input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = run_supervised(argv, env=env, input=input)
     if proc.returncode != 0:
         raise NodeImageError(f"{what} failed (exit {proc.returncode}): {' '.join(argv[:3])} ...\n"
                              f"{(proc.stderr or proc.stdout)[-4000:]}")

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.launch.reaper import run_supervised
 from pytest_smalltown.images.node import CMDLINE, NodeImageError, _require, _run, build_node_image
 
 #: Partition names (GPT labels). The agent finds the data partition by its name.
@@ -160,9 +159,7 @@ def make_gpt_disk(esp: Path, root: Path, disk: Path) -> list[Partition]:
     end_mib = partitions[-1].start_mib + partitions[-1].size_mib + ALIGN_MIB
     with open(disk, "wb") as f:
         f.truncate(end_mib << 20)
-    proc = run_supervised([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=sfdisk_script(partitions))
-    if proc.returncode != 0:
-        raise NodeImageError(f"sfdisk failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    _run([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], "sfdisk (the GPT)", input=sfdisk_script(partitions))
     for partition, content in zip(partitions, (esp, root)):
         # conv=sparse keeps the root file system's holes holes in the disk file.
         _run(["dd", f"if={content}", f"of={disk}", "bs=1M", f"seek={partition.start_mib}",

@@ -118,7 +118,10 @@ class KubeNode:
             if not ready and time.monotonic() - last_status > 30:
                 # A boot that stalls shows on the serial console where it stalls.
                 last_status = time.monotonic()
-                pending = [k for k, v in node.conditions.snapshot().items() if not v]
+                # Only what this node is still working towards: DataSealed says how its data
+                # is kept, and a worker never becomes an etcd voter.
+                never = {"DataSealed"} | (set() if node.role and node.role.control_plane else {"ConsensusVoter"})
+                pending = [k for k, v in node.conditions.snapshot().items() if not v and k not in never]
                 node.log(f"waiting; not yet: {', '.join(pending)}; {system.memory_summary()}")
             try:
                 nodes: list[dict[str, Any]] = client.get("/api/v1/nodes").get("items") or []
