@@ -67,6 +67,11 @@ class Files:
         return self.p("service-account.pub")
 
 
+#: etcd's Raft heartbeat and election timeout in ms (see etcd_argv).
+ETCD_HEARTBEAT_MS = 500
+ETCD_ELECTION_TIMEOUT_MS = 5000
+
+
 def etcd_argv(cfg: AgentConfig, name: str, ip: str, join: str | None = None) -> list[str]:
     """etcd: clients on loopback only (each control-plane node's apiserver uses its own member), peers on the node's address.
 
@@ -100,6 +105,14 @@ def etcd_argv(cfg: AgentConfig, name: str, ip: str, join: str | None = None) -> 
         f"--peer-trusted-ca-file={f.ca}",
         "--peer-client-cert-auth=true",
         "--unsafe-no-fsync=true",
+        # Raft timing for emulated nodes: etcd's defaults (heartbeat 100 ms,
+        # election after 1 s of silence) assume a LAN. Under TCG several node
+        # VMs share the host's cores, a member is often descheduled for longer
+        # than a second, and its peers then start elections that stall every
+        # write. etcd's tuning guide: heartbeat about the round trip, election
+        # timeout at least ten times that.
+        f"--heartbeat-interval={ETCD_HEARTBEAT_MS}",
+        f"--election-timeout={ETCD_ELECTION_TIMEOUT_MS}",
         "--listen-metrics-urls=",
         "--quota-backend-bytes=1073741824",
         "--snapshot-count=10000",

@@ -249,6 +249,11 @@ def test_control_plane_flags(tmp_path: Path) -> None:
         assert "--leader-elect=true" in argv and "--leader-elect-renew-deadline=45s" in argv
     etcd = components.etcd_argv(cfg, "n0", "10.1.0.2")
     assert "--unsafe-no-fsync=true" in etcd and f"--data-dir={cfg.etcd_data}" in etcd
+    # Raft timing for loaded emulated members: slower than etcd's LAN default (100 ms
+    # heartbeats), and by etcd's own rule an election timeout of at least 10 heartbeats.
+    flags = dict(a.split("=", 1) for a in etcd[1:] if "=" in a)
+    heartbeat, election = int(flags["--heartbeat-interval"]), int(flags["--election-timeout"])
+    assert heartbeat > 100 and election >= 10 * heartbeat
     peer = f"https://10.1.0.2:{cfg.ports.etcd_peer}"
     assert {f"--listen-peer-urls={peer}", f"--initial-cluster=n0={peer}", "--initial-cluster-state=new",
             f"--listen-client-urls=https://127.0.0.1:{cfg.ports.etcd_client}"} <= set(etcd)
