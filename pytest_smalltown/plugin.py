@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_smalltown import aliases
+from pytest_smalltown.launch.accel import node_capacity, resolve_accel
 from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
 from pytest_smalltown.pool import ClusterPool, EvidenceSource, Launcher, SmalltownCluster
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
@@ -49,6 +50,7 @@ class SmalltownSession:
         self.pool = ClusterPool()
         self.group_seconds: dict[str, float] = {}
         self.shard_summary: str | None = None
+        self.capacity_summary: str | None = None  # why --smalltown-max-nodes=auto deselected tests
         self.worker_summary_lines: list[str] = []
         self.spec_groups: SpecGroups | None = None
         self.reported: set[ClusterSpec] = set()  # specs whose launch timings went into a JUnit report
@@ -151,8 +153,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     order = sorted(range(len(items)), key=position)
     items[:] = [items[i] for i in order]
     session_state = _session(config)
-    if session_state.settings.max_nodes is not None:
-        _keep_small_specs(config, items, session_state.settings.max_nodes)
+    max_nodes = session_state.settings.max_nodes
+    if max_nodes is None:
+        max_nodes, session_state.capacity_summary = _host_max_nodes(session_state.settings, specs.values())
+    if max_nodes is not None:
+        _keep_small_specs(config, items, max_nodes)
     if session_state.settings.shard is not None:
         _keep_shard(config, items, session_state)
     if _is_xdist_worker(config) and "smalltown_spec_groups" in config.workerinput:  # type: ignore[attr-defined]
@@ -166,6 +171,29 @@ def group_label(item: pytest.Item) -> str:
     """The label a test's time is recorded and sharded under: its spec, or :data:`shard.NO_CLUSTER`."""
     spec = item.stash.get(SPEC_KEY, None)
     return str(spec) if spec is not None else NO_CLUSTER
+
+
+def _host_max_nodes(settings: Settings, specs: Iterable[ClusterSpec]) -> tuple[int | None, str | None]:
+    """``--smalltown-max-nodes=auto``: the node limit this host sets, and the line that says so (None, None: none).
+
+    The accelerator is only resolved (a probe, cached per host) when some cluster has more
+    nodes than the host has cores: below that every accelerator carries it.
+    """
+    biggest = max((spec.nodes for spec in specs), default=0)
+    cpus = os.cpu_count() or 1
+    if biggest <= cpus:
+        return None, None
+    try:
+        accel = resolve_accel(settings.accel, settings.qemu).accel
+    except Exception:  # the first launch meets the same problem and reports it in full
+        return None, None
+    limit = node_capacity(accel, cpus)
+    if biggest <= limit:
+        return None, None
+    return limit, (
+        f"smalltown: tests of clusters over {limit} nodes deselected: under {accel.upper()} this {cpus}-core "
+        f"host carries {limit} node VMs at once; --smalltown-max-nodes={biggest} runs them anyway"
+    )
 
 
 def _keep_small_specs(config: pytest.Config, items: list[pytest.Item], max_nodes: int) -> None:
@@ -346,7 +374,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
     if SESSION_KEY not in config.stash:
         return None
-    return _session(config).shard_summary
+    state = _session(config)
+    lines = [line for line in (state.capacity_summary, state.shard_summary) if line]
+    return "\n".join(lines) or None
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -82,10 +82,14 @@ def _node_memory(value: str) -> int:
     return number
 
 
-def _optional_node_count(value: str) -> int | None:
-    if not value:
+def _max_nodes(value: str) -> int | None:
+    """A node count, or None for ``auto`` (the plugin asks the host, see ``accel.node_capacity``)."""
+    if value in ("auto", ""):
         return None
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be 'auto' or a number of nodes") from None
     if not 1 <= number <= contract.MAX_NODES:
         raise ValueError(f"must be between 1 and {contract.MAX_NODES}")
     return number
@@ -141,8 +145,9 @@ OPTIONS: tuple[Option, ...] = (
            "durations file", parse_shard, "I/N"),
     Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
            "the end of the session", _optional_path, "FILE"),
-    Option("max_nodes", "", "run only the tests whose cluster has at most N nodes; the others are deselected "
-           "(e.g. 1 for a quick pass, or for a second node image)", _optional_node_count, "N"),
+    Option("max_nodes", "auto", "run only the tests whose cluster has at most N nodes; the others are "
+           "deselected (e.g. 1 for a quick pass, or for a second node image). auto: as many as this host "
+           "carries (under TCG one node per host core, under KVM no limit)", _max_nodes, "N"),
 )  # fmt: skip
 
 

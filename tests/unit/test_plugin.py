@@ -60,6 +60,8 @@ def smalltown_launcher():
 def events(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     path = pytester.path / "events.jsonl"
     monkeypatch.setenv("SMALLTOWN_TEST_EVENTS", str(path))
+    # The double starts no VM, so the host's node limit under TCG (max-nodes=auto) must not apply.
+    monkeypatch.setenv("SMALLTOWN_ACCEL", "kvm")
     pytester.makeconftest(DOUBLE)
 
     def read() -> list[list]:
@@ -479,6 +481,30 @@ def test_max_nodes_deselects_bigger_clusters_and_launches_only_what_fits(pyteste
     ran = {line.split("::")[1].split(" ")[0] for line in result.outlines if " PASSED" in line}
     assert ran == {"test_plain", "test_one[0]", "test_one[1]", "test_one[2]"}, "tests without a cluster stay"
     assert [nodes for what, nodes in events() if what == "launch"] == [1]
+
+
+def test_auto_max_nodes_deselects_what_a_small_tcg_host_cannot_carry(
+    pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    monkeypatch.setenv("SMALLTOWN_ACCEL", "tcg")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=5, deselected=1)
+    result.stdout.fnmatch_lines(["smalltown: tests of clusters over 2 nodes deselected: under TCG this 2-core host*"
+                                 "--smalltown-max-nodes=3 runs them anyway"])  # fmt: skip
+    assert sorted(nodes for what, nodes in events() if what == "launch") == [1, 2]
+    events_before = len(events())
+    pytester.runpytest("--smalltown-max-nodes=3").assert_outcomes(passed=6)
+    assert sorted(nodes for what, nodes in events()[events_before:] if what == "launch") == [1, 2, 3]
+
+
+def test_auto_max_nodes_leaves_kvm_hosts_alone(pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(SHARDED_SUITE)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=6)
+    assert "deselected" not in result.stdout.str()
 
 
 @pytest.mark.parametrize("value", ["0", "9", "one"])
