@@ -1,18 +1,22 @@
 """Failure evidence: what a developer needs to see when an e2e test fails.
 
 A short version goes into the pytest report (recent console lines, the tail
-of the components that usually explain a pod problem, the namespace's
-events); the full version (whole console logs, every component's buffer,
-events) is written to an artifacts directory for later reading.
+of the components that usually explain a pod problem on every node, the
+namespace's events); the full version (whole console logs, every component's
+buffer on every node, events) is written to an artifacts directory for later
+reading. Every node, not only node 0: the node a test rebooted or scheduled
+on is often the one whose kubelet explains the failure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_smalltown.contract import COMPONENTS
+from pytest_smalltown.debug import DebugClient
 from pytest_smalltown.kube import namespace_events
 from pytest_smalltown.pool import EvidenceSource
 
@@ -27,17 +31,36 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "test"
 
 
+def _node_debug_clients(cluster: EvidenceSource) -> Iterator[tuple[str, DebugClient | Exception]]:
+    """(node name, debug client or the error that prevented one) for every node; closes what it opened."""
+    yield "node0", cluster.debug
+    for index in range(1, cluster.spec.nodes):
+        try:
+            client = cluster.node_debug(index)
+        except Exception as error:  # noqa: BLE001
+            yield f"node{index}", error
+            continue
+        try:
+            yield f"node{index}", client
+        finally:
+            client.close()
+
+
 def report_sections(cluster: EvidenceSource, namespace: str | None) -> list[tuple[str, str]]:
     """(title, text) pairs for a failed test's report; never raises (evidence must not mask the failure)."""
     sections: list[tuple[str, str]] = []
     for name, lines in cluster.consoles(REPORT_LINES).items():
         sections.append((f"smalltown console {name}", "\n".join(lines)))
-    for component in REPORT_COMPONENTS:
-        try:
-            lines = cluster.debug.component_logs(component, REPORT_LINES, retry_for=EVIDENCE_RETRY_SECONDS)
-            sections.append((f"smalltown {component} (node0, last {REPORT_LINES})", "\n".join(lines)))
-        except Exception as error:  # noqa: BLE001
-            sections.append((f"smalltown {component}", f"(could not read: {error})"))
+    for node, client in _node_debug_clients(cluster):
+        for component in REPORT_COMPONENTS:
+            title = f"smalltown {component} ({node}, last {REPORT_LINES})"
+            try:
+                if isinstance(client, Exception):
+                    raise client
+                lines = client.component_logs(component, REPORT_LINES, retry_for=EVIDENCE_RETRY_SECONDS)
+                sections.append((title, "\n".join(lines)))
+            except Exception as error:  # noqa: BLE001
+                sections.append((title, f"(could not read: {error})"))
     if namespace:
         try:
             sections.append((f"smalltown events in {namespace}", "\n".join(namespace_events(cluster.kube, namespace))))
@@ -47,16 +70,24 @@ def report_sections(cluster: EvidenceSource, namespace: str | None) -> list[tupl
 
 
 def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, namespace: str | None) -> Path:
-    """Dump everything for one failed test under ``directory/<test id>/``; returns that directory."""
+    """Dump everything for one failed test under ``directory/<test id>/``; returns that directory.
+
+    Component logs go to ``components/<node>/<component>.log``; a node that
+    cannot be read (stopped, wedged) gets a ``components/<node>/unreadable.txt`` saying why.
+    """
     target = directory / _safe(test_id)
     target.mkdir(parents=True, exist_ok=True)
     cluster.dump(target / "consoles")
-    components = target / "components"
-    components.mkdir(exist_ok=True)
-    for component in (*COMPONENTS, "etcd", "kube.proxy", "coredns", "agent"):
-        with contextlib.suppress(Exception):
-            lines = cluster.debug.component_logs(component, 0, retry_for=EVIDENCE_RETRY_SECONDS)
-            (components / f"{component}.log").write_text("\n".join(lines) + "\n")
+    for node, client in _node_debug_clients(cluster):
+        components = target / "components" / node
+        components.mkdir(parents=True, exist_ok=True)
+        if isinstance(client, Exception):
+            (components / "unreadable.txt").write_text(f"{client}\n")
+            continue
+        for component in (*COMPONENTS, "etcd", "kube.proxy", "coredns", "agent"):
+            with contextlib.suppress(Exception):
+                lines = client.component_logs(component, 0, retry_for=EVIDENCE_RETRY_SECONDS)
+                (components / f"{component}.log").write_text("\n".join(lines) + "\n")
     if namespace:
         with contextlib.suppress(Exception):
             (target / f"events-{namespace}.txt").write_text("\n".join(namespace_events(cluster.kube, namespace)) + "\n")

@@ -45,11 +45,15 @@ class ClusterHandle(Protocol):
 class EvidenceSource(Protocol):
     """What a failed test's evidence is read from (:mod:`pytest_smalltown.evidence`)."""
 
+    spec: ClusterSpec
     debug: DebugClient
     kube: ApiClient
 
     def consoles(self, lines: int = ...) -> dict[str, list[str]]:
         """The last ``lines`` console lines of every VM, by VM name."""
+
+    def node_debug(self, index: int) -> DebugClient:
+        """A new debug client for node ``index`` (close it when done)."""
 
     def dump(self, directory: Path) -> list[Path]:
         """Copy every console log into ``directory``; returns the copies."""
@@ -63,12 +67,8 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
     :class:`~pytest_smalltown.kept.AttachedCluster` both are one.
     """
 
-    spec: ClusterSpec
     kubeconfig_path: Path
     ports: PortMap
-
-    def node_debug(self, index: int) -> DebugClient:
-        """A new debug client for node ``index`` (close it when done)."""
 
     def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
         """Import a container image archive into ``nodes`` (default: all)."""

@@ -252,12 +252,23 @@ from pathlib import Path
 import pytest
 
 class FakeDebug:
+    def __init__(self, node="node0"):
+        self.node = node
+        self.closed = False
     def component_logs(self, component, tail=0, retry_for=None):
-        return [f"{component} line {i}" for i in range(3)]
+        return [f"{self.node} {component} line {i}" for i in range(3)]
+    def close(self):
+        self.closed = True
 
 class EvidenceCluster:
     debug = FakeDebug()
     kube = None
+    def __init__(self, spec):
+        self.spec = spec
+    def node_debug(self, index):
+        if index == 2:
+            raise ConnectionError("node 2 is powered off")
+        return FakeDebug(f"node{index}")
     def consoles(self, lines=40):
         return {"node0": ["smalltown: [ 12.0] kubelet started"], "nanoswitch": ["nanoswitch: forwarding"]}
     def check_alive(self):
@@ -271,7 +282,7 @@ class EvidenceCluster:
 
 @pytest.fixture(scope="session")
 def smalltown_launcher():
-    return lambda spec: EvidenceCluster()
+    return EvidenceCluster
 """
 
 
@@ -279,26 +290,36 @@ def test_failed_test_report_carries_cluster_evidence_and_artifacts(pytester: pyt
     pytester.makeconftest(EVIDENCE_DOUBLE)
     pytester.makepyfile(
         """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=3)
         def test_broken(smalltown_cluster):
             assert False, "pod never became Ready"
 
+        @pytest.mark.smalltown(nodes=3)
         def test_fine(smalltown_cluster):
             pass
         """
     )
     artifacts = pytester.path / "dumps"
-    result = pytester.runpytest(f"--smalltown-artifacts={artifacts}")
+    result = pytester.runpytest(f"--smalltown-artifacts={artifacts}", "--smalltown-max-nodes=3")
     result.assert_outcomes(passed=1, failed=1)
+    # Every node's kubelet, not only node 0's: the failing pod may be on any node.
     result.stdout.fnmatch_lines([
         "*smalltown console node0*", "*kubelet started*",
-        "*smalltown kube.kubelet (node0, last 25)*", "*kube.kubelet line 2*",
+        "*smalltown kube.kubelet (node0, last 25)*", "*node0 kube.kubelet line 2*",
+        "*smalltown kube.kubelet (node1, last 25)*", "*node1 kube.kubelet line 2*",
+        "*smalltown kube.kubelet (node2, last 25)*", "*could not read: node 2 is powered off*",
         "*smalltown artifacts*",
     ])  # fmt: skip
     (run,) = artifacts.iterdir()  # one directory per run
     (dump,) = run.iterdir()
     assert "test_broken" in dump.name
     assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
-    assert (dump / "components" / "containerd.log").read_text().startswith("containerd line 0")
+    components = dump / "components"
+    assert (components / "node0" / "containerd.log").read_text().startswith("node0 containerd line 0")
+    assert (components / "node1" / "kube.kubelet.log").read_text().startswith("node1 kube.kubelet line 0")
+    assert (components / "node2" / "unreadable.txt").read_text() == "node 2 is powered off\n"
     assert "test_fine" not in " ".join(p.name for p in run.iterdir())
 
 
