@@ -56,6 +56,12 @@ def wait_for(
     """
     stop_at_once: tuple[type[BaseException], ...] = (PodEndedError, *fatal)
 
+    def not_yet(error: BaseException) -> bool:
+        # Only an Exception means "not yet": KeyboardInterrupt (Ctrl-C, and the
+        # plugin's SIGTERM) raised inside ``check`` must end the wait, or an
+        # interrupted session would sit out the whole timeout.
+        return isinstance(error, Exception) and not isinstance(error, stop_at_once)
+
     def give_up(state: RetryCallState) -> T:
         detail = ""
         if describe is not None:
@@ -68,7 +74,7 @@ def wait_for(
         raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
     retrying = Retrying(
-        retry=retry_if_exception(lambda error: not isinstance(error, stop_at_once)) | retry_if_result(lambda r: not r),
+        retry=retry_if_exception(not_yet) | retry_if_result(lambda r: not r),
         wait=wait_fixed(interval),
         stop=stop_after_delay(timeout),
         retry_error_callback=give_up,

@@ -59,6 +59,12 @@ MOUNTS: tuple[tuple[str, str, str, int, str], ...] = (
     ("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
     ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    # CNI's state (libcni's cached ADD results, host-local's address reservations)
+    # describes pod sandboxes, and no sandbox outlives a boot. On disk it outlived
+    # a hard reset as empty files (written without fsync), and containerd then
+    # failed every StopPodSandbox of the dead pods with "failed to get network
+    # cached result", so kubelet never re-created them. A boot starts with none.
+    ("tmpfs", "/var/lib/cni", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700"),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "nsdelegate"),
     ("bpf", "/sys/fs/bpf", "bpf", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700"),
     ("securityfs", "/sys/kernel/security", "securityfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),

@@ -130,6 +130,19 @@ def test_wait_for_stops_at_once_on_a_terminal_pod() -> None:
     assert time.monotonic() - started < 10
 
 
+def test_wait_for_lets_an_interrupt_through_at_once() -> None:
+    """Ctrl-C (or the plugin's SIGTERM) inside a check ends the wait; it is not a "not yet"."""
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt("received signal 15")
+
+    with pytest.raises(KeyboardInterrupt):
+        wait_for("node n to be Ready after a new boot", check, timeout=30, interval=0.05)
+    assert len(calls) == 1
+
+
 def test_cluster_launch_error_names_phase_and_shows_consoles() -> None:
     error = ClusterLaunchError(
         ClusterSpec(2), "nodes-ready", TimeoutError("1 of 2 nodes Ready"),
