@@ -81,6 +81,10 @@ def test_hold_cluster(smalltown_cluster):
 '''
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def processes_with(token: str) -> list[str]:
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if token in line and "ps -eo" not in line]
@@ -102,6 +106,10 @@ def test_nothing_survives_the_session(tmp_path: Path, accel: str, how: signal.Si
         text=True,
         env=env,
         start_new_session=True,  # like a terminal job; signals go to pytest itself
+        # A terminal job's Ctrl-C is not ignored. A shell that starts this run in the
+        # background (nohup, `cmd &` in a script) ignores SIGINT for it, and Python
+        # then installs no KeyboardInterrupt handler: undo that for the session under test.
+        preexec_fn=default_sigint,
     )
     workdir: Path | None = None
     blocked = False
