@@ -44,7 +44,10 @@ class BootedNode:
         return "\n".join(self.vm.console_tail(n))
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: a Ready node under TCG keeps more than a core busy even when
+# no test uses it, and as a session fixture it ran on through every later module, doubling
+# the cold boots of test_snapshots.py beside it.
+@pytest.fixture(scope="module")
 def node() -> Iterator[BootedNode]:
     from pytest_smalltown.images.node import build_node_image
     from pytest_smalltown.launch.qemu import DirectBoot, Disk, UserNic, VMConfig, random_mac
@@ -95,7 +98,7 @@ def wait_condition(node: BootedNode, name: str, timeout: float) -> float:
     raise AssertionError(f"condition {name} not true after {timeout:.0f}s; serial tail:\n{node.serial_tail()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_client(node: BootedNode, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from kubernetes import client, config
 
