@@ -54,9 +54,10 @@ def report_sections(cluster: EvidenceSource, namespace: str | None) -> list[tupl
     for node, client in _node_debug_clients(cluster):
         for component in REPORT_COMPONENTS:
             title = f"smalltown {component} ({node}, last {REPORT_LINES})"
+            if isinstance(client, Exception):
+                sections.append((title, f"(could not read: {client})"))
+                continue
             try:
-                if isinstance(client, Exception):
-                    raise client
                 lines = client.component_logs(component, REPORT_LINES, retry_for=EVIDENCE_RETRY_SECONDS)
                 sections.append((title, "\n".join(lines)))
             except Exception as error:  # noqa: BLE001

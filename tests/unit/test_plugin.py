@@ -254,11 +254,10 @@ import pytest
 class FakeDebug:
     def __init__(self, node="node0"):
         self.node = node
-        self.closed = False
     def component_logs(self, component, tail=0, retry_for=None):
         return [f"{self.node} {component} line {i}" for i in range(3)]
     def close(self):
-        self.closed = True
+        pass
 
 class EvidenceCluster:
     debug = FakeDebug()
