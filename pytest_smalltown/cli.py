@@ -130,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from pytest_smalltown.spec import MAX_NODES
+    from pytest_smalltown.contract import MAX_NODES
 
     if not 1 <= args.nodes <= MAX_NODES:
         print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
@@ -281,7 +281,7 @@ def cmd_dbg_logs(args: argparse.Namespace) -> int:
             for text in debug.component_logs(args.component, args.tail):
                 print(text)
     except grpc.RpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
@@ -337,7 +337,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     """Run e2e.test against a new reference cluster (closed afterwards) or the one of ``--kubeconfig``."""
     from pytest_smalltown.conformance import ConformanceError, build_suite, run_conformance, smoke_focus
     from pytest_smalltown.images.gobuild import GoBuildError
-    from pytest_smalltown.spec import MAX_NODES
+    from pytest_smalltown.contract import MAX_NODES
 
     if args.smoke and args.focus:
         print("--smoke and --focus both choose the specs; give one of them", file=sys.stderr)

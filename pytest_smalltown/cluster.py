@@ -411,7 +411,7 @@ def _wait_debug_service(debug: DebugClient, phases: _Phases, timeout: float) -> 
         try:
             debug.stub.GetCondition(request, timeout=5)
         except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return False
         return True  # it answered, if only to say no
 

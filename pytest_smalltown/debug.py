@@ -89,7 +89,7 @@ class DebugClient:
             raise state.outcome.exception()  # type: ignore[misc]
 
         def retryable(error: BaseException) -> bool:
-            return isinstance(error, grpc.RpcError) and error.code() in retry_on  # type: ignore[attr-defined]
+            return isinstance(error, grpc.RpcError) and error.code() in retry_on
 
         retrying = Retrying(
             retry=retry_if_exception(retryable),
@@ -104,7 +104,9 @@ class DebugClient:
     ) -> str:
         """A kubeconfig for ``user``/``groups`` signed by the cluster CA (server 127.0.0.1:6443)."""
         request = debug_pb2.GetDebugKubeconfigRequest(id=user, groups=list(groups))
-        return self.call(lambda: self.stub.GetDebugKubeconfig(request, timeout=30), retry_for).debug_kubeconfig
+        reply: debug_pb2.GetDebugKubeconfigResponse = self.call(
+            lambda: self.stub.GetDebugKubeconfig(request, timeout=30), retry_for)
+        return reply.debug_kubeconfig
 
     def component_logs(self, component: str, tail: int = 0, retry_for: float | None = None) -> list[str]:
         """The buffered lines of ``component`` (all of them for ``tail=0``)."""
@@ -114,7 +116,8 @@ class DebugClient:
     def condition(self, name: str) -> bool:
         """Whether condition ``name`` holds right now."""
         request = debug_pb2.GetConditionRequest(name=name)
-        return self.call(lambda: self.stub.GetCondition(request, timeout=10)).ok
+        reply: debug_pb2.GetConditionResponse = self.call(lambda: self.stub.GetCondition(request, timeout=10))
+        return reply.ok
 
     def wait_condition(self, name: str, timeout: float, interval: float = 0.5) -> None:
         """Poll until ``name`` holds; :class:`~pytest_smalltown.kube.WaitTimeoutError` naming the condition otherwise.
@@ -128,7 +131,7 @@ class DebugClient:
             try:
                 return bool(self.stub.GetCondition(request, timeout=10).ok)
             except grpc.RpcError as error:
-                if error.code() in RETRYABLE:  # type: ignore[attr-defined]
+                if error.code() in RETRYABLE:
                     return False
                 raise
 
@@ -139,7 +142,9 @@ class DebugClient:
     ) -> enrolment_pb2.GoldenTicket:
         """Credentials for a new node that will have ``external_ip`` (an etcd member too with ``join_consensus``)."""
         request = debug_pb2.GetGoldenTicketRequest(external_ip=external_ip, join_consensus=join_consensus)
-        return self.call(lambda: self.stub.GetGoldenTicket(request, timeout=30), retry_for).ticket
+        reply: debug_pb2.GetGoldenTicketResponse = self.call(
+            lambda: self.stub.GetGoldenTicket(request, timeout=30), retry_for)
+        return reply.ticket
 
     def reboot(self) -> None:
         """Ask the node to reboot gracefully; returns once it has accepted (it goes down a moment later).
@@ -176,7 +181,7 @@ class DebugClient:
             self.call(lambda: self.stub.LoadImage(_archive_parts(path), timeout=deadline), retry_for,
                       retry_on={grpc.StatusCode.UNAVAILABLE})  # fmt: skip
         except grpc.RpcError as error:
-            raise ImageLoadError(path, error.code(), error.details()) from error  # type: ignore[attr-defined]
+            raise ImageLoadError(path, error.code(), error.details() or "") from error
 
     def logs(
         self,
@@ -222,7 +227,7 @@ class DebugClient:
                 if regex.search(line.text):
                     return line
         except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
         finally:
             stream.close()

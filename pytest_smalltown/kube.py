@@ -98,7 +98,8 @@ def write_kubeconfig(kubeconfig_yaml: str, api_port: int, path: Path) -> Path:
 
 def api_client(kubeconfig_path: Path) -> k8s.ApiClient:
     """An ApiClient for exactly this kubeconfig (no global configuration involved)."""
-    return k8s_config.new_client_from_config(config_file=str(kubeconfig_path))
+    client: k8s.ApiClient = k8s_config.new_client_from_config(config_file=str(kubeconfig_path))
+    return client
 
 
 def node_ready(node: Any) -> bool:

@@ -96,7 +96,8 @@ def allocate_free_port() -> int:
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def conflict_free_port_map(ports: Iterable[int]) -> PortMap:

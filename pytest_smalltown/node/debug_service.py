@@ -142,7 +142,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         #: Starts a graceful reboot in the background (None: this node cannot reboot itself).
         self.reboot = reboot
 
-    def GetDebugKubeconfig(self, request, context):  # type: ignore[no-untyped-def]
+    def GetDebugKubeconfig(self, request: debug_pb2.GetDebugKubeconfigRequest, context: grpc.ServicerContext) -> debug_pb2.GetDebugKubeconfigResponse:
         if not request.id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id (the client certificate CN) is required")
         try:
@@ -153,7 +153,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return debug_pb2.GetDebugKubeconfigResponse(debug_kubeconfig=text)
 
-    def GetComponentLogs(self, request, context):  # type: ignore[no-untyped-def]
+    def GetComponentLogs(self, request: debug_pb2.GetComponentLogsRequest, context: grpc.ServicerContext) -> debug_pb2.GetComponentLogsResponse:
         path = component_path(request.component_path)
         if not path:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "component_path is empty")
@@ -163,7 +163,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
                           f"no component {path!r}; known: {', '.join(self.logs.names())}")
         return debug_pb2.GetComponentLogsResponse(line=buf.lines(int(request.tail_lines)))
 
-    def GetCondition(self, request, context):  # type: ignore[no-untyped-def]
+    def GetCondition(self, request: debug_pb2.GetConditionRequest, context: grpc.ServicerContext) -> debug_pb2.GetConditionResponse:
         try:
             ok = self.conditions.get(request.name)
         except KeyError:
@@ -171,7 +171,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
                           f"no condition {request.name!r}; known: {', '.join(self.conditions.names())}")
         return debug_pb2.GetConditionResponse(ok=ok)
 
-    def GetGoldenTicket(self, request, context):  # type: ignore[no-untyped-def]
+    def GetGoldenTicket(self, request: debug_pb2.GetGoldenTicketRequest, context: grpc.ServicerContext) -> debug_pb2.GetGoldenTicketResponse:
         try:
             ticket = self.ticket(request.external_ip, request.join_consensus)
         except InvalidTicketRequest as exc:
@@ -182,7 +182,9 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return debug_pb2.GetGoldenTicketResponse(ticket=ticket)
 
-    def GetLogs(self, request, context) -> Iterator[debug_pb2.GetLogsResponse]:  # type: ignore[no-untyped-def]
+    def GetLogs(
+        self, request: debug_pb2.GetLogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[debug_pb2.GetLogsResponse]:
         backlog = request.backlog_mode
         stream = request.stream_mode
         if backlog not in (debug_pb2.BACKLOG_DISABLE, debug_pb2.BACKLOG_ALL, debug_pb2.BACKLOG_COUNT):
@@ -224,7 +226,9 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
             if matching:
                 yield debug_pb2.GetLogsResponse(stream_entries=matching)
 
-    def LoadImage(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    def LoadImage(
+        self, request_iterator: Iterator[debug_pb2.ImagePart], context: grpc.ServicerContext
+    ) -> debug_pb2.LoadImageResponse:
         loader = self.images
         if loader is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -269,7 +273,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         return debug_pb2.LoadImageResponse()
 
 
-    def Reboot(self, request, context):  # type: ignore[no-untyped-def]
+    def Reboot(self, request: debug_pb2.RebootRequest, context: grpc.ServicerContext) -> debug_pb2.RebootResponse:
         if self.reboot is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "this node agent is not the machine's init and cannot reboot it")
