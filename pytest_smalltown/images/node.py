@@ -55,7 +55,8 @@ from pytest_smalltown.images import debian, gobuild, oci
 from pytest_smalltown.launch.reaper import run_supervised
 from pytest_smalltown.images.cache import Progress, cache_root, cached_build, file_digest, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
-from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
+from pytest_smalltown.images.kernel import MODULE_LIST, Kernel, add_modules, get_kernel
+from pytest_smalltown.template import render
 
 SUITE = "bookworm"
 
@@ -149,19 +150,14 @@ KUBE_LINKS: tuple[str, ...] = (
 
 #: Our Python that runs in the node (only these; the rest is host-side).
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-NODE_PYTHON: tuple[str, ...] = ("__init__.py", "contract.py", "api", "node")
+NODE_PYTHON: tuple[str, ...] = ("__init__.py", "contract.py", "template.py", "api", "node")
+#: What of those directories the node needs: code, and the scripts and templates the agent renders.
+NODE_FILE_SUFFIXES: tuple[str, ...] = (".py", ".pyi", ".sh", ".toml")
 
 AGENT_PATH = "/opt/smalltown/bin/smalltown-agent"
-AGENT_SCRIPT = """#!/bin/sh
-# The reference node's init (started by tini as PID 1's only child).
-PYTHONPATH=/opt/smalltown/lib:/opt/smalltown/site
-# Unbuffered: the console is the agent's log. No bytecode writes: everything is
-# compiled at build time and the disk is a throw-away snapshot anyway.
-PYTHONUNBUFFERED=1
-PYTHONDONTWRITEBYTECODE=1
-export PYTHONPATH PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE
-exec python3 -m pytest_smalltown.node "$@"
-"""
+FILES_DIR = Path(__file__).parent / "files"
+#: The init that tini starts (it runs our agent with the in-image Python path).
+AGENT_SCRIPT = (FILES_DIR / "smalltown-agent.sh").read_text()
 
 #: Free space on the disk beyond the rootfs, for containerd's content and
 #: snapshots and etcd's data. The file is sparse: it costs only what is written.
@@ -175,44 +171,8 @@ JOURNAL_MIB = 32
 #: dead init into a QEMU exit instead of a hang.
 CMDLINE = "console=ttyS0 panic=-1 loglevel=4 mitigations=off"
 
-INIT_SCRIPT = r"""#!/bin/busybox sh
-# smalltown node initramfs: load modules, mount the disk, switch to the agent.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /proc /sys /dev /newroot
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-
-fail() {
-    echo "smalltown-init: $*" >/dev/console
-    if grep -q smalltown.debug_shell /proc/cmdline; then exec sh; fi
-    exit 1  # panic=-1 and -no-reboot: QEMU exits instead of hanging
-}
-
-while read -r module; do
-    insmod "$module" 2>/dev/null || echo "smalltown-init: insmod $module failed" >/dev/console
-done < /etc/modules-load-order
-
-root=/dev/vda
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in smalltown.root=*) root="${arg#smalltown.root=}" ;; esac
-done
-i=0
-while [ ! -b "$root" ]; do
-    i=$((i + 1))
-    [ "$i" -gt 100 ] && fail "no root disk $root after 10s"
-    sleep 0.1
-done
-mount -t ext4 -o rw,noatime "$root" /newroot || fail "cannot mount $root"
-[ -x /newroot/AGENT ] || fail "$root has no AGENT"
-for fs in dev proc sys; do
-    mkdir -p "/newroot/$fs"
-    mount --move "/$fs" "/newroot/$fs" || fail "cannot move /$fs"
-done
-echo "smalltown-init: switching root to $root" >/newroot/dev/console
-exec switch_root /newroot /usr/bin/tini -s -- AGENT
-""".replace("AGENT", AGENT_PATH)
+#: The initramfs's /init: load :data:`BOOT_MODULES`, mount the disk, switch root to the agent.
+INIT_SCRIPT = render(FILES_DIR / "node-init.sh", AGENT_PATH=AGENT_PATH, MODULE_LIST=MODULE_LIST)
 
 
 T = TypeVar("T")
@@ -396,7 +356,7 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
 # --- stage 3: the disk and the initramfs ----------------------------------------
 
 def python_sources(package_root: Path = PACKAGE_ROOT) -> dict[str, bytes]:
-    """Our in-node Python files, ``{path relative to the package: contents}``.
+    """Our in-node files (Python, and the agent's scripts and templates), ``{path relative to the package: contents}``.
 
     ``node/`` may not exist yet in a checkout; whatever is there is copied and hashed.
     """
@@ -407,7 +367,7 @@ def python_sources(package_root: Path = PACKAGE_ROOT) -> dict[str, bytes]:
             files[name] = path.read_bytes()
         elif path.is_dir():
             for file in sorted(path.rglob("*")):
-                if file.is_file() and "__pycache__" not in file.parts and file.suffix in (".py", ".pyi"):
+                if file.is_file() and "__pycache__" not in file.parts and file.suffix in NODE_FILE_SUFFIXES:
                     files[str(file.relative_to(package_root))] = file.read_bytes()
     return files
 

@@ -27,6 +27,7 @@ from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, add_modules, get_kernel
+from pytest_smalltown.template import render
 
 TINY_MODULES = ["virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng", "qemu_fw_cfg"]
 
@@ -35,73 +36,7 @@ READY_LINE = "tinyvm: ready"
 #: First line the init script prints (used to time "launch to first serial line").
 HELLO_LINE = "tinyvm: init"
 
-INIT_SCRIPT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "tinyvm: init"
-for module in $(cat MODULE_LIST); do insmod "$module" 2>/dev/null; done
-
-opt() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^tiny\.$1=//p" | tail -n 1; }
-NAME=$(opt name); NAME=${NAME:-tiny}
-hostname "$NAME"
-ip link set lo up
-
-IP=$(opt ip)
-if [ -n "$IP" ]; then
-    ip link set eth0 up
-    if [ "$IP" = dhcp ]; then
-        cat > /bin/dhcp-event <<'EOS'
-#!/bin/sh
-if [ "$1" = bound ] || [ "$1" = renew ]; then
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${router%% *}"
-fi
-EOS
-        chmod +x /bin/dhcp-event
-        udhcpc -i eth0 -s /bin/dhcp-event -q -t 20 -T 1 >/dev/null 2>&1
-    else
-        ip addr add "$IP" dev eth0
-    fi
-    echo "tinyvm: ip $(ip -4 -o addr show dev eth0 | awk '{print $4}' | head -n 1)"
-fi
-
-for port in $(opt serve | tr ',' ' '); do
-    (while true; do echo "tinyvm $NAME port $port" | nc -l -p "$port" >/dev/null 2>&1; done) &
-done
-
-PING=$(opt ping)
-if [ -n "$PING" ]; then
-    if ping -c 1 -W 3 "$PING" >/dev/null 2>&1 || ping -c 1 -W 3 "$PING" >/dev/null 2>&1; then
-        echo "tinyvm: ping $PING ok"
-    else
-        echo "tinyvm: ping $PING fail"
-    fi
-fi
-
-CONNECT=$(opt connect)
-if [ -n "$CONNECT" ]; then
-    if echo "tinyvm $NAME" | nc -w 3 "${CONNECT%:*}" "${CONNECT##*:}" >/dev/null 2>&1; then
-        echo "tinyvm: connect $CONNECT ok"
-    else
-        echo "tinyvm: connect $CONNECT fail"
-    fi
-fi
-
-[ -e /sys/class/tpm/tpm0 ] && echo "tinyvm: tpm $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null)"
-
-FWCFG=$(opt fwcfg)
-if [ -n "$FWCFG" ]; then
-    echo "tinyvm: fwcfg $(md5sum < "/sys/firmware/qemu_fw_cfg/by_name/$FWCFG/raw" | cut -d' ' -f1)"
-fi
-
-echo "tinyvm: ready"
-[ "$(opt poweroff)" = 1 ] && poweroff -f
-while true; do sleep 3600; done
-""".replace("MODULE_LIST", MODULE_LIST)
+INIT_SCRIPT = render(Path(__file__).parent / "files" / "tinyvm-init.sh", MODULE_LIST=MODULE_LIST)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from pytest_smalltown import contract
 from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.consensus import peer_url
+from pytest_smalltown.template import render
 
 
 #: Common name of the aggregator's client certificate (front proxy).
@@ -222,46 +223,18 @@ def scheduler_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
     ]
 
 
-CONTAINERD_CONFIG = """\
-# Written by the Smalltown node agent.
-version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{socket}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{cni_conf}"
-"""
+CONTAINERD_CONFIG = Path(__file__).parent / "files" / "containerd.toml"
 
 
 def containerd_config(cfg: AgentConfig) -> str:
-    return CONTAINERD_CONFIG.format(
-        root=cfg.containerd_root,
-        state=cfg.containerd_state,
-        socket=cfg.containerd_socket,
-        pause=contract.PAUSE_IMAGE,
-        cni_bin=cfg.cni_bin_dir,
-        cni_conf=cfg.cni_conf_dir,
+    return render(
+        CONTAINERD_CONFIG,
+        ROOT=str(cfg.containerd_root),
+        STATE=str(cfg.containerd_state),
+        SOCKET=str(cfg.containerd_socket),
+        PAUSE=contract.PAUSE_IMAGE,
+        CNI_BIN=str(cfg.cni_bin_dir),
+        CNI_CONF=str(cfg.cni_conf_dir),
     )
 
 

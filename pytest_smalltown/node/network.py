@@ -22,36 +22,9 @@ from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
-UDHCPC_SCRIPT = r"""#!/bin/sh
-# udhcpc event script, written by the Smalltown node agent.
-LEASE="@LEASE@"
-RESOLV="@RESOLV@"
-case "$1" in
-deconfig)
-    ip -4 addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-bound|renew)
-    [ "$1" = bound ] && ip -4 addr flush dev "$interface"
-    ip addr replace "$ip/${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then
-        set -- $router
-        ip route replace default via "$1" dev "$interface"
-    fi
-    if [ -n "$dns" ]; then
-        : > "$RESOLV.tmp"
-        [ -n "$domain" ] && echo "search $domain" >> "$RESOLV.tmp"
-        for s in $dns; do echo "nameserver $s" >> "$RESOLV.tmp"; done
-        mv "$RESOLV.tmp" "$RESOLV"
-    fi
-    {
-        echo "interface=$interface"; echo "ip=$ip"; echo "mask=$mask"
-        echo "router=$router"; echo "dns=$dns"; echo "domain=$domain"; echo "lease=$lease"
-    } > "$LEASE.tmp" && mv "$LEASE.tmp" "$LEASE"
-    ;;
-esac
-exit 0
-"""
+from pytest_smalltown.template import render
+
+UDHCPC_SCRIPT = Path(__file__).parent / "files" / "udhcpc.sh"
 
 
 @dataclass(frozen=True)
@@ -69,7 +42,7 @@ class Lease:
 
 def write_udhcpc_script(path: Path, lease_file: Path, resolv_conf: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = UDHCPC_SCRIPT.replace("@LEASE@", str(lease_file)).replace("@RESOLV@", str(resolv_conf))
+    text = render(UDHCPC_SCRIPT, LEASE=str(lease_file), RESOLV=str(resolv_conf))
     path.write_text(text)
     path.chmod(0o755)
 

@@ -218,7 +218,8 @@ def test_initramfs_loads_modules_and_switches_to_the_agent(tmp_path: Path) -> No
     assert names.index("crc32c_generic") < names.index("ext4")  # ext4's crc32c is only a softdep
     init = image._entries["/init"][1].decode()
     assert init.startswith("#!/bin/busybox sh\n")
-    assert "exec switch_root /newroot /usr/bin/tini -s -- /opt/smalltown/bin/smalltown-agent" in init
+    assert 'agent="/opt/smalltown/bin/smalltown-agent"' in init and f'module_list="{MODULE_LIST}"' in init
+    assert 'exec switch_root /newroot /usr/bin/tini -s -- "$agent"' in init
     # The archive really is gzip'd newc with the init executable.
     out = tmp_path / "initramfs.gz"
     image.write(out)
