@@ -68,9 +68,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_smalltown.images import debian, gobuild, node, oci
+from pytest_smalltown.images import debian, gobuild, oci, rootfs
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
+from pytest_smalltown.images.tools import BuildError, require_tool
 from pytest_smalltown.launch.reaper import run_supervised
 
 E2E = "registry.k8s.io/e2e-test-images"
@@ -158,7 +159,7 @@ HTTPD_INDEX = b"<html><body><h1>It works!</h1></body></html>\n"
 NGINX_INDEX = b"<!DOCTYPE html>\n<html><head><title>nginx stand-in</title></head><body>ok</body></html>\n"
 
 
-class ConformanceImageError(RuntimeError):
+class ConformanceImageError(BuildError):
     """A conformance image could not be built."""
 
 
@@ -177,7 +178,7 @@ def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text
         Path(__file__), Path(oci.__file__), oci.FILES_DIR, AGNHOST_MODULE, SAMPLE_APISERVER_MODULE,
         gobuild.program_key(gobuild.PROGRAMS["etcd"], go_version),
         gobuild.program_key(gobuild.PROGRAMS["coredns"], go_version),
-        go_version, env, GO_LDFLAGS, gcc, *versions, *node.DPKG_OPTIONS, node.SUITE, sources_text,
+        go_version, env, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
         repr(CONFORMANCE_IMAGES), busybox, "conformance-v2",
     ])
 
@@ -192,7 +193,7 @@ def resolved_versions() -> list[str]:
 
 def busybox_suite() -> debian.Suite:
     """Debian's :data:`BUSYBOX_SUITE`, from the mirror the host's apt uses."""
-    return debian.Suite(BUSYBOX_SUITE, debian.host_mirror(node.SUITE))
+    return debian.Suite(BUSYBOX_SUITE, debian.host_mirror(rootfs.SUITE))
 
 
 def busybox_source_version(progress: Progress = stderr_progress) -> str:
@@ -270,9 +271,7 @@ def build_busybox(version: str, gcc: str, progress: Progress = stderr_progress) 
     def build(out: Path) -> None:
         for tool, package in (("make", "make"), ("gcc", "gcc libc6-dev"), ("bzip2", "bzip2"), ("xz", "xz-utils"),
                               ("patch", "patch")):
-            if shutil.which(tool) is None:
-                raise ConformanceImageError(f"'{tool}' is not installed; the conformance busybox is built from "
-                                            f"Debian's source (apt-get install {package}, or run scripts/setup-host)")
+            require_tool(tool, "the conformance busybox is built from Debian's source", package)
         with tempfile.TemporaryDirectory(prefix="smalltown-busybox-") as tmp:
             progress(f"fetching Debian {BUSYBOX_SUITE}'s {BUSYBOX_SOURCE} source {version}")
             source = debian.fetch_source(busybox_suite(), BUSYBOX_SOURCE, version, Path(tmp) / "src")
@@ -364,7 +363,7 @@ def mmdebstrap_argv(target: Path, sources: list[str]) -> list[str]:
     alternatives, ``ping``'s capabilities and the ld.so cache), and mmdebstrap is
     what the node rootfs is made with already.
     """
-    return node.mmdebstrap_argv(target, sources, TOOLS_PACKAGES, hook_dirs=(MERGED_USR_HOOK,))
+    return rootfs.mmdebstrap_argv(target, sources, TOOLS_PACKAGES, hook_dirs=(MERGED_USR_HOOK,))
 
 
 PATH_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
@@ -407,14 +406,12 @@ def _clean_rootfs(root: Path) -> None:
 
 def debian_layer(sources: list[str], progress: Progress = stderr_progress) -> Layer:
     """The shared Debian userland, made with mmdebstrap and tarred reproducibly."""
-    if shutil.which("mmdebstrap") is None:
-        raise ConformanceImageError("'mmdebstrap' is not installed; the conformance images' Debian "
-                                    "layer is made with it (apt-get install mmdebstrap)")
+    require_tool("mmdebstrap", "the conformance images' Debian layer is made with it", "mmdebstrap")
     if os.geteuid() != 0:
         raise ConformanceImageError("building the conformance images needs root (mmdebstrap --mode=root)")
     with tempfile.TemporaryDirectory(prefix="smalltown-conformance-") as tmp:
         root = Path(tmp) / "rootfs"
-        progress(f"mmdebstrap {node.SUITE} with {', '.join(TOOLS_PACKAGES)}")
+        progress(f"mmdebstrap {rootfs.SUITE} with {', '.join(TOOLS_PACKAGES)}")
         started = time.monotonic()
         proc = subprocess.run(mmdebstrap_argv(root, sources), capture_output=True, text=True,
                               env={**os.environ, "SOURCE_DATE_EPOCH": "0"})
@@ -555,7 +552,7 @@ def build_conformance_archive(progress: Progress = stderr_progress) -> Path:
     gcc = oci.gcc_version()
     versions = resolved_versions()
     busybox_version = busybox_source_version(progress)
-    sources = node.host_debian_sources()
+    sources = rootfs.host_debian_sources()
     sources_text = "".join(Path(source).read_text() for source in sources)
     key = archive_key(go_version, gcc, versions, sources_text, busybox_key(busybox_version, gcc))
 

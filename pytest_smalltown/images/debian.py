@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, remembered, stderr_progress
+from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
 from pytest_smalltown.launch.reaper import run_supervised
 
 #: What apt resolves candidate versions from: its package lists, sources, pins
@@ -40,15 +41,8 @@ APT_STATE: tuple[str, ...] = (
 )
 
 
-class PackageError(RuntimeError):
+class PackageError(BuildError):
     """A Debian package could not be resolved or fetched."""
-
-
-def _require_tool(name: str, hint: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise PackageError(f"'{name}' is not installed; {hint}")
-    return path
 
 
 def parse_show(show_output: str) -> dict[str, dict[str, str]]:
@@ -86,7 +80,7 @@ def apt_state() -> str:
 
 def _ask_apt(packages: Sequence[str]) -> dict[str, dict[str, str]]:
     """What :func:`candidates` answers, from apt itself: one ``apt-cache`` call for all ``packages``."""
-    _require_tool("apt-cache", "images are built from Debian packages and need apt")
+    require_tool("apt-cache", "images are built from Debian packages", "apt")
     proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
     found = parse_show(proc.stdout)
     missing = [name for name in packages if name not in found]
@@ -125,7 +119,7 @@ def candidate(package: str) -> tuple[str, str]:
 
 def download(packages: list[str], dest: Path) -> list[Path]:
     """Download the ``.deb`` files of ``packages`` (no dependencies) into ``dest``."""
-    _require_tool("apt-get", "images are built from Debian packages and need apt")
+    require_tool("apt-get", "images are built from Debian packages", "apt")
     dest.mkdir(parents=True, exist_ok=True)
     # As root, apt downloads as the unprivileged _apt user, which cannot write
     # a private temp dir. Keep the directory private (another local user must
@@ -141,27 +135,21 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.deb"))
 
 
-def run_tool(argv: list[str], what: str) -> None:
-    """Run a packaging tool (dpkg-deb, depmod); a failure is a :class:`PackageError` with its output.
+#: What to do when dpkg-deb or dpkg-source fails on a package file.
+DAMAGED_PACKAGE_HINT = ("If the package file is damaged, run the build again (nothing half-built is kept); if the "
+                        "disk is full, free space under the cache directory (smalltown image prune).")
 
-    A bare CalledProcessError would say only the exit status; the tool's
-    own message (a truncated download, a full disk) is what tells the user
-    what to do.
-    """
-    proc = run_supervised(argv)
-    if proc.returncode != 0:
-        raise PackageError(
-            f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{(proc.stderr or proc.stdout).strip()[-2000:]}\n"
-            "If the package file is damaged, run the build again (nothing half-built is kept); if the disk is "
-            "full, free space under the cache directory (smalltown image prune)."
-        )
+
+def run_package_tool(argv: list[str], what: str) -> None:
+    """Run a packaging tool (dpkg-deb, dpkg-source, depmod): a failure is a :class:`PackageError` in its own words."""
+    run_tool(argv, what, hint=DAMAGED_PACKAGE_HINT, error=PackageError)
 
 
 def extract(deb: Path, dest: Path) -> None:
     """Unpack the files of ``deb`` into ``dest`` (no maintainer scripts run)."""
-    _require_tool("dpkg-deb", "images are built from Debian packages and need dpkg")
+    require_tool("dpkg-deb", "images are built from Debian packages", "dpkg")
     dest.mkdir(parents=True, exist_ok=True)
-    run_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")
+    run_package_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")
 
 
 #: Debian's statically linked busybox: the tiny VM's, the node initramfs's and the test image's userland.
@@ -355,7 +343,7 @@ class PrivateApt:
     """apt for :class:`Suite` ``suite`` with all its configuration and state in ``root`` (see :func:`private_apt`)."""
 
     def __init__(self, suite: Suite, root: Path, kinds: Sequence[str] = ("deb-src",)) -> None:
-        _require_tool("apt-get", "another Debian suite's packages are fetched with apt")
+        require_tool("apt-get", "another Debian suite's packages are fetched with it", "apt")
         if not os.path.exists(suite.keyring):
             raise PackageError(f"{suite.keyring} is missing; apt checks {suite.name}'s index against it "
                                "(apt-get install debian-archive-keyring)")
@@ -477,11 +465,11 @@ def fetch_source(suite: Suite, package: str, version: str, dest: Path) -> Path:
     Debian's patches applied as ``dpkg-source -x`` does; the downloaded files
     stay in ``dest``.
     """
-    _require_tool("dpkg-source", "source packages are unpacked with it (apt-get install dpkg-dev)")
+    require_tool("dpkg-source", "source packages are unpacked with it", "dpkg-dev")
     with private_apt(suite) as apt:
         dsc = apt.download_source(package, version, dest)
     tree = dest / "source"
-    run_tool(["dpkg-source", "--no-copy", "-x", str(dsc), str(tree)], f"unpacking {dsc.name}")
+    run_package_tool(["dpkg-source", "--no-copy", "-x", str(dsc), str(tree)], f"unpacking {dsc.name}")
     if not tree.is_dir():
         raise PackageError(f"dpkg-source -x {dsc.name} made no {tree}")
     return tree

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pytest_smalltown.launch.reaper import run_supervised
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stat_signature, stderr_progress
+from pytest_smalltown.images.tools import BuildError
 
 GO_DIR = Path(__file__).parent / "go"
 
@@ -122,7 +123,7 @@ HOST_PROGRAMS: dict[str, GoProgram] = {
 }
 
 
-class GoBuildError(RuntimeError):
+class GoBuildError(BuildError):
     """The Go toolchain is missing or a build failed."""
 
 

@@ -9,7 +9,6 @@ dependency order at boot (:func:`add_modules`).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
+from pytest_smalltown.images.tools import require_tool
 
 KERNEL_PACKAGE = "linux-image-amd64"
 
@@ -58,12 +58,11 @@ def get_kernel(progress: Progress = stderr_progress) -> Kernel:
             debian.extract(deb, out / "root")
         release = package.removeprefix("linux-image-")
         # The package ships no modules.dep: depmod makes it at install time.
-        debian.run_tool(["depmod", "-b", str(out / "root"), release], f"depmod for {release}")
+        debian.run_package_tool(["depmod", "-b", str(out / "root"), release], f"depmod for {release}")
         (out / "release").write_text(release)
         (out / "version").write_text(version)
 
-    if shutil.which("depmod") is None:
-        raise debian.PackageError("'depmod' is not installed; install Debian's kmod package")
+    require_tool("depmod", "the kernel's module index is made with it", "kmod")
     root = cached_build("kernel", key, build, progress)
     release = (root / "release").read_text()
     return Kernel(

@@ -6,11 +6,8 @@ and a raw ext4 disk used as a throw-away snapshot. The build has stages, each
 cached on its own (:func:`cache.cached_build`) so that a change only redoes
 what depends on it:
 
-1. ``node-rootfs``: ``mmdebstrap`` of bookworm with containerd, runc, the CNI
-   plugins, iptables/nftables, Python 3 and the exact host versions of our
-   agent's wheels (gRPC, protobuf, cryptography). Slow (downloads), rarely
-   changes: keyed by the package list, the versions apt resolves for it and
-   the wheel versions.
+1. ``node-rootfs`` (:mod:`~pytest_smalltown.images.rootfs`): Debian bookworm
+   with containerd, runc, the CNI plugins, Python 3 and the agent's wheels.
 2. Go programs (:mod:`gobuild`) and preloaded container images (:mod:`oci`).
 3. ``node-image``: the rootfs plus the Go binaries, image archives and our
    Python packages, packed with ``mke2fs -d`` (no mounts, no root needed for
@@ -39,12 +36,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,68 +46,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from pytest_smalltown.images import debian, gobuild, oci
-from pytest_smalltown.launch.reaper import run_supervised
-from pytest_smalltown.images.cache import Progress, cache_root, cached_build, file_digest, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import Progress, cached_build, file_digest, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel, add_modules, get_kernel
+from pytest_smalltown.images.rootfs import build_rootfs
+from pytest_smalltown.images.tools import require_tool, run_tool
 from pytest_smalltown.template import render
-
-SUITE = "bookworm"
-
-#: Debian packages of the node rootfs (on top of the Essential set).
-ROOTFS_PACKAGES: tuple[str, ...] = (
-    "containerd",
-    "runc",
-    "containernetworking-plugins",
-    "iptables",
-    "nftables",
-    "iproute2",
-    "kmod",
-    "conntrack",
-    "socat",
-    "util-linux",
-    "mount",
-    "procps",
-    "ca-certificates",
-    "python3",
-    "libstdc++6",  # grpcio's wheel links against it
-    "tini",
-    "busybox-static",
-    "ethtool",
-    # The data partition of the UEFI image (images/uefi.py): LUKS2 with its
-    # key sealed to the TPM (node/datapart.py), ext4 inside.
-    "cryptsetup-bin",
-    "tpm2-tools",
-    "e2fsprogs",
-)
-
-#: dpkg filters: documentation, manuals and translations are dead weight on a
-#: test node (copyright files stay, they are the licences).
-DPKG_OPTIONS: tuple[str, ...] = (
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/locale/*",
-    "path-include=/usr/share/locale/locale.alias",
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/lintian/*",
-)
-
-#: Python distributions of the agent, installed as wheels at the host's versions
-#: (with their dependencies): the generated gRPC modules must match them.
-AGENT_WHEELS: tuple[str, ...] = ("grpcio", "protobuf", "cryptography")
-
-#: glibc of bookworm (2.36); wheels are picked for it, not for whatever the host
-#: runs. pip does not widen an explicit ``--platform`` to older glibc tags, so
-#: every compatible tag is listed, newest first.
-WHEEL_PLATFORMS: tuple[str, ...] = (
-    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)),
-    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64",
-)
-PYTHON_VERSION = "3.11"
-
-#: Bumped when the rootfs recipe changes in a way the other inputs don't show.
-ROOTFS_RECIPE = "node-rootfs-v3"
 
 #: Modules the initramfs loads before switching root. Beyond booting (virtio,
 #: ext4 and the crc32c it needs, fw_cfg for the enrolment file) these are what
@@ -178,10 +116,6 @@ INIT_SCRIPT = render(FILES_DIR / "node-init.sh", AGENT_PATH=AGENT_PATH, MODULE_L
 T = TypeVar("T")
 
 
-class NodeImageError(RuntimeError):
-    """A step of the node image build failed (the message says which and why)."""
-
-
 @dataclass(frozen=True)
 class NodeImage:
     """A bootable reference node: direct kernel boot of ``kernel`` + ``initramfs``, root on ``disk``."""
@@ -190,167 +124,6 @@ class NodeImage:
     initramfs: Path
     disk: Path
     cmdline: str
-
-
-def _require(tool: str, hint: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise NodeImageError(f"'{tool}' is not installed; {hint}")
-    return path
-
-
-def _run(argv: list[str], what: str, env: dict[str, str] | None = None,
-         input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = run_supervised(argv, env=env, input=input)
-    if proc.returncode != 0:
-        raise NodeImageError(f"{what} failed (exit {proc.returncode}): {' '.join(argv[:3])} ...\n"
-                             f"{(proc.stderr or proc.stdout)[-4000:]}")
-    return proc
-
-
-# --- stage 1: the Debian rootfs -------------------------------------------------
-
-def wheel_requirements(roots: tuple[str, ...] = AGENT_WHEELS) -> list[str]:
-    """``name==version`` pins for ``roots`` and their runtime dependencies, as installed on the host.
-
-    The host is where the gRPC modules were generated and the tests run, so the
-    node gets exactly the same versions. Dependencies are followed through the
-    installed metadata (markers evaluated for a CPython 3.11 Linux target).
-    """
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    environment = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".2",
-                   "platform_python_implementation": "CPython", "implementation_name": "cpython",
-                   "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                   "os_name": "posix", "extra": ""}
-    pins: dict[str, str] = {}
-    todo = list(roots)
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in pins:
-            continue
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            raise NodeImageError(
-                f"Python package {name!r} is not installed on this host; the node image installs the "
-                f"host's versions of {', '.join(AGENT_WHEELS)} (pip install pytest-smalltown)"
-            ) from None
-        pins[name] = dist.version
-        for spec in dist.requires or []:
-            req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate(environment):
-                todo.append(req.name)
-    return [f"{name}=={version}" for name, version in sorted(pins.items())]
-
-
-def host_debian_sources() -> list[str]:
-    """The host's apt source files for :data:`SUITE`, passed to mmdebstrap as its mirrors.
-
-    Our machines reach Debian only through their configured mirrors, so the
-    rootfs uses exactly those. On a host without bookworm sources mmdebstrap
-    falls back to its default (deb.debian.org plus updates and security).
-    """
-    candidates = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    found: list[str] = []
-    for path in candidates:
-        if path.suffix not in (".list", ".sources") or not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        if any(SUITE in line for line in lines):
-            found.append(str(path))
-    return found
-
-
-def resolved_versions(packages: tuple[str, ...] = ROOTFS_PACKAGES) -> list[str]:
-    """``name=version`` as apt on this host resolves each package (part of the rootfs key)."""
-    return debian.versions(packages)
-
-
-def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str:
-    """Cache key of the rootfs: the recipe and every resolved input version."""
-    return hash_inputs([ROOTFS_RECIPE, SUITE, *versions, *DPKG_OPTIONS, *wheels, *WHEEL_PLATFORMS,
-                        PYTHON_VERSION, sources_text])
-
-
-def mmdebstrap_argv(target: Path, sources: list[str], packages: tuple[str, ...] = ROOTFS_PACKAGES,
-                    hook_dirs: tuple[str, ...] = ()) -> list[str]:
-    """The mmdebstrap command line that makes a bookworm tree of ``packages`` in directory ``target``.
-
-    The node rootfs and the conformance images' Debian layer are both made
-    with it, so they get the same suite, dpkg path exclusions and apt options.
-    """
-    argv = ["mmdebstrap", "--mode=root", "--variant=essential", "--format=directory",
-            *(f"--hook-dir={hook}" for hook in hook_dirs), "--include=" + ",".join(packages)]
-    argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTIONS]
-    argv += ["--aptopt=Acquire::Languages \"none\""]
-    return argv + [SUITE, str(target), *sources]
-
-
-def _neutralise_host_files(root: Path) -> None:
-    """Replace what mmdebstrap copied from the build host (its name, its DNS server).
-
-    They would leak the builder's network into every node and make the image
-    depend on where it was built. The agent rewrites all of them at boot from
-    its identity and DHCP lease; they are plain files (not symlinks into /run)
-    so it can.
-    """
-    (root / "etc/hostname").write_text("smalltown\n")
-    (root / "etc/hostname").chmod(0o644)
-    resolv = root / "etc/resolv.conf"
-    resolv.unlink(missing_ok=True)
-    resolv.write_text("")
-    resolv.chmod(0o644)
-    (root / "etc/hosts").write_text(
-        "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
-        "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n"
-    )
-
-
-def build_rootfs(progress: Progress = stderr_progress) -> Path:
-    """Return the cached bookworm rootfs directory (stage 1), building it if needed.
-
-    Root and mmdebstrap are needed only to build it: a cached rootfs serves
-    any user.
-    """
-    versions = resolved_versions()
-    wheels = wheel_requirements()
-    sources = host_debian_sources()
-    sources_text = "".join(Path(s).read_text() for s in sources)
-    key = rootfs_key(versions, wheels, sources_text)
-
-    def build(out: Path) -> None:
-        _require("mmdebstrap", "the node rootfs is made with it (apt-get install mmdebstrap)")
-        if os.geteuid() != 0:
-            raise NodeImageError(
-                "building the node rootfs needs root (mmdebstrap --mode=root); build the images once as root "
-                f"into this cache, then run as yourself: sudo env SMALLTOWN_CACHE_DIR={cache_root()} smalltown "
-                "image build")
-        root = out / "rootfs"
-        progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
-        started = time.monotonic()
-        _run(mmdebstrap_argv(root, sources), "mmdebstrap")
-        progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
-        _neutralise_host_files(root)
-        inside = _run(["chroot", str(root), "python3", "-c",
-                       "import sys; print('%d.%d' % sys.version_info[:2])"], "python3 in rootfs").stdout.strip()
-        if inside != PYTHON_VERSION:
-            raise NodeImageError(f"rootfs python3 is {inside}, wheels are picked for {PYTHON_VERSION}")
-        progress(f"pip install --target /opt/smalltown/site {' '.join(wheels)}")
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-              "--no-deps", "--only-binary=:all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
-              "--python-version", PYTHON_VERSION, "--implementation", "cp",
-              "--target", str(root / "opt/smalltown/site"), *wheels], "pip install of the agent's wheels")
-        (out / "versions.txt").write_text("".join(line + "\n" for line in versions + wheels))
-        # The key covers the requested packages only; record the whole resolved
-        # set so that what a given image contains can always be looked up.
-        packages = _run(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"],
-                        "listing the rootfs packages").stdout
-        (out / "packages.txt").write_text(packages)
-
-    return cached_build("node-rootfs", key, build, progress) / "rootfs"
 
 
 # --- stage 3: the disk and the initramfs ----------------------------------------
@@ -405,7 +178,7 @@ def _copy_rootfs_modules(kernel: Kernel, root: Path) -> None:
     for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (kernel.modules_dir / meta).exists():
             shutil.copy2(kernel.modules_dir / meta, dest / meta)
-    _run(["depmod", "-b", str(root), kernel.release], "depmod in the rootfs")
+    run_tool(["depmod", "-b", str(root), kernel.release], "depmod in the rootfs")
 
 
 def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None:
@@ -418,15 +191,15 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
     (containerd's database then failed to open at every start). The kernel
     replays the journal at mount; the initramfs has no fsck.
     """
-    mke2fs = _require("mke2fs", "the node disk is made with it (apt-get install e2fsprogs)")
-    used = int(_run(["du", "-s", "--block-size=1", str(root)], "du").stdout.split()[0])
+    mke2fs = require_tool("mke2fs", "the node disk is made with it", "e2fsprogs")
+    used = int(run_tool(["du", "-s", "--block-size=1", str(root)], "du").stdout.split()[0])
     size_mib = (used * 13 // 10 + free_bytes) >> 20
     disk.unlink(missing_ok=True)
     journal_mib = max(4, min(JOURNAL_MIB, size_mib // 4))  # small test disks get a smaller one
     # The host's mke2fs.conf is ignored and every ext4 feature named, so that the
     # disk is the same whatever distribution builds it (and the 6.1 kernel reads it).
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "MKE2FS_CONFIG": "/dev/null"}
-    _run([mke2fs, "-q", "-F", "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
+    run_tool([mke2fs, "-q", "-F", "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
           "-b", "4096", "-I", "256", "-J", f"size={journal_mib}", "-i", "16384", "-L", "smalltown-root",
           "-U", "5a11c0de-0000-4000-8000-000000000001",
           "-E", "root_owner=0:0,hash_seed=5a11c0de-0000-4000-8000-000000000002,nodiscard",
@@ -476,7 +249,7 @@ def _assemble(staging: Path, kernel: Kernel, binaries: dict[str, Path], archives
     # Byte-compile with the node's own interpreter now: the disk is a throw-away
     # snapshot, so .pyc files written at boot would be lost and the agent's
     # imports recompiled under emulation on every boot.
-    _run(["chroot", str(staging), "python3", "-m", "compileall", "-q", "/opt/smalltown/lib"],
+    run_tool(["chroot", str(staging), "python3", "-m", "compileall", "-q", "/opt/smalltown/lib"],
          "byte-compiling the agent")
     _copy_rootfs_modules(kernel, staging)
 
@@ -518,7 +291,7 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
     def build(out: Path) -> None:
         staging = out / "staging"
         progress("assembling the node tree (hard-linked copy of the rootfs)")
-        _run(["cp", "-al", str(rootfs), str(staging)], "copying the rootfs")
+        run_tool(["cp", "-al", str(rootfs), str(staging)], "copying the rootfs")
         _assemble(staging, kernel, binaries, archives, sources, info, rootfs.parent / "packages.txt")
         progress("mke2fs -d (packing the disk image)")
         make_disk(staging, out / "disk.raw")

@@ -30,7 +30,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile
@@ -43,6 +42,7 @@ from typing import BinaryIO
 from pytest_smalltown.contract import PAUSE_IMAGE, TEST_IMAGE
 from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.tools import BuildError, require_tool
 
 #: Files copied into images (scripts); package data next to this module.
 FILES_DIR = Path(__file__).parent / "container_files"
@@ -64,7 +64,7 @@ BUSYBOX_APPLETS: tuple[str, ...] = (
 PAUSE_SOURCE = Path(__file__).parent / "files" / "pause.c"
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(BuildError):
     """An image could not be assembled from its parts."""
 
 
@@ -397,9 +397,7 @@ def pause_layer(pause: bytes) -> ImageLayer:
 
 def compile_pause(dest: Path, version: str) -> None:
     """Compile :data:`PAUSE_SOURCE` as a static, stripped binary at ``dest``."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise debian.PackageError("'gcc' is not installed; the pause image is a static C program (apt-get install gcc libc6-dev)")
+    gcc = require_tool("gcc", "the pause image is a static C program", "gcc libc6-dev")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "pause.c"
         shutil.copyfile(PAUSE_SOURCE, source)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from pytest_smalltown.images import debian
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.node import CMDLINE, NodeImageError, _require, _run, build_node_image
+from pytest_smalltown.images.node import CMDLINE, build_node_image
+from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
 
 #: Partition names (GPT labels). The agent finds the data partition by its name.
 ESP_NAME = "ESP"
@@ -58,6 +59,10 @@ DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"  # Linux file system data
 UEFI_RECIPE = "node-uefi-v1"
 
 
+class UefiImageError(BuildError):
+    """The UEFI disk could not be assembled (the message says which part and why)."""
+
+
 @dataclass(frozen=True)
 class PeLayout:
     """Where new sections may go in a PE image: past every existing one, aligned."""
@@ -79,16 +84,16 @@ def pe_layout(image: bytes) -> PeLayout:
     the stub's SectionAlignment, or the firmware's loader rejects the image.
     """
     if image[:2] != b"MZ":
-        raise NodeImageError("the EFI stub is not a PE file (no MZ header)")
+        raise UefiImageError("the EFI stub is not a PE file (no MZ header)")
     (pe_offset,) = struct.unpack_from("<I", image, 0x3C)
     if image[pe_offset:pe_offset + 4] != b"PE\0\0":
-        raise NodeImageError("the EFI stub is not a PE file (no PE signature)")
+        raise UefiImageError("the EFI stub is not a PE file (no PE signature)")
     coff = pe_offset + 4
     sections, optional_size = struct.unpack_from("<H12xH", image, coff + 2)
     optional = coff + 20
     (magic,) = struct.unpack_from("<H", image, optional)
     if magic != 0x20B:
-        raise NodeImageError(f"the EFI stub is not PE32+ (optional header magic {magic:#x})")
+        raise UefiImageError(f"the EFI stub is not PE32+ (optional header magic {magic:#x})")
     image_base, section_alignment = struct.unpack_from("<QI", image, optional + 24)
     table = optional + optional_size
     end = 0
@@ -104,7 +109,7 @@ def unified_kernel_image(stub: Path, parts: list[tuple[str, Path]], out: Path) -
     This is what ``ukify`` does (systemd 253 and later; bookworm has 252):
     each file becomes a section at the next free aligned virtual address.
     """
-    objcopy = _require("objcopy", "the unified kernel image is assembled with it (apt-get install binutils)")
+    objcopy = require_tool("objcopy", "the unified kernel image is assembled with it", "binutils")
     layout = pe_layout(stub.read_bytes())
     argv = [objcopy]
     offset = layout.align(layout.end_of_sections)
@@ -112,17 +117,17 @@ def unified_kernel_image(stub: Path, parts: list[tuple[str, Path]], out: Path) -
         argv += ["--add-section", f"{name}={path}",
                  "--change-section-vma", f"{name}={layout.image_base + offset:#x}"]  # fmt: skip
         offset = layout.align(offset + path.stat().st_size)
-    _run([*argv, str(stub), str(out)], "objcopy (assembling the unified kernel image)")
+    run_tool([*argv, str(stub), str(out)], "objcopy (assembling the unified kernel image)")
 
 
 def make_esp(uki: Path, esp: Path, size_mib: int = ESP_MIB) -> None:
     """Make ``esp``, a FAT32 file system holding ``uki`` as ``EFI/BOOT/BOOTX64.EFI`` (mtools: no mount)."""
-    mformat = _require("mformat", "the EFI system partition is made with it (apt-get install mtools)")
+    mformat = require_tool("mformat", "the EFI system partition is made with it", "mtools")
     with open(esp, "wb") as f:
         f.truncate(size_mib << 20)
-    _run([mformat, "-i", str(esp), "-F", "-N", "5a11c0de", "-v", "ESP", "::"], "mformat (the ESP)")
-    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd (the ESP's directories)")
-    _run(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy (the unified kernel image)")
+    run_tool([mformat, "-i", str(esp), "-F", "-N", "5a11c0de", "-v", "ESP", "::"], "mformat (the ESP)")
+    run_tool(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd (the ESP's directories)")
+    run_tool(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy (the unified kernel image)")
 
 
 @dataclass(frozen=True)
@@ -154,15 +159,15 @@ def sfdisk_script(partitions: list[Partition]) -> str:
 
 def make_gpt_disk(esp: Path, root: Path, disk: Path) -> list[Partition]:
     """Write ``disk``: a sparse GPT disk with ``esp`` and ``root`` copied in and an empty data partition."""
-    sfdisk = _require("sfdisk", "the GPT is written with it (apt-get install fdisk)")
+    sfdisk = require_tool("sfdisk", "the GPT is written with it", "fdisk")
     partitions = layout_partitions(root.stat().st_size)
     end_mib = partitions[-1].start_mib + partitions[-1].size_mib + ALIGN_MIB
     with open(disk, "wb") as f:
         f.truncate(end_mib << 20)
-    _run([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], "sfdisk (the GPT)", input=sfdisk_script(partitions))
+    run_tool([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], "sfdisk (the GPT)", input=sfdisk_script(partitions))
     for partition, content in zip(partitions, (esp, root)):
         # conv=sparse keeps the root file system's holes holes in the disk file.
-        _run(["dd", f"if={content}", f"of={disk}", "bs=1M", f"seek={partition.start_mib}",
+        run_tool(["dd", f"if={content}", f"of={disk}", "bs=1M", f"seek={partition.start_mib}",
               "conv=notrunc,sparse", "status=none"], f"dd (the {partition.name} partition)")  # fmt: skip
     return partitions
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.images import cache, conformance, gobuild, oci
-from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
+from pytest_smalltown.images.oci import Image, ImageLayer, Layer
 
 MANIFEST_GO = Path(f"/root/go/pkg/mod/k8s.io/kubernetes@{gobuild.KUBERNETES_VERSION}/test/utils/image/manifest.go")
 
@@ -342,8 +342,8 @@ def test_warm_archive_is_found_without_building(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(conformance, "busybox_source_version", lambda progress=None: "1:1.37.0-6")
     go_version = gobuild.go_version()
     gcc = oci.gcc_version()
-    from pytest_smalltown.images import node
-    sources = node.host_debian_sources()
+    from pytest_smalltown.images import rootfs
+    sources = rootfs.host_debian_sources()
     key = conformance.archive_key(go_version, gcc, conformance.resolved_versions(),
                                   "".join(Path(s).read_text() for s in sources),
                                   conformance.busybox_key("1:1.37.0-6", gcc))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown import contract
-from pytest_smalltown.images import debian, gobuild, node, oci
+from pytest_smalltown.images import debian, gobuild, node, oci, rootfs
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel
 
 
@@ -136,27 +136,27 @@ def test_pause_exits_on_sigterm(tmp_path: Path) -> None:
 def test_rootfs_key_follows_every_input() -> None:
     versions = ["containerd=1.6.20", "runc=1.1.5"]
     wheels = ["grpcio==1.76.0"]
-    base = node.rootfs_key(versions, wheels, "deb bookworm")
-    assert base == node.rootfs_key(list(versions), list(wheels), "deb bookworm")
-    assert base != node.rootfs_key(["containerd=1.6.21", "runc=1.1.5"], wheels, "deb bookworm")
-    assert base != node.rootfs_key(versions, ["grpcio==1.77.0"], "deb bookworm")
-    assert base != node.rootfs_key(versions, wheels, "deb trixie")
+    base = rootfs.rootfs_key(versions, wheels, "deb bookworm")
+    assert base == rootfs.rootfs_key(list(versions), list(wheels), "deb bookworm")
+    assert base != rootfs.rootfs_key(["containerd=1.6.21", "runc=1.1.5"], wheels, "deb bookworm")
+    assert base != rootfs.rootfs_key(versions, ["grpcio==1.77.0"], "deb bookworm")
+    assert base != rootfs.rootfs_key(versions, wheels, "deb trixie")
 
 
 def test_rootfs_has_what_the_node_needs() -> None:
     for package in ("containerd", "runc", "containernetworking-plugins", "iptables", "nftables",
                     "python3", "tini", "busybox-static", "conntrack", "iproute2", "kmod"):
-        assert package in node.ROOTFS_PACKAGES
-    argv = node.mmdebstrap_argv(Path("/target"), ["/etc/apt/sources.list.d/debian.sources"])
+        assert package in rootfs.ROOTFS_PACKAGES
+    argv = rootfs.mmdebstrap_argv(Path("/target"), ["/etc/apt/sources.list.d/debian.sources"])
     assert argv[-3:] == ["bookworm", "/target", "/etc/apt/sources.list.d/debian.sources"]
-    assert "--include=" + ",".join(node.ROOTFS_PACKAGES) in argv
+    assert "--include=" + ",".join(rootfs.ROOTFS_PACKAGES) in argv
     assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
 
 
 def test_wheel_pins_are_the_host_versions_with_dependencies() -> None:
     import importlib.metadata
 
-    pins = dict(pin.split("==") for pin in node.wheel_requirements())
+    pins = dict(pin.split("==") for pin in rootfs.wheel_requirements())
     for name in ("grpcio", "protobuf", "cryptography"):
         assert pins[name] == importlib.metadata.version(name)
     assert "typing-extensions" in pins  # grpcio's dependency
@@ -315,7 +315,7 @@ def test_host_files_do_not_leak_into_the_rootfs(tmp_path: Path) -> None:
     (tmp_path / "etc/hostname").write_text("builder-host\n")
     (tmp_path / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
     (tmp_path / "etc/hosts").write_text("10.0.0.5 builder-host\n")
-    node._neutralise_host_files(tmp_path)
+    rootfs._neutralise_host_files(tmp_path)
     assert (tmp_path / "etc/hostname").read_text() == "smalltown\n"
     resolv = tmp_path / "etc/resolv.conf"
     assert not resolv.is_symlink() and resolv.read_text() == ""  # the agent writes it from DHCP
@@ -349,13 +349,13 @@ def test_a_host_that_cannot_build_the_rootfs_says_so_before_any_go_build(
 ) -> None:
     """Cold cache, not root: the error comes first, not after tens of minutes of Go builds."""
     monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(node.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(rootfs.os, "geteuid", lambda: 1000)
 
     def no_go_build(*args: object, **kwargs: object) -> Path:
         raise AssertionError("a Go build started before the rootfs prerequisites were checked")
 
     monkeypatch.setattr(gobuild, "build_program", no_go_build)
-    with pytest.raises(node.NodeImageError, match="needs root .*sudo env SMALLTOWN_CACHE_DIR=.* smalltown image build"):
+    with pytest.raises(rootfs.RootfsError, match="needs root .*sudo env SMALLTOWN_CACHE_DIR=.* smalltown image build"):
         node.build_node_image(progress=lambda line: None)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.images import uefi
-from pytest_smalltown.images.node import NodeImageError
+from pytest_smalltown.images.uefi import UefiImageError
 
 
 def pe_image(sections: list[tuple[bytes, int, int]], image_base: int = 0x140000000, alignment: int = 0x1000,
@@ -44,12 +44,12 @@ def test_new_sections_go_after_the_last_one_aligned() -> None:
     (lambda b: b[:0x80] + b"NE\0\0" + b[0x84:], "no PE signature"),
 ])  # fmt: skip
 def test_a_stub_that_is_no_pe_file_is_refused(damage, message: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(NodeImageError, match=message):
+    with pytest.raises(UefiImageError, match=message):
         uefi.pe_layout(damage(pe_image([(b".text", 16, 0x1000)])))
 
 
 def test_a_32_bit_stub_is_refused() -> None:
-    with pytest.raises(NodeImageError, match="not PE32\\+"):
+    with pytest.raises(UefiImageError, match="not PE32\\+"):
         uefi.pe_layout(pe_image([(b".text", 16, 0x1000)], magic=0x10B))
 
 
