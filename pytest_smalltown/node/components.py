@@ -182,15 +182,27 @@ def leader_election_flags(elect: bool) -> list[str]:
             "--leader-elect-retry-period=5s"]
 
 
-def controller_manager_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
-    f = Files(cfg)
-    kc = f.kubeconfig("controller-manager")
+def _controller_flags(cfg: AgentConfig, name: str, secure_port: int, leader_elect: bool) -> list[str]:
+    """What the controller-manager and the scheduler share: their kubeconfig for everything, leader
+    election, and a loopback-only secure port without profiling."""
+    kc = Files(cfg).kubeconfig(name)
     return [
-        cfg.bins.resolve("kube"), "controller-manager",
         f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}",
         f"--authorization-kubeconfig={kc}",
         *leader_election_flags(leader_elect),
+        "--bind-address=127.0.0.1",
+        f"--secure-port={secure_port}",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
+    f = Files(cfg)
+    return [
+        cfg.bins.resolve("kube"), "controller-manager",
+        *_controller_flags(cfg, "controller-manager", cfg.ports.controller_manager, leader_elect),
         "--allocate-node-cidrs=true",
         f"--cluster-cidr={contract.POD_NETWORK}",
         "--node-cidr-mask-size=24",
@@ -200,26 +212,13 @@ def controller_manager_argv(cfg: AgentConfig, leader_elect: bool = False) -> lis
         "--use-service-account-credentials=true",
         f"--cluster-signing-cert-file={f.ca}",
         f"--cluster-signing-key-file={f.key('ca')}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={cfg.ports.controller_manager}",
-        "--profiling=false",
-        "--v=1",
     ]
 
 
 def scheduler_argv(cfg: AgentConfig, leader_elect: bool = False) -> list[str]:
-    f = Files(cfg)
-    kc = f.kubeconfig("scheduler")
     return [
         cfg.bins.resolve("kube"), "scheduler",
-        f"--kubeconfig={kc}",
-        f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        *leader_election_flags(leader_elect),
-        "--bind-address=127.0.0.1",
-        f"--secure-port={cfg.ports.scheduler}",
-        "--profiling=false",
-        "--v=1",
+        *_controller_flags(cfg, "scheduler", cfg.ports.scheduler, leader_elect),
     ]
 
 

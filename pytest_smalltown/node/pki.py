@@ -82,28 +82,34 @@ def _sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate
     return builder.sign(key, algorithm)
 
 
-def generate_ca(cn: str = "Smalltown Cluster CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A fresh self-signed CA (certificate, key)."""
-    key = new_key()
+def _certificate(subject: x509.Name, issuer: x509.Name, public_key: PublicKey, *, ca: bool) -> x509.CertificateBuilder:
+    """What every certificate of ours has: a fresh serial, the validity window, and key usage for a CA or a leaf."""
     now = _now()
-    builder = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                digital_signature=True, key_cert_sign=ca, crl_sign=ca,
                 content_commitment=False, key_encipherment=False, data_encipherment=False,
                 key_agreement=False, encipher_only=False, decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
+def generate_ca(cn: str = "Smalltown Cluster CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh self-signed CA (certificate, key)."""
+    key = new_key()
+    builder = _certificate(_name(cn), _name(cn), key.public_key(), ca=True).add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
     )
     return _sign(builder, key), key
 
@@ -130,33 +136,14 @@ def issue(
     if public_key is None:
         key = new_key()
         public_key = key.public_key()
-    now = _now()
     usages = []
     if client:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn, orgs))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                crl_sign=False, content_commitment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
+    builder = _certificate(_name(cn, orgs), ca_cert.subject, public_key, ca=False).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+        critical=False,
     )
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)

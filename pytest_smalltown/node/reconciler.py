@@ -46,35 +46,34 @@ def _meta(name: str, namespace: str | None = None, extra_labels: dict[str, str] 
     return meta
 
 
+RBAC_API = "rbac.authorization.k8s.io"
+
+
+def _cluster_role(name: str, rules: list[dict[str, list[str]]]) -> dict[str, Any]:
+    return {"apiVersion": f"{RBAC_API}/v1", "kind": "ClusterRole", "metadata": _meta(name), "rules": rules}
+
+
+def _cluster_role_binding(name: str, role: str, subject_kind: str, subject: str) -> dict[str, Any]:
+    """Grant ClusterRole ``role`` to one User or Group, as a builtin object called ``name``."""
+    return {
+        "apiVersion": f"{RBAC_API}/v1", "kind": "ClusterRoleBinding",
+        "metadata": _meta(name),
+        "roleRef": {"apiGroup": RBAC_API, "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": RBAC_API, "kind": subject_kind, "name": subject}],
+    }
+
+
 def builtin_objects(dns_ip: str, dns_port: int = 53) -> list[dict[str, Any]]:
     """Everything the reconciler applies; ``dns_ip`` is where CoreDNS listens (node 0)."""
-    rbac = "rbac.authorization.k8s.io/v1"
     return [
-        {
-            "apiVersion": rbac, "kind": "ClusterRoleBinding",
-            "metadata": _meta("smalltown:apiserver-kubelet-client"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "system:kubelet-api-admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                          "name": APISERVER_KUBELET_CLIENT}],
-        },
-        {
-            "apiVersion": rbac, "kind": "ClusterRole",
-            "metadata": _meta("smalltown:coredns"),
-            "rules": [
-                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
-                 "verbs": ["list", "watch"]},
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                 "verbs": ["list", "watch"]},
-            ],
-        },
-        {
-            "apiVersion": rbac, "kind": "ClusterRoleBinding",
-            "metadata": _meta("smalltown:coredns"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "smalltown:coredns"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
-        },
+        _cluster_role_binding("smalltown:apiserver-kubelet-client", "system:kubelet-api-admin",
+                              "User", APISERVER_KUBELET_CLIENT),
+        _cluster_role("smalltown:coredns", [
+            {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+             "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ]),
+        _cluster_role_binding("smalltown:coredns", "smalltown:coredns", "User", COREDNS_USER),
         {
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": _meta("default", "default"),
@@ -94,26 +93,15 @@ def builtin_objects(dns_ip: str, dns_port: int = 53) -> list[dict[str, Any]]:
             "volumeBindingMode": "WaitForFirstConsumer",
             "reclaimPolicy": "Delete",
         },
-        {
-            "apiVersion": rbac, "kind": "ClusterRole",
-            "metadata": _meta("smalltown:provisioner"),
-            "rules": [
-                {"apiGroups": [""], "resources": ["persistentvolumes"],
-                 "verbs": ["get", "list", "watch", "create", "delete"]},
-                {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
-                 "verbs": ["get", "list", "watch", "update", "patch"]},
-                {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
-                 "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            ],
-        },
-        {
-            "apiVersion": rbac, "kind": "ClusterRoleBinding",
-            "metadata": _meta("smalltown:provisioner"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "smalltown:provisioner"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": PROVISIONER_GROUP}],
-        },
+        _cluster_role("smalltown:provisioner", [
+            {"apiGroups": [""], "resources": ["persistentvolumes"],
+             "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+             "verbs": ["get", "list", "watch", "update", "patch"]},
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]),
+        _cluster_role_binding("smalltown:provisioner", "smalltown:provisioner", "Group", PROVISIONER_GROUP),
         {
             "apiVersion": "v1", "kind": "Service",
             "metadata": _meta("kube-dns", "kube-system", {"k8s-app": "kube-dns",
