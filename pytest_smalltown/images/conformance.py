@@ -71,7 +71,7 @@ from pathlib import Path
 from pytest_smalltown.images import debian, gobuild, oci, rootfs
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
-from pytest_smalltown.images.tools import BuildError, require_tool
+from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
 from pytest_smalltown.launch.reaper import run_supervised
 
 E2E = "registry.k8s.io/e2e-test-images"
@@ -413,14 +413,11 @@ def debian_layer(sources: list[str], progress: Progress = stderr_progress) -> La
         root = Path(tmp) / "rootfs"
         progress(f"mmdebstrap {rootfs.SUITE} with {', '.join(TOOLS_PACKAGES)}")
         started = time.monotonic()
-        proc = subprocess.run(mmdebstrap_argv(root, sources), capture_output=True, text=True,
-                              env={**os.environ, "SOURCE_DATE_EPOCH": "0"})
-        if proc.returncode != 0:
-            raise ConformanceImageError(f"mmdebstrap failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        run_tool(mmdebstrap_argv(root, sources), "mmdebstrap (the conformance images' Debian layer)",
+                 env={**os.environ, "SOURCE_DATE_EPOCH": "0"}, error=ConformanceImageError)
         progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
-        listed = subprocess.run(["chroot", str(root), "/usr/bin/busybox", "--list"], capture_output=True, text=True)
-        if listed.returncode != 0:
-            raise ConformanceImageError(f"busybox --list in the Debian layer failed: {listed.stderr.strip()}")
+        listed = run_tool(["chroot", str(root), "/usr/bin/busybox", "--list"], "busybox --list in the Debian layer",
+                          error=ConformanceImageError)
         _link_missing_applets(root, listed.stdout.split())
         _clean_rootfs(root)
         return Layer(oci.tar_directory(root))
