@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pytest_smalltown.images import userns
 
 T = TypeVar("T")
 
@@ -185,14 +186,22 @@ def cached_build(
             (work / ".complete").write_text(f"{time.time():.0f}\n")
             os.chmod(work, 0o755)  # mkdtemp made it 0700: a cache built as root serves other users too
             if final.exists():
-                shutil.rmtree(final)
+                userns.remove_tree(final)
             os.rename(work, final)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_quietly(work)
             raise
         progress(f"built {name} in {time.monotonic() - started:.1f}s -> {final}")
     prune(name, keep=KEEP_PER_NAME)
     return final
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a build's directory on the way out of an error or a prune, without masking what went wrong."""
+    try:
+        userns.remove_tree(path)
+    except (OSError, RuntimeError) as error:
+        print(f"[smalltown] could not remove {path}: {error}", file=sys.stderr)
 
 
 def prune(name: str, keep: int = KEEP_PER_NAME, root: Path | None = None) -> list[Path]:
@@ -224,7 +233,7 @@ def prune(name: str, keep: int = KEEP_PER_NAME, root: Path | None = None) -> lis
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # being built right now
-            shutil.rmtree(victim, ignore_errors=True)
+            _remove_quietly(victim)
             removed.append(victim)
         finally:
             os.close(lock)

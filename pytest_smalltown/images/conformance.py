@@ -68,7 +68,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_smalltown.images import debian, gobuild, oci, rootfs
+from pytest_smalltown.images import debian, gobuild, oci, rootfs, userns
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
@@ -396,7 +396,7 @@ def _clean_rootfs(root: Path) -> None:
         if path.is_dir():
             for child in path.iterdir():
                 if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
+                    userns.remove_tree(child)
                 else:
                     child.unlink()
     for pattern in ("var/cache/debconf/*-old", "var/lib/dpkg/*-old"):
@@ -407,20 +407,23 @@ def _clean_rootfs(root: Path) -> None:
 def debian_layer(sources: list[str], progress: Progress = stderr_progress) -> Layer:
     """The shared Debian userland, made with mmdebstrap and tarred reproducibly."""
     require_tool("mmdebstrap", "the conformance images' Debian layer is made with it", "mmdebstrap")
-    if os.geteuid() != 0:
-        raise ConformanceImageError("building the conformance images needs root (mmdebstrap --mode=root)")
-    with tempfile.TemporaryDirectory(prefix="smalltown-conformance-") as tmp:
+    userns.check()
+    tmp = tempfile.mkdtemp(prefix="smalltown-conformance-")
+    try:
         root = Path(tmp) / "rootfs"
         progress(f"mmdebstrap {rootfs.SUITE} with {', '.join(TOOLS_PACKAGES)}")
         started = time.monotonic()
-        run_tool(mmdebstrap_argv(root, sources), "mmdebstrap (the conformance images' Debian layer)",
+        run_tool(userns.as_root(mmdebstrap_argv(root, sources)), "mmdebstrap (the conformance images' Debian layer)",
                  env={**os.environ, "SOURCE_DATE_EPOCH": "0"}, error=ConformanceImageError)
         progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
-        listed = run_tool(["chroot", str(root), "/usr/bin/busybox", "--list"], "busybox --list in the Debian layer",
+        listed = run_tool(userns.as_root(["chroot", str(root), "/usr/bin/busybox", "--list"]),
+                          "busybox --list in the Debian layer",
                           error=ConformanceImageError)
         _link_missing_applets(root, listed.stdout.split())
         _clean_rootfs(root)
         return Layer(oci.tar_directory(root))
+    finally:
+        userns.remove_tree(Path(tmp))
 
 
 # --- image layouts -------------------------------------------------------------

@@ -10,9 +10,10 @@ what depends on it:
    with containerd, runc, the CNI plugins, Python 3 and the agent's wheels.
 2. Go programs (:mod:`gobuild`) and preloaded container images (:mod:`oci`).
 3. ``node-image``: the rootfs plus the Go binaries, image archives and our
-   Python packages, packed with ``mke2fs -d`` (no mounts, no root needed for
-   this step), and the initramfs. Cheap; keyed by everything above plus our
-   Python sources, so editing the agent rebuilds only this.
+   Python packages, packed with ``mke2fs -d`` (no mounts; a non-root build acts
+   as root in a user namespace, :mod:`userns`), and the initramfs. Cheap; keyed
+   by everything above plus our Python sources, so editing the agent rebuilds
+   only this.
 
 In-image layout the node agent relies on (keep in sync with ``node/``):
 
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pytest_smalltown.images import debian, gobuild, oci
+from pytest_smalltown.images import debian, gobuild, oci, userns
 from pytest_smalltown.images.cache import Progress, cached_build, file_digest, hash_inputs, stderr_progress
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel, add_modules, get_kernel
@@ -192,18 +193,18 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
     replays the journal at mount; the initramfs has no fsck.
     """
     mke2fs = require_tool("mke2fs", "the node disk is made with it", "e2fsprogs")
-    used = int(run_tool(["du", "-s", "--block-size=1", str(root)], "du").stdout.split()[0])
+    used = int(run_tool(userns.as_root(["du", "-s", "--block-size=1", str(root)]), "du").stdout.split()[0])
     size_mib = (used * 13 // 10 + free_bytes) >> 20
     disk.unlink(missing_ok=True)
     journal_mib = max(4, min(JOURNAL_MIB, size_mib // 4))  # small test disks get a smaller one
     # The host's mke2fs.conf is ignored and every ext4 feature named, so that the
     # disk is the same whatever distribution builds it (and the 6.1 kernel reads it).
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": "1", "MKE2FS_CONFIG": "/dev/null"}
-    run_tool([mke2fs, "-q", "-F", "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
+    run_tool(userns.as_root([mke2fs, "-q", "-F", "-O", "has_journal,extent,huge_file,flex_bg,metadata_csum,dir_nlink,extra_isize,64bit",
           "-b", "4096", "-I", "256", "-J", f"size={journal_mib}", "-i", "16384", "-L", "smalltown-root",
           "-U", "5a11c0de-0000-4000-8000-000000000001",
           "-E", "root_owner=0:0,hash_seed=5a11c0de-0000-4000-8000-000000000002,nodiscard",
-          "-d", str(root), str(disk), f"{size_mib}M"], "mke2fs", env=env)
+          "-d", str(root), str(disk), f"{size_mib}M"]), "mke2fs", env=env)
 
 
 def image_key(rootfs: Path, kernel: Kernel, binaries: dict[str, Path], archives: dict[str, Path],
@@ -249,7 +250,7 @@ def _assemble(staging: Path, kernel: Kernel, binaries: dict[str, Path], archives
     # Byte-compile with the node's own interpreter now: the disk is a throw-away
     # snapshot, so .pyc files written at boot would be lost and the agent's
     # imports recompiled under emulation on every boot.
-    run_tool(["chroot", str(staging), "python3", "-m", "compileall", "-q", "/opt/smalltown/lib"],
+    run_tool(userns.as_root(["chroot", str(staging), "python3", "-m", "compileall", "-q", "/opt/smalltown/lib"]),
          "byte-compiling the agent")
     _copy_rootfs_modules(kernel, staging)
 
@@ -268,9 +269,10 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
         progress(f"step {name}: {steps[name]:.1f}s")
         return result
 
-    # The steps whose host prerequisites are most often missing (root and
-    # mmdebstrap for the rootfs, gcc for the OCI images) go first, so that a
-    # host that cannot build says so in seconds, not after the Go builds.
+    # The host prerequisites most often missing (a non-root user's subordinate
+    # ids, mmdebstrap for the rootfs, gcc for the OCI images) are checked first,
+    # so that a host that cannot build says so in seconds, not after the Go builds.
+    userns.check()
     rootfs: Path = step("rootfs", lambda: build_rootfs(progress))
     archives: dict[str, Path] = step("oci-images", lambda: oci.build_images(progress))
     kernel: Kernel = step("kernel", lambda: get_kernel(progress))
@@ -291,11 +293,11 @@ def build_node_image(progress: Progress = stderr_progress, timings: dict[str, fl
     def build(out: Path) -> None:
         staging = out / "staging"
         progress("assembling the node tree (hard-linked copy of the rootfs)")
-        run_tool(["cp", "-al", str(rootfs), str(staging)], "copying the rootfs")
+        run_tool(userns.as_root(["cp", "-al", str(rootfs), str(staging)]), "copying the rootfs")
         _assemble(staging, kernel, binaries, archives, sources, info, rootfs.parent / "packages.txt")
         progress("mke2fs -d (packing the disk image)")
         make_disk(staging, out / "disk.raw")
-        shutil.rmtree(staging)
+        userns.remove_tree(staging)
         progress("writing the initramfs")
         build_initramfs(kernel, debian.busybox(progress).path).write(out / "initramfs.gz")
         shutil.copyfile(kernel.vmlinuz, out / "vmlinuz")

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_smalltown.contract import PAUSE_IMAGE, TEST_IMAGE
-from pytest_smalltown.images import debian
+from pytest_smalltown.images import debian, userns
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.tools import BuildError, require_tool
 
@@ -134,7 +134,7 @@ def _info(path: str, kind: bytes, mode: int) -> tarfile.TarInfo:
 def tar_directory(root: Path, empty: Collection[str] = ("dev", "proc", "sys", "run", "tmp")) -> bytes:
     """A reproducible tar of the tree at ``root`` (a Debian rootfs made by mmdebstrap).
 
-    Owners, modes (set-user-ID included), symlinks and hard links are kept as
+    Owners (as :mod:`userns` sees them for a non-root build), modes (set-user-ID included), symlinks and hard links are kept as
     they are on disk; mtimes become 0 and entries are sorted, parents first, so
     the same tree always gives the same layer digest. The directories in
     ``empty`` are kept without their contents: the container runtime mounts
@@ -165,6 +165,7 @@ def _add_path(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
         return  # sockets, fifos and device nodes are the runtime's business
     info.mtime = 0
     info.uname = info.gname = ""
+    info.uid, info.gid = userns.inner_owner(info.uid, info.gid)  # a tree a non-root build made
     if info.isreg():
         with open(path, "rb") as handle:
             tar.addfile(info, handle)

@@ -12,13 +12,12 @@ the versions apt resolves for it today, the wheel versions and the recipe.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
 import time
 from pathlib import Path
 
-from pytest_smalltown.images import debian
-from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images import debian, userns
+from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
 
 SUITE = "bookworm"
@@ -145,7 +144,7 @@ def resolved_versions(packages: tuple[str, ...] = ROOTFS_PACKAGES) -> list[str]:
 def rootfs_key(versions: list[str], wheels: list[str], sources_text: str) -> str:
     """Cache key of the rootfs: the recipe and every resolved input version."""
     return hash_inputs([ROOTFS_RECIPE, SUITE, *versions, *DPKG_OPTIONS, *wheels, *WHEEL_PLATFORMS,
-                        PYTHON_VERSION, sources_text])
+                        PYTHON_VERSION, sources_text, f"ownership={userns.OWNERSHIP}"])
 
 
 def mmdebstrap_argv(target: Path, sources: list[str], packages: tuple[str, ...] = ROOTFS_PACKAGES,
@@ -185,8 +184,8 @@ def _neutralise_host_files(root: Path) -> None:
 def build_rootfs(progress: Progress = stderr_progress) -> Path:
     """Return the cached bookworm rootfs directory (stage 1), building it if needed.
 
-    Root and mmdebstrap are needed only to build it: a cached rootfs serves
-    any user.
+    As root mmdebstrap runs as it is; anyone else builds it in a user
+    namespace (:mod:`userns`), and gets a rootfs of their own.
     """
     versions = resolved_versions()
     wheels = wheel_requirements()
@@ -196,19 +195,15 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
 
     def build(out: Path) -> None:
         require_tool("mmdebstrap", "the node rootfs is made with it", "mmdebstrap")
-        if os.geteuid() != 0:
-            raise RootfsError(
-                "building the node rootfs needs root (mmdebstrap --mode=root); build the images once as root "
-                f"into this cache, then run as yourself: sudo env SMALLTOWN_CACHE_DIR={cache_root()} smalltown "
-                "image build")
+        userns.check()
         root = out / "rootfs"
         progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
         started = time.monotonic()
-        run_tool(mmdebstrap_argv(root, sources), "mmdebstrap")
+        run_tool(userns.as_root(mmdebstrap_argv(root, sources)), "mmdebstrap", error=RootfsError)
         progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
         _neutralise_host_files(root)
-        inside = run_tool(["chroot", str(root), "python3", "-c",
-                       "import sys; print('%d.%d' % sys.version_info[:2])"], "python3 in rootfs").stdout.strip()
+        inside = run_tool(userns.as_root(["chroot", str(root), "python3", "-c",
+                       "import sys; print('%d.%d' % sys.version_info[:2])"]), "python3 in rootfs").stdout.strip()
         if inside != PYTHON_VERSION:
             raise RootfsError(f"rootfs python3 is {inside}, wheels are picked for {PYTHON_VERSION}")
         progress(f"pip install --target /opt/smalltown/site {' '.join(wheels)}")
@@ -219,7 +214,7 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
         (out / "versions.txt").write_text("".join(line + "\n" for line in versions + wheels))
         # The key covers the requested packages only; record the whole resolved
         # set so that what a given image contains can always be looked up.
-        packages = run_tool(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"],
+        packages = run_tool(userns.as_root(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"]),
                         "listing the rootfs packages").stdout
         (out / "packages.txt").write_text(packages)
 

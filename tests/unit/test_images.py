@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown import contract
-from pytest_smalltown.images import debian, gobuild, node, oci, rootfs
+from pytest_smalltown.images import debian, gobuild, node, oci, rootfs, userns
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel
 
 
@@ -344,18 +344,19 @@ def test_debian_download_keeps_its_directory_private(tmp_path: Path, monkeypatch
     assert calls[0][:3] == ["apt-get", "download", "-q"] and calls[0][-1] == "x"
 
 
-def test_a_host_that_cannot_build_the_rootfs_says_so_before_any_go_build(
+def test_a_user_who_cannot_build_the_rootfs_is_told_before_any_go_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cold cache, not root: the error comes first, not after tens of minutes of Go builds."""
+    """Cold cache, not root, no subordinate ids: the error comes first, not after tens of minutes of Go builds."""
     monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(rootfs.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(userns, "OWNERSHIP", "userns")
+    monkeypatch.setattr(userns, "ETC", tmp_path)  # no subuid/subgid files
 
     def no_go_build(*args: object, **kwargs: object) -> Path:
         raise AssertionError("a Go build started before the rootfs prerequisites were checked")
 
     monkeypatch.setattr(gobuild, "build_program", no_go_build)
-    with pytest.raises(rootfs.RootfsError, match="needs root .*sudo env SMALLTOWN_CACHE_DIR=.* smalltown image build"):
+    with pytest.raises(userns.UserNamespaceError, match="subordinate ids .*scripts/setup-host"):
         node.build_node_image(progress=lambda line: None)
 
 
