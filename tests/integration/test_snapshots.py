@@ -4,7 +4,7 @@ Runs in its own snapshot directory, so the user's saved clusters are neither
 used nor touched. The order matters and is the module's order: the first
 test boots and saves, the next ones restore, the last one breaks the
 snapshot and boots cold again. ``--smalltown-snapshots=off`` against a
-real VM is proven by ``test_fresh_venv.py``, whose cold boot runs with it.
+real VM is proven by ``test_new_user.py``, whose cold boot runs with it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from pytest_smalltown.node import components
 from pytest_smalltown.template import TemplateError, render
 
 PACKAGE = Path(node.__file__).resolve().parents[1]
-SHELL_SCRIPTS = sorted(PACKAGE.rglob("*.sh"))
+REPO = PACKAGE.parent
+#: The package's scripts, and the repository's own (setup and CI) when this is a checkout.
+SHELL_SCRIPTS = sorted(PACKAGE.rglob("*.sh")) + [p for p in (REPO / "scripts/setup-host", REPO / ".ci/run") if p.exists()]
 
 
 def _tool(name: str) -> str:
@@ -34,7 +36,7 @@ def test_every_package_script_is_found() -> None:
     assert {"node-init.sh", "smalltown-agent.sh", "tinyvm-init.sh", "udhcpc.sh", "wget-timeout.sh"} <= names
 
 
-@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: str(path.relative_to(PACKAGE)))
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: str(path.relative_to(REPO)))
 def test_shell_scripts_pass_shellcheck(script: Path) -> None:
     result = subprocess.run([_tool("shellcheck"), "--norc", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
