@@ -202,20 +202,21 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
         run_tool(userns.as_root(mmdebstrap_argv(root, sources)), "mmdebstrap", error=RootfsError)
         progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
         _neutralise_host_files(root)
-        inside = run_tool(userns.as_root(["chroot", str(root), "python3", "-c",
-                       "import sys; print('%d.%d' % sys.version_info[:2])"]), "python3 in rootfs").stdout.strip()
+        version_check = ["chroot", str(root), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+        inside = run_tool(userns.as_root(version_check), "python3 in rootfs", error=RootfsError).stdout.strip()
         if inside != PYTHON_VERSION:
             raise RootfsError(f"rootfs python3 is {inside}, wheels are picked for {PYTHON_VERSION}")
         progress(f"pip install --target /opt/smalltown/site {' '.join(wheels)}")
         run_tool([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-              "--no-deps", "--only-binary=:all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
-              "--python-version", PYTHON_VERSION, "--implementation", "cp",
-              "--target", str(root / "opt/smalltown/site"), *wheels], "pip install of the agent's wheels")
+                  "--no-deps", "--only-binary=:all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
+                  "--python-version", PYTHON_VERSION, "--implementation", "cp",
+                  "--target", str(root / "opt/smalltown/site"), *wheels],
+                 "pip install of the agent's wheels", error=RootfsError)
         (out / "versions.txt").write_text("".join(line + "\n" for line in versions + wheels))
         # The key covers the requested packages only; record the whole resolved
         # set so that what a given image contains can always be looked up.
-        packages = run_tool(userns.as_root(["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"]),
-                        "listing the rootfs packages").stdout
+        listing = ["chroot", str(root), "dpkg-query", "-W", "-f=${Package}=${Version}\\n"]
+        packages = run_tool(userns.as_root(listing), "listing the rootfs packages", error=RootfsError).stdout
         (out / "packages.txt").write_text(packages)
 
     return cached_build("node-rootfs", key, build, progress) / "rootfs"
