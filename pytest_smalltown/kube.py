@@ -9,6 +9,8 @@ changed, so a test can never talk to the wrong cluster.
 from __future__ import annotations
 
 import email.utils
+import re
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -286,9 +288,6 @@ def create_namespace(api: k8s.ApiClient, hint: str, timeout: float = 180) -> str
     controller-manager can lag for minutes (a CI run saw 60 s run out while
     the kubelets' status updates were timing out).
     """
-    import re
-    import secrets
-
     base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"
     name = f"{base}-{secrets.token_hex(3)}"
     body = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels={"smalltown.dev/test": "true"}))

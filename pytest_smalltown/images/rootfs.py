@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from pytest_smalltown.images import debian, userns
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
@@ -89,9 +92,6 @@ def wheel_requirements(roots: tuple[str, ...] = AGENT_WHEELS) -> list[str]:
     node gets exactly the same versions. Dependencies are followed through the
     installed metadata (markers evaluated for a CPython 3.11 Linux target).
     """
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     environment = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".2",
                    "platform_python_implementation": "CPython", "implementation_name": "cpython",
                    "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",

@@ -16,6 +16,7 @@ such a key is what a golden ticket carries as ``node_cert``.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -267,8 +268,6 @@ def kubeconfig(server: str, ca: bytes, cert: bytes, key: bytes, user: str = "sma
     Rendered as JSON, which is valid YAML: kubectl, client-go and the Python
     ``kubernetes`` client all read it, and no YAML library is needed here.
     """
-    import base64
-
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode("ascii")
 

@@ -15,6 +15,7 @@ hung boot the serial tail is often all a developer has.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -198,8 +199,6 @@ def _write(buf: LogBuffer, head: bytes, length: int) -> None:
 def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     if proc is None or proc.poll() is not None:
         return
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
