@@ -258,12 +258,6 @@ class Image:
         return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
-def image_config(layer_tar: bytes, entrypoint: list[str], cmd: list[str], env: list[str]) -> bytes:
-    """The image configuration JSON of a single-layer image."""
-    config = ImageConfig(entrypoint=tuple(entrypoint), cmd=tuple(cmd), env=tuple(env))
-    return Image("config:only", (Layer(layer_tar),), config).config_json()
-
-
 def write_docker_archive(images: Sequence[Image], out: BinaryIO, compress: bool = False) -> None:
     """Write a ``docker save``-format archive of ``images`` to ``out``.
 

@@ -15,13 +15,11 @@ import platform
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 from pytest_smalltown import contract
 from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, VMConfig
 
-AccelMode = Literal["auto", "kvm", "tcg"]
 ACCEL_MODES: tuple[str, ...] = ("auto", "kvm", "tcg")
 PROBE_DEADLINE = 20.0
 
