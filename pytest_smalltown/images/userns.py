@@ -20,6 +20,7 @@ that holds such a tree.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -71,13 +72,18 @@ ETC = Path("/etc")
 
 def subordinate_ids(uid: int | None = None) -> SubordinateIds:
     """The subordinate ids of ``uid`` (default: this process), or a :class:`UserNamespaceError` saying how to get them."""
-    uid = os.geteuid() if uid is None else uid
+    return _read_subordinate_ids(os.geteuid() if uid is None else uid, ETC)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_subordinate_ids(uid: int, etc: Path) -> SubordinateIds:
+    """Read once per process: a tar writer asks for every file of a tree (:func:`inner_owner`)."""
     user = pwd.getpwuid(uid).pw_name
-    uid_start = _first_block(ETC / "subuid", user, uid)
-    gid_start = _first_block(ETC / "subgid", user, uid)
+    uid_start = _first_block(etc / "subuid", user, uid)
+    gid_start = _first_block(etc / "subgid", user, uid)
     if uid_start is None or gid_start is None:
         raise UserNamespaceError(f"user {user!r} has no block of {SUBID_COUNT} subordinate ids in "
-                                 f"{ETC / 'subuid'} and {ETC / 'subgid'}; " + SETUP_HINT.format(user=user))
+                                 f"{etc / 'subuid'} and {etc / 'subgid'}; " + SETUP_HINT.format(user=user))
     return SubordinateIds(uid_start, gid_start)
 
 
@@ -132,10 +138,9 @@ def remove_tree(path: Path) -> None:
     """Remove a build tree, also one holding directories a namespace's ``_apt`` made private."""
     if not path.exists() and not path.is_symlink():
         return
-    if OWNERSHIP == "root":
-        shutil.rmtree(path)
-        return
     try:
         shutil.rmtree(path)
     except PermissionError:
+        if OWNERSHIP == "root":
+            raise
         run_tool(as_root(["rm", "-rf", "--one-file-system", str(path)]), f"removing {path}", error=UserNamespaceError)
