@@ -77,8 +77,9 @@ def test_a_rebooted_node_is_ready_again_with_its_pods(
 
     result = smalltown_cluster.reboot_node(REBOOTED, hard=hard)
     came_up = sum(smalltown_cluster.phase_seconds.values())
+    hung = f"; {result.hung_boots} boot(s) hung and were reset again" if result.hung_boots else ""
     smalltown_progress(f"{'hard' if hard else 'graceful'} reboot of node {REBOOTED}: Ready again after "
-                       f"{result.seconds_to_ready:.1f}s (the cluster came up in {came_up:.1f}s)")
+                       f"{result.seconds_to_ready:.1f}s (the cluster came up in {came_up:.1f}s{hung})")
 
     assert result.node == node.metadata.name
     assert result.new_boot_id and result.new_boot_id != result.old_boot_id

@@ -318,7 +318,9 @@ def cmd_reboot(args: argparse.Namespace) -> int:
         return 1
     finally:
         cluster.close()
-    print(f"node {args.node} ({result.node}) Ready again after {result.seconds_to_ready:.1f}s (boot ID {result.new_boot_id})")
+    hung = f"; {result.hung_boots} boot(s) hung and were reset again" if result.hung_boots else ""
+    print(f"node {args.node} ({result.node}) Ready again after {result.seconds_to_ready:.1f}s "
+          f"(boot ID {result.new_boot_id}{hung})")
     return 0
 
 

@@ -139,6 +139,8 @@ class ClusterNode:
     tpm: Process | None = None
     #: Powered off on purpose (:meth:`Cluster.stop_node`): not a death.
     stopped: bool = False
+    #: Being rebooted (:meth:`Cluster.reboot_node`), which judges a hang of its new boot itself.
+    rebooting: bool = False
 
     @property
     def name(self) -> str:
@@ -249,11 +251,12 @@ class Cluster:
         node = self.nodes[index]
         monitor = Monitor(node.vm)
         debug = self.node_debug(index)
+        node.rebooting = True
         try:
             return reboot_node(monitor, debug, self.kube, node.address, hard=hard,
-                               timeout=self.boot_timeout if timeout is None else timeout,
-                               console_tail=lambda: node.vm.console_tail(CONSOLE_TAIL))
+                               timeout=self.boot_timeout if timeout is None else timeout, guest=node.vm)
         finally:
+            node.rebooting = False
             debug.close()
             monitor.close()
 
@@ -278,6 +281,8 @@ def _check_vms(switch: Switch | None, nodes: list[ClusterNode]) -> None:
         if node.stopped:
             continue
         node.vm.check_running()
+        if node.rebooting:
+            continue
         node.vm.check_firmware_booted()
         node.vm.check_not_hung()
 

@@ -24,6 +24,7 @@ from typing import Any
 from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.launch.vm import HUNG_GUEST_SECONDS, RECENT_CONSOLE_LINES, GuestHungError, longest_soft_lockup
 from pytest_smalltown.spec import ClusterSpec
 
 
@@ -193,7 +194,7 @@ class AttachedCluster:
         try:
             return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,
                                timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
-                               console_tail=lambda: self.consoles().get(name, []))
+                               guest=ConsoleLogFile(name, self.console_paths.get(name)))
         finally:
             debug.close()
             monitor.close()
@@ -228,6 +229,42 @@ class AttachedCluster:
             self.kube.close()
         with contextlib.suppress(Exception):
             self.debug.close()
+
+
+class ConsoleLogFile:
+    """A kept node's console as a reboot reads it: from its log file, since the VM is the keeping process's."""
+
+    def __init__(self, name: str, path: Path | None) -> None:
+        self.name = name
+        self.path = path
+        self._reset_at = 0
+
+    def _read(self, start: int = 0) -> list[str]:
+        if self.path is None:
+            return []
+        try:
+            with open(self.path, "rb") as log:
+                log.seek(start)
+                return log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def note_reset(self) -> None:
+        """Health checks read what the log gains from now on."""
+        try:
+            self._reset_at = self.path.stat().st_size if self.path is not None else 0
+        except OSError:
+            self._reset_at = 0
+
+    def check_not_hung(self) -> None:
+        """As :meth:`pytest_smalltown.launch.vm.VM.check_not_hung`, on the log since :meth:`note_reset`."""
+        stuck = longest_soft_lockup(self._read(self._reset_at)[-RECENT_CONSOLE_LINES:])
+        if stuck >= HUNG_GUEST_SECONDS:
+            raise GuestHungError(self.name, stuck, self.console_tail(50))
+
+    def console_tail(self, lines: int = 50) -> list[str]:
+        """The log's last ``lines`` lines."""
+        return self._read()[-lines:]
 
 
 def attach(spec: ClusterSpec) -> AttachedCluster:

@@ -83,7 +83,14 @@ class GuestHungError(LaunchError):
 #: A soft lockup this long is a hung guest, not a busy host: under TCG on a
 #: loaded host the kernel reports CPUs stuck for 20-60 s and then recovers.
 HUNG_GUEST_SECONDS = 120
+#: How many of the latest console lines the health checks read: a lockup further back has passed.
+RECENT_CONSOLE_LINES = 60
 _SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
+
+
+def longest_soft_lockup(lines: Iterable[str]) -> int:
+    """The longest soft lockup (seconds a CPU was stuck) the kernel reported in ``lines``; 0 if none."""
+    return max((int(match.group(1)) for line in lines if (match := _SOFT_LOCKUP.search(line))), default=0)
 
 
 class FirmwareBootError(LaunchError):
@@ -200,6 +207,8 @@ class VM(Process):
             self._history.append(f"[pytest-smalltown: {config.name} restored from a snapshot; its console continues]")
         self._tail.extend(self._history)
         self._lines_seen = len(self._history)
+        #: Tail lines printed since the machine last started (see :meth:`note_reset`).
+        self._lines_this_boot = len(self._history)
         self._cond = threading.Condition()
         self._eof = False
         argv = qemu_argv(config, binary)
@@ -238,6 +247,7 @@ class VM(Process):
                 with self._cond:
                     self._tail.append(line)
                     self._lines_seen += 1
+                    self._lines_this_boot += 1
                     self._cond.notify_all()
         finally:
             if log is not None:
@@ -250,12 +260,28 @@ class VM(Process):
     def _note_log_error(self, error: OSError) -> None:
         with self._cond:
             self._tail.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
+            self._lines_this_boot += 1
             self._cond.notify_all()
 
     def console_tail(self, lines: int = 50) -> list[str]:
         """The last ``lines`` console lines (from memory; the full log is :attr:`console_log`)."""
         with self._cond:
             return list(self._tail)[-lines:]
+
+    def note_reset(self) -> None:
+        """Mark that the machine restarts now (a reset or a reboot), so that health checks read only the new boot.
+
+        The console is one stream across reboots: without this, a soft
+        lockup of a boot that was reset away would still read as a hung guest.
+        """
+        with self._cond:
+            self._tail.append(f"[pytest-smalltown: {self.name} restarts]")
+            self._lines_this_boot = 1
+
+    def _this_boot_tail(self, lines: int) -> list[str]:
+        with self._cond:
+            count = min(lines, self._lines_this_boot)
+            return list(self._tail)[-count:] if count else []
 
     def exited_error(self) -> VMExitedError:
         returncode = self._popen.wait()
@@ -268,15 +294,14 @@ class VM(Process):
             raise self.exited_error()
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
-        """Raise :class:`GuestHungError` if the guest kernel's last console lines report a long soft lockup."""
-        tail = self.console_tail(60)
-        stuck = [int(match.group(1)) for line in tail if (match := _SOFT_LOCKUP.search(line))]
-        if stuck and max(stuck) >= threshold:
-            raise GuestHungError(self.name, max(stuck), self.console_tail(50))
+        """Raise :class:`GuestHungError` if the guest kernel's last console lines (of this boot) report a long soft lockup."""
+        stuck = longest_soft_lockup(self._this_boot_tail(RECENT_CONSOLE_LINES))
+        if stuck >= threshold:
+            raise GuestHungError(self.name, stuck, self.console_tail(50))
 
     def check_firmware_booted(self) -> None:
         """Raise :class:`FirmwareBootError` if the UEFI firmware reported that it could not boot the disk."""
-        for line in self.console_tail(60):
+        for line in self._this_boot_tail(RECENT_CONSOLE_LINES):
             if match := _FIRMWARE_GAVE_UP.search(line):
                 raise FirmwareBootError(self.name, match.group(0), self.console_tail(50))
 

@@ -66,6 +66,7 @@ def _console(lines: list[str]) -> VM:
     vm.name = "node0"
     vm._cond = threading.Condition()
     vm._tail = collections.deque(lines)
+    vm._lines_this_boot = len(lines)
     return vm
 
 
@@ -75,6 +76,17 @@ def test_a_long_soft_lockup_is_a_hung_guest_a_short_one_is_load() -> None:
     hung = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]", "[ 171.0] rcu: ..."])
     with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
         hung.check_not_hung()
+
+
+def test_after_a_reset_only_the_new_boot_can_read_as_hung() -> None:
+    vm = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
+    vm.note_reset()
+    vm.check_not_hung()  # the lockup was the boot before the reset
+    assert vm.console_tail()[0].endswith("stuck for 131s! [iptables:293]"), "the history stays for error messages"
+    vm._tail.append("[ 150.0] watchdog: BUG: soft lockup - CPU#1 stuck for 124s! [kubelet:301]")
+    vm._lines_this_boot += 1
+    with pytest.raises(GuestHungError, match="stuck for 124s"):
+        vm.check_not_hung()
 
 
 def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.MonkeyPatch) -> None:

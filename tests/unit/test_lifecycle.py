@@ -3,7 +3,8 @@
 What is checked here is the order of things a real reboot depends on: the VM
 may reset only for the reboot's duration (also when the wait fails), a hard
 reboot is QEMU's reset and a graceful one the node's RPC, and "back" means a
-new boot ID on a Ready node. e2e/test_zz_reboots.py reboots real node VMs.
+new boot ID on a Ready node, and a boot that hangs is reset once more, not
+twice. e2e/test_zz_reboots.py reboots real node VMs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_smalltown import lifecycle
+from pytest_smalltown.launch.vm import GuestHungError
 
 
 class FakeMonitor:
@@ -33,6 +35,24 @@ class FakeDebug:
 
     def wait_condition(self, name: str, timeout: float) -> None:
         self.calls.append(f"wait {name}")
+
+
+class FakeGuest:
+    """A console whose boots hang as scripted: ``hangs`` is how many boots in a row do."""
+
+    def __init__(self, hangs: int = 0) -> None:
+        self.hangs = hangs
+        self.resets = 0
+
+    def note_reset(self) -> None:
+        self.resets += 1
+
+    def check_not_hung(self) -> None:
+        if self.resets <= self.hangs:
+            raise GuestHungError("node1", 131, [f"boot {self.resets}: soft lockup"])
+
+    def console_tail(self, lines: int = 50) -> list[str]:
+        return ["kernel: still here"]
 
 
 def node(boot_id: str, ready: bool, address: str = "10.1.0.3") -> Any:
@@ -72,7 +92,7 @@ def test_a_reboot_lets_the_vm_reset_only_for_its_duration_and_waits_for_a_new_bo
     api += [node("boot-1", True), node("boot-2", False), node("boot-2", True)]
     monitor, debug = FakeMonitor(), FakeDebug()
     result = lifecycle.reboot_node(monitor, debug, object(), "10.1.0.3", hard=hard,  # type: ignore[arg-type]
-                                   timeout=30)  # fmt: skip
+                                   timeout=30, guest=FakeGuest())  # fmt: skip
     assert (result.node, result.old_boot_id, result.new_boot_id) == ("smalltown-n1", "boot-1", "boot-2")
     assert result.hard is hard
     expected = [("set-action", {"reboot": "reset"})]
@@ -80,6 +100,28 @@ def test_a_reboot_lets_the_vm_reset_only_for_its_duration_and_waits_for_a_new_bo
     expected += [("set-action", {"reboot": "shutdown"})]
     assert monitor.commands == expected
     assert debug.calls == (["wait KubernetesReady"] if hard else ["reboot", "wait KubernetesReady"])
+    assert result.hung_boots == 0
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_boot_that_hangs_is_reset_once_more(api: list[Any], hard: bool) -> None:
+    api += [node("boot-1", True), node("boot-3", True)]
+    monitor, guest = FakeMonitor(), FakeGuest(hangs=1)
+    result = lifecycle.reboot_node(monitor, FakeDebug(), object(), "10.1.0.3", hard=hard,  # type: ignore[arg-type]
+                                   timeout=30, guest=guest)  # fmt: skip
+    assert (result.new_boot_id, result.hung_boots, guest.resets) == ("boot-3", 1, 2)
+    resets = [command for command, _ in monitor.commands if command == "system_reset"]
+    assert len(resets) == (2 if hard else 1), "the hung boot is reset, however the reboot began"
+    assert monitor.commands[-1] == ("set-action", {"reboot": "shutdown"})
+
+
+def test_a_boot_that_hangs_twice_is_an_error_with_its_console(api: list[Any]) -> None:
+    monitor, guest = FakeMonitor(), FakeGuest(hangs=2)
+    with pytest.raises(lifecycle.RebootError, match=r"(?s)hard reboot of node smalltown-n1.*hung in 2 boots in a row "
+                                                    r"\(a CPU stuck for 131s\).*kernel: still here"):  # fmt: skip
+        lifecycle.reboot_node(monitor, FakeDebug(), object(), "10.1.0.3", hard=True,  # type: ignore[arg-type]
+                              timeout=30, guest=guest)
+    assert guest.resets == 2 and monitor.commands[-1] == ("set-action", {"reboot": "shutdown"})
 
 
 def test_a_node_that_does_not_come_back_is_an_error_with_its_console(api: list[Any]) -> None:
@@ -87,7 +129,7 @@ def test_a_node_that_does_not_come_back_is_an_error_with_its_console(api: list[A
     with pytest.raises(lifecycle.RebootError, match=r"(?s)graceful reboot of node smalltown-n1.*boot ID unchanged.*"
                                                     r"console \(last lines\):\n    kernel: still here"):  # fmt: skip
         lifecycle.reboot_node(monitor, FakeDebug(), object(), "10.1.0.3", hard=False,  # type: ignore[arg-type]
-                              timeout=1.5, console_tail=lambda: ["kernel: still here"])
+                              timeout=1.5, guest=FakeGuest())
     assert monitor.commands[-1] == ("set-action", {"reboot": "shutdown"}), "-no-reboot semantics restored"
 
 
