@@ -281,10 +281,9 @@ def _check_vms(switch: Switch | None, nodes: list[ClusterNode]) -> None:
         if node.stopped:
             continue
         node.vm.check_running()
-        if node.rebooting:
-            continue
         node.vm.check_firmware_booted()
-        node.vm.check_not_hung()
+        if not node.rebooting:  # a reboot resets a hung boot itself
+            node.vm.check_not_hung()
 
 
 def _stop_all(nodes: list[ClusterNode], switch: Switch | None) -> None:
