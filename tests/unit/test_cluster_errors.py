@@ -126,3 +126,19 @@ def test_the_firmware_giving_up_on_the_disk_is_a_boot_error_booting_is_not() -> 
         failed.check_firmware_booted()
     assert "EFI/BOOT/BOOTX64.EFI" in str(info.value), "the message says what a bootable disk needs"
     assert ">>Start PXE over IPv4." in str(info.value), "the console tail is part of the message"
+
+
+def test_the_health_check_leaves_a_rebooting_nodes_hang_to_the_reboot() -> None:
+    from pytest_smalltown.cluster import ClusterNode, _check_vms
+
+    class Running:
+        def poll(self) -> None:
+            return None
+
+    vm = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
+    vm._popen = Running()  # type: ignore[assignment]
+    node = ClusterNode(index=1, address="10.1.0.3", vm=vm, rebooting=True)
+    _check_vms(None, [node])  # the reboot resets it and judges the next boot
+    node.rebooting = False
+    with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
+        _check_vms(None, [node])
