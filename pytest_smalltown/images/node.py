@@ -107,8 +107,11 @@ DISK_FREE_BYTES = 6 << 30
 JOURNAL_MIB = 32
 
 #: Kernel command line of a node. ``panic=-1`` plus QEMU's ``-no-reboot`` turns a
-#: dead init into a QEMU exit instead of a hang.
-CMDLINE = "console=ttyS0 panic=-1 loglevel=4 mitigations=off"
+#: dead init into a QEMU exit instead of a hang. ``loglevel=5`` lets warnings
+#: through, so that a soft lockup's report carries the stuck CPU's registers
+#: and call trace (printed at the default level, which 4 hid): what the
+#: rare TCG hang (docs/internals.md) needs to be understood.
+CMDLINE = "console=ttyS0 panic=-1 loglevel=5 mitigations=off"
 
 #: The initramfs's /init: load :data:`BOOT_MODULES`, mount the disk, switch root to the agent.
 INIT_SCRIPT = render(FILES_DIR / "node-init.sh", AGENT_PATH=AGENT_PATH, MODULE_LIST=MODULE_LIST)

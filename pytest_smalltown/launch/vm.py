@@ -84,7 +84,8 @@ class GuestHungError(LaunchError):
 #: loaded host the kernel reports CPUs stuck for 20-60 s and then recovers.
 HUNG_GUEST_SECONDS = 120
 #: How many of the latest console lines the health checks read: a lockup further back has passed.
-RECENT_CONSOLE_LINES = 60
+#: Each lockup report carries a register dump and call trace (about 45 lines) per stuck CPU.
+RECENT_CONSOLE_LINES = 300
 _SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
 
 

@@ -78,6 +78,16 @@ def test_a_long_soft_lockup_is_a_hung_guest_a_short_one_is_load() -> None:
         hung.check_not_hung()
 
 
+def test_a_hang_reads_as_one_behind_the_register_dumps_and_traces_of_its_reports() -> None:
+    def report(cpu: int, seconds: int) -> list[str]:
+        return [f"[ 164.4] watchdog: BUG: soft lockup - CPU#{cpu} stuck for {seconds}s! [iptables:28{cpu}]",
+                *(f"[ 164.4]  trace line {n}" for n in range(45))]  # fmt: skip
+
+    stalls = [f"[ 170.8] rcu: stall detail {n}" for n in range(20)]
+    with pytest.raises(GuestHungError, match="stuck for 131s"):
+        _console([*report(0, 131), *report(1, 131), *stalls]).check_not_hung()
+
+
 def test_after_a_reset_only_the_new_boot_can_read_as_hung() -> None:
     vm = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
     vm.note_reset()
