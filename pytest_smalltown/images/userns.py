@@ -24,6 +24,7 @@ import functools
 import os
 import pwd
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,13 @@ def check() -> None:
     for tool in ("newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
             raise UserNamespaceError(f"'{tool}' is not installed; " + SETUP_HINT.format(user=user))
+    unshare = require_tool("unshare", "a non-root build acts as root in a user namespace", "util-linux")
+    usage = subprocess.run([unshare, "--help"], capture_output=True, text=True, check=False).stdout
+    if "--map-users" not in usage:
+        raise UserNamespaceError(
+            f"{unshare} cannot map ranges of ids (--map-users, util-linux 2.38 or later: Debian 12, Ubuntu 23.04); "
+            "build the images as root once (sudo smalltown image build), or on a newer host"
+        )
     subordinate_ids()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,19 @@ def test_missing_ids_say_how_to_get_them(as_user: Path, monkeypatch: pytest.Monk
 def test_missing_newuidmap_is_named(as_user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(userns.shutil, "which", lambda tool: None)
     with pytest.raises(userns.UserNamespaceError, match="'newuidmap' is not installed; .*apt-get install uidmap"):
+        userns.check()
+
+
+def test_an_unshare_too_old_to_map_ranges_is_named(as_user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (as_user / "subuid").write_text(f"{ME}:100000:65536\n")
+    (as_user / "subgid").write_text(f"{ME}:200000:65536\n")
+    old = as_user / "bin" / "unshare"
+    old.parent.mkdir()
+    old.write_text("#!/bin/sh\necho ' --map-user=<uid|name>  map current user to uid'\n")  # util-linux 2.37's options
+    old.chmod(0o755)
+    real_which = shutil.which
+    monkeypatch.setattr(userns.shutil, "which", lambda tool: str(old) if tool == "unshare" else real_which(tool) or tool)
+    with pytest.raises(userns.UserNamespaceError, match=r"cannot map ranges of ids \(--map-users, util-linux 2\.38"):
         userns.check()
 
 
