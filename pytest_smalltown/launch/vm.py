@@ -113,15 +113,19 @@ class FirmwareBootError(LaunchError):
 _FIRMWARE_GAVE_UP = re.compile(r"BdsDxe: (failed to (?:load|start) Boot[0-9A-F]{4} .*|No bootable option or device was found.*)")
 
 
-class QemuNotFoundError(LaunchError):
-    """QEMU is not installed."""
+class ProgramNotFoundError(LaunchError):
+    """A program the launch runs (QEMU, swtpm, qemu-img, zstd) is not installed."""
+
+
+#: The name this error had when QEMU was the only program it named; kept for code that catches it.
+QemuNotFoundError = ProgramNotFoundError
 
 
 def find_binary(name: str, hint: str) -> str:
-    """Absolute path of ``name`` on PATH, or a :class:`QemuNotFoundError` saying how to install it."""
+    """Absolute path of ``name`` on PATH, or a :class:`ProgramNotFoundError` saying how to install it."""
     path = shutil.which(name)
     if path is None:
-        raise QemuNotFoundError(f"{name} was not found on PATH; {hint}")
+        raise ProgramNotFoundError(f"{name} was not found on PATH; {hint}")
     return path
 
 

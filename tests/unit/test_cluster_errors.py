@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
-from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError, QemuNotFoundError
+from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError, ProgramNotFoundError, QemuNotFoundError
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -56,7 +56,7 @@ def test_missing_firmware_and_swtpm_are_named_before_anything_starts(
     qemu = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
     monkeypatch.setenv("PATH", str(tmp_path))  # no swtpm (and no QEMU: it is given by absolute path)
     settings = resolve({"qemu": qemu, "tpm": "true", "accel": "tcg"}, {}, environ={})
-    with pytest.raises(QemuNotFoundError, match="swtpm.*drop --smalltown-tpm"):
+    with pytest.raises(ProgramNotFoundError, match="swtpm.*drop --smalltown-tpm"):
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
 
 
