@@ -117,7 +117,8 @@ def unified_kernel_image(stub: Path, parts: list[tuple[str, Path]], out: Path) -
         argv += ["--add-section", f"{name}={path}",
                  "--change-section-vma", f"{name}={layout.image_base + offset:#x}"]  # fmt: skip
         offset = layout.align(offset + path.stat().st_size)
-    run_tool([*argv, str(stub), str(out)], "objcopy (assembling the unified kernel image)")
+    run_tool([*argv, str(stub), str(out)], "objcopy (assembling the unified kernel image)",
+             error=UefiImageError)
 
 
 def make_esp(uki: Path, esp: Path, size_mib: int = ESP_MIB) -> None:
@@ -125,9 +126,11 @@ def make_esp(uki: Path, esp: Path, size_mib: int = ESP_MIB) -> None:
     mformat = require_tool("mformat", "the EFI system partition is made with it", "mtools")
     with open(esp, "wb") as f:
         f.truncate(size_mib << 20)
-    run_tool([mformat, "-i", str(esp), "-F", "-N", "5a11c0de", "-v", "ESP", "::"], "mformat (the ESP)")
-    run_tool(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd (the ESP's directories)")
-    run_tool(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy (the unified kernel image)")
+    run_tool([mformat, "-i", str(esp), "-F", "-N", "5a11c0de", "-v", "ESP", "::"], "mformat (the ESP)",
+             error=UefiImageError)
+    run_tool(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd (the ESP's directories)", error=UefiImageError)
+    run_tool(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy (the unified kernel image)",
+             error=UefiImageError)
 
 
 @dataclass(frozen=True)
@@ -164,11 +167,13 @@ def make_gpt_disk(esp: Path, root: Path, disk: Path) -> list[Partition]:
     end_mib = partitions[-1].start_mib + partitions[-1].size_mib + ALIGN_MIB
     with open(disk, "wb") as f:
         f.truncate(end_mib << 20)
-    run_tool([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], "sfdisk (the GPT)", input=sfdisk_script(partitions))
+    run_tool([sfdisk, "--no-reread", "--no-tell-kernel", "-q", str(disk)], "sfdisk (the GPT)",
+             input=sfdisk_script(partitions), error=UefiImageError)
     for partition, content in zip(partitions, (esp, root)):
         # conv=sparse keeps the root file system's holes holes in the disk file.
         run_tool(["dd", f"if={content}", f"of={disk}", "bs=1M", f"seek={partition.start_mib}",
-              "conv=notrunc,sparse", "status=none"], f"dd (the {partition.name} partition)")  # fmt: skip
+                  "conv=notrunc,sparse", "status=none"],
+                 f"dd (the {partition.name} partition)", error=UefiImageError)  # fmt: skip
     return partitions
 
 

@@ -87,3 +87,8 @@ def test_the_gpt_disk_holds_the_esp_and_root_bytes_where_its_table_says(tmp_path
     copied = tmp_path / "copied.efi"
     subprocess.run(["mcopy", "-i", str(esp), "::/EFI/BOOT/BOOTX64.EFI", str(copied)], check=True)
     assert copied.read_bytes() == (tmp_path / "BOOTX64.EFI").read_bytes()
+
+
+def test_a_failing_tool_is_a_uefi_image_error_naming_the_step(tmp_path: Path) -> None:
+    with pytest.raises(UefiImageError, match=r"mcopy \(the unified kernel image\) failed"):
+        uefi.make_esp(tmp_path / "no-such-uki.efi", tmp_path / "esp.img", size_mib=34)
