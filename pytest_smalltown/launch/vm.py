@@ -299,7 +299,7 @@ class VM(Process):
             raise self.exited_error()
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
-        """Raise :class:`GuestHungError` if the guest kernel's last console lines (of this boot) report a long soft lockup."""
+        """Raise :class:`GuestHungError` if this boot's last console lines report a long soft lockup."""
         stuck = longest_soft_lockup(self._this_boot_tail(RECENT_CONSOLE_LINES))
         if stuck >= threshold:
             raise GuestHungError(self.name, stuck, self.console_tail(50))

@@ -52,7 +52,8 @@ def test_an_unshare_too_old_to_map_ranges_is_named(as_user: Path, monkeypatch: p
     old.write_text("#!/bin/sh\necho ' --map-user=<uid|name>  map current user to uid'\n")  # util-linux 2.37's options
     old.chmod(0o755)
     real_which = shutil.which
-    monkeypatch.setattr(userns.shutil, "which", lambda tool: str(old) if tool == "unshare" else real_which(tool) or tool)
+    monkeypatch.setattr(userns.shutil, "which",
+                        lambda tool: str(old) if tool == "unshare" else real_which(tool) or tool)
     with pytest.raises(userns.UserNamespaceError, match=r"cannot map ranges of ids \(--map-users, util-linux 2\.38"):
         userns.check()
 
