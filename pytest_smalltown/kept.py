@@ -24,7 +24,7 @@ from typing import Any
 from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.ports import PortMap
-from pytest_smalltown.launch.vm import HUNG_GUEST_SECONDS, RECENT_CONSOLE_LINES, GuestHungError, longest_soft_lockup
+from pytest_smalltown.launch.vm import check_console_not_hung
 from pytest_smalltown.spec import ClusterSpec
 
 
@@ -258,9 +258,7 @@ class ConsoleLogFile:
 
     def check_not_hung(self) -> None:
         """As :meth:`pytest_smalltown.launch.vm.VM.check_not_hung`, on the log since :meth:`note_reset`."""
-        stuck = longest_soft_lockup(self._read(self._reset_at)[-RECENT_CONSOLE_LINES:])
-        if stuck >= HUNG_GUEST_SECONDS:
-            raise GuestHungError(self.name, stuck, self.console_tail(50))
+        check_console_not_hung(self.name, self._read(self._reset_at), self.console_tail)
 
     def console_tail(self, lines: int = 50) -> list[str]:
         """The log's last ``lines`` lines."""

@@ -89,9 +89,17 @@ RECENT_CONSOLE_LINES = 300
 _SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
 
 
-def longest_soft_lockup(lines: Iterable[str]) -> int:
-    """The longest soft lockup (seconds a CPU was stuck) the kernel reported in ``lines``; 0 if none."""
-    return max((int(match.group(1)) for line in lines if (match := _SOFT_LOCKUP.search(line))), default=0)
+def check_console_not_hung(name: str, this_boot: Sequence[str], tail: Callable[[], list[str]],
+                           threshold: int = HUNG_GUEST_SECONDS) -> None:
+    """Raise :class:`GuestHungError` if ``this_boot``'s last console lines report a soft lockup of ``threshold`` s.
+
+    The one rule for a VM's in-memory console and a kept node's log file alike;
+    ``tail`` gives the lines the error shows.
+    """
+    recent = this_boot[-RECENT_CONSOLE_LINES:]
+    stuck = max((int(match.group(1)) for line in recent if (match := _SOFT_LOCKUP.search(line))), default=0)
+    if stuck >= threshold:
+        raise GuestHungError(name, stuck, tail())
 
 
 class FirmwareBootError(LaunchError):
@@ -300,9 +308,7 @@ class VM(Process):
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
         """Raise :class:`GuestHungError` if this boot's last console lines report a long soft lockup."""
-        stuck = longest_soft_lockup(self._this_boot_tail(RECENT_CONSOLE_LINES))
-        if stuck >= threshold:
-            raise GuestHungError(self.name, stuck, self.console_tail(50))
+        check_console_not_hung(self.name, self._this_boot_tail(RECENT_CONSOLE_LINES), self.console_tail, threshold)
 
     def check_firmware_booted(self) -> None:
         """Raise :class:`FirmwareBootError` if the UEFI firmware reported that it could not boot the disk."""
