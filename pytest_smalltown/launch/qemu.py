@@ -130,6 +130,30 @@ class VMConfig:
             raise ValueError(f"cpus={self.cpus} must be at least 1")
 
 
+def option_value(value: str) -> str:
+    """``value`` as it must appear inside a comma-separated QEMU option (``-drive file=...,...``).
+
+    QEMU splits ``key=value,key=value`` options at every comma and reads a
+    doubled comma as one literal comma. A path holding ``,snapshot=off,...``
+    would otherwise add options of its own to the drive.
+    """
+    return value.replace(",", ",,")
+
+
+def path_value(path: Path) -> str:
+    """File name ``path`` as a value inside a QEMU option: commas doubled, never read as a block protocol.
+
+    QEMU's block layer takes a file name whose first ``:`` comes before any
+    ``/`` as ``protocol:...`` (``nbd:``, ``ssh:``, ``json:{...}``, which
+    carries options of its own); a relative path gets a ``./`` so that it
+    stays a file name. Every file name in :func:`qemu_argv` goes through here.
+    """
+    name = str(path)
+    if not name.startswith("/"):
+        name = "./" + name
+    return option_value(name)
+
+
 def random_mac() -> str:
     """A random locally administered unicast MAC address."""
     octets = [random.randrange(256) for _ in range(6)]
@@ -181,7 +205,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
     the supervisor can keep both a log file and an in-memory tail; there is no
     human monitor and no display, and QMP only when asked for.
     """
-    argv = [qemu, "-name", config.name, "-nodefaults", "-no-user-config", "-display", "none"]
+    argv = [qemu, "-name", option_value(config.name), "-nodefaults", "-no-user-config", "-display", "none"]
     if config.machine == "microvm":
         # Defaults: ACPI describes the virtio-mmio devices (no virtio_mmio.device=
         # arguments needed) and the ISA serial port is the console.
@@ -193,7 +217,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
     argv += ["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]
     argv += ["-monitor", "none"]
     if config.qmp_socket is not None:
-        argv += ["-qmp", f"unix:{config.qmp_socket},server=on,wait=off"]
+        argv += ["-qmp", f"unix:{path_value(config.qmp_socket)},server=on,wait=off"]
     if config.paused:
         argv.append("-S")
     if config.incoming is not None:
@@ -203,6 +227,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
 
     boot = config.boot
     if isinstance(boot, DirectBoot):
+        # -kernel and -initrd take the whole argument as one file name (no option syntax).
         argv += ["-kernel", str(boot.kernel)]
         if boot.initramfs is not None:
             argv += ["-initrd", str(boot.initramfs)]
@@ -213,8 +238,8 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
             argv += ["-append", cmdline]
     else:
         argv += [
-            "-drive", f"if=pflash,format=raw,readonly=on,file={boot.ovmf_code}",
-            "-drive", f"if=pflash,format=raw,snapshot=on,file={boot.ovmf_vars}",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={path_value(boot.ovmf_code)}",
+            "-drive", f"if=pflash,format=raw,snapshot=on,file={path_value(boot.ovmf_vars)}",
         ]  # fmt: skip
 
     for index, disk in enumerate(config.disks):
@@ -224,7 +249,7 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
         device = f"{_virtio(config.machine, 'blk')},drive=disk{index}"
         if disk.serial is not None:
             device += f",serial={disk.serial}"
-        argv += ["-drive", f"{drive},file={disk.path}", "-device", device]
+        argv += ["-drive", f"{drive},file={path_value(disk.path)}", "-device", device]
 
     for index, nic in enumerate(config.nics):
         if isinstance(nic, SocketNic):
@@ -234,11 +259,11 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
         argv += ["-netdev", netdev, "-device", f"{_virtio(config.machine, 'net')},netdev=net{index},mac={nic.mac}"]
 
     for name, path in config.fw_cfg:
-        argv += ["-fw_cfg", f"name={name},file={path}"]
+        argv += ["-fw_cfg", f"name={option_value(name)},file={path_value(path)}"]
 
     if config.tpm_socket is not None:
         argv += [
-            "-chardev", f"socket,id=tpmsock,path={config.tpm_socket}",
+            "-chardev", f"socket,id=tpmsock,path={path_value(config.tpm_socket)}",
             "-tpmdev", "emulator,id=tpm0,chardev=tpmsock",
             "-device", "tpm-tis,tpmdev=tpm0",
         ]  # fmt: skip

@@ -438,8 +438,12 @@ def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
     """Start a TPM 2.0 emulator for one VM; returns it and the socket QEMU connects to.
 
     ``--terminate`` makes swtpm exit when QEMU disconnects, and the process is
-    supervised like a VM in case QEMU never connects.
+    supervised like a VM in case QEMU never connects. swtpm splits its
+    ``key=value,...`` options at commas with no escape (unlike QEMU), so a
+    work directory with a comma is refused rather than passed.
     """
+    if "," in str(workdir):
+        raise LaunchError(f"swtpm cannot use {workdir}: its options have no escape for the comma in that path")
     binary = find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or disable the TPM")
     state = workdir / f"{name}-state"
     state.mkdir(exist_ok=True)

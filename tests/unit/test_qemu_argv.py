@@ -168,3 +168,34 @@ def test_qmp_and_restore_options_only_when_asked() -> None:
     assert option_values(argv, "-qmp") == ["unix:/w/n.qmp,server=on,wait=off"]
     assert option_values(argv, "-incoming") == ["exec:zstd -d -c /s"]
     assert "-S" in argv
+
+
+def test_commas_in_user_paths_cannot_inject_options() -> None:
+    """QEMU splits these options at commas and reads ",," as one literal comma: every path is doubled."""
+    odd = Path("/img/a,snapshot=off,file=/etc/shadow")
+    config = VMConfig(
+        name="n,1",
+        boot=UefiBoot(Path("/fw/code,x.fd"), Path("/fw/vars,x.fd")),
+        disks=(Disk(odd, format="qcow2"),),
+        fw_cfg=(("opt/a,b", Path("/w/e,f.pb")),),
+        tpm_socket=Path("/tmp/st,x/swtpm.sock"),
+        qmp_socket=Path("/w,x/n.qmp"),
+    )
+    argv = qemu_argv(config)
+    drives = option_values(argv, "-drive")
+    assert "if=pflash,format=raw,readonly=on,file=/fw/code,,x.fd" in drives
+    assert "if=pflash,format=raw,snapshot=on,file=/fw/vars,,x.fd" in drives
+    assert "id=disk0,if=none,format=qcow2,snapshot=on,file=/img/a,,snapshot=off,,file=/etc/shadow" in drives
+    assert option_values(argv, "-fw_cfg") == ["name=opt/a,,b,file=/w/e,,f.pb"]
+    assert "socket,id=tpmsock,path=/tmp/st,,x/swtpm.sock" in option_values(argv, "-chardev")
+    assert option_values(argv, "-qmp") == ["unix:/w,,x/n.qmp,server=on,wait=off"]
+    assert option_values(argv, "-name") == ["n,,1"]
+
+
+def test_a_relative_image_path_never_reads_as_a_block_protocol() -> None:
+    """QEMU's block layer takes ``nbd:...`` or ``json:{...}`` before any '/' as a protocol, not a file name."""
+    config = VMConfig(name="n", boot=UefiBoot(Path("json:{x}"), Path("v.fd")), disks=(Disk(Path("nbd:h:1")),))
+    drives = option_values(qemu_argv(config), "-drive")
+    assert "if=pflash,format=raw,readonly=on,file=./json:{x}" in drives
+    assert "if=pflash,format=raw,snapshot=on,file=./v.fd" in drives
+    assert "id=disk0,if=none,format=raw,snapshot=on,file=./nbd:h:1" in drives
