@@ -48,6 +48,24 @@ def cache_root() -> Path:
     return root
 
 
+def cleanup_hint() -> str:
+    """What a user whose disk filled up during a build may remove, and how (for error messages).
+
+    Everything in the cache is rebuilt on demand, so with nothing running
+    from it all of it may go. A tree a non-root build made holds files of
+    its subordinate ids, which only the build's user namespace can remove:
+    the command given is the one that works for this user.
+    """
+    root = cache_root()
+    try:
+        remove = " ".join(userns.as_root(["rm", "-rf", "--one-file-system", str(root)]))
+    except RuntimeError:  # no subordinate ids or unshare: say the plain command
+        remove = f"rm -rf {root}"
+    return (f"If the disk is full: everything in the image cache {root} (saved clusters included) is rebuilt on "
+            f"demand, so while no pytest-smalltown session, build or `smalltown up` cluster runs, `{remove}` frees it; "
+            f"builds also write to {tempfile.gettempdir()}.")
+
+
 def hash_inputs(parts: Iterable[str | bytes | Path]) -> str:
     """A short stable hash over strings, bytes and file or directory contents.
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import Progress, cache_root, cached_build, hash_inputs, remembered, stderr_progress
+from pytest_smalltown.images.cache import (Progress, cache_root, cached_build, cleanup_hint, hash_inputs, remembered,
+                                          stderr_progress)
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
 from pytest_smalltown.launch.reaper import run_supervised
 
@@ -135,14 +136,13 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.deb"))
 
 
-#: What to do when dpkg-deb or dpkg-source fails on a package file.
-DAMAGED_PACKAGE_HINT = ("If the package file is damaged, run the build again (nothing half-built is kept); if the "
-                        "disk is full, free space under the cache directory (smalltown image prune).")
+#: What to do when dpkg-deb or dpkg-source fails on a damaged package file.
+DAMAGED_PACKAGE_HINT = "If the package file is damaged, run the build again (nothing half-built is kept)."
 
 
 def run_package_tool(argv: list[str], what: str) -> None:
     """Run a packaging tool (dpkg-deb, dpkg-source, depmod): a failure is a :class:`PackageError` in its own words."""
-    run_tool(argv, what, hint=DAMAGED_PACKAGE_HINT, error=PackageError)
+    run_tool(argv, what, hint=f"{DAMAGED_PACKAGE_HINT} {cleanup_hint()}", error=PackageError)
 
 
 def extract(deb: Path, dest: Path) -> None:
