@@ -176,6 +176,69 @@ def stderr_progress(message: str) -> None:
     print(f"[smalltown] {message}", file=sys.stderr, flush=True)
 
 
+#: How long a lock wait may stay silent: past this, the waiter says what it waits for and who holds it.
+LOCK_PATIENCE = 2.0
+
+
+def lock_holders(fd: int) -> list[int]:
+    """Pids holding a lock (flock, POSIX or OFD) on the file open as ``fd``, as ``/proc/locks`` lists them.
+
+    A pid is that of the process that took the lock (a child that inherited
+    it is not listed); one in another pid namespace may read as 0 or -1, and
+    is left out.
+    """
+    info = os.fstat(fd)
+    file_id = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 2277 fe:00:10037487 0 EOF"; waiters read "1: -> FLOCK ..." and are skipped.
+        if len(fields) >= 6 and fields[1] != "->" and fields[5] == file_id and fields[4].lstrip("-").isdigit():
+            pid = int(fields[4])
+            if pid > 0 and pid != os.getpid():
+                holders.append(pid)
+    return holders
+
+
+def describe_process(pid: int) -> str:
+    """``pid 1234 (python3 -m pytest e2e/)``: enough for a user to find the other session."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        command = " ".join(" ".join(arg.decode(errors="replace").split()) for arg in argv)  # one line
+    except OSError:
+        command = ""
+    return f"pid {pid} ({command[:120]})" if command else f"pid {pid}"
+
+
+def flock_announced(fd: int, path: Path, what: str, progress: Progress = stderr_progress,
+                    shared: bool = False) -> None:
+    """Take an flock on ``fd`` (the file ``path``), waiting as long as it takes, but not without a word.
+
+    Another session may hold it for many minutes (a Kubernetes build, a
+    cluster being saved); a wait that says nothing looks like a hang. If the
+    lock is not free within :data:`LOCK_PATIENCE` seconds, ``progress`` is
+    told once what is waited for (``what``) and who holds it, then the wait
+    goes on.
+    """
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    holders = ", ".join(describe_process(pid) for pid in lock_holders(fd)) or "another process (pid not known)"
+    progress(f"waiting for {what}: {holders} holds {path}; waiting until it is done")
+    fcntl.flock(fd, mode)
+
+
 def cached_build(
     name: str,
     key: str,
@@ -193,7 +256,7 @@ def cached_build(
         return final
     lock_path = root / f".{name}-{key}.lock"
     with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        flock_announced(lock.fileno(), lock_path, f"the build of {name} ({key})", progress)
         if (final / ".complete").exists():
             return final
         work = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=root))

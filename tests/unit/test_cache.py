@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from pytest_smalltown.images import cache
 from pytest_smalltown.images.cache import cached_build, hash_inputs, prune
 
 
@@ -77,3 +81,40 @@ def test_prune_removes_dead_builds_leftovers_but_not_a_build_in_progress(private
         assert busy.exists()
     assert removed == [dead] and not dead.exists()
     assert (private_cache / f"img-{1:016x}").exists()
+
+
+def test_a_build_waiting_for_another_process_says_once_who_holds_the_lock(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session building the same artifact: after LOCK_PATIENCE the waiter says once what it waits for and
+    for whom (pid, command), then keeps waiting until the lock is free."""
+    monkeypatch.setattr(cache, "LOCK_PATIENCE", 0.2, raising=False)
+    private_cache.mkdir(parents=True)
+    holder_script = ("import fcntl, sys, time\n"
+                     "lock = open(sys.argv[1], 'w'); fcntl.flock(lock, fcntl.LOCK_EX); print('held', flush=True)\n"
+                     "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", holder_script, str(private_cache / f".img-{7:016x}.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        said: list[str] = []
+        built: list[Path] = []
+        waiter = threading.Thread(target=lambda: built.append(
+            cached_build("img", f"{7:016x}", lambda out: None, progress=said.append)))
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # long enough for a second message, which must not come
+        assert not built, "the waiter went on while the lock was held"
+        holder.stdin.close()  # the other session ends
+        holder.wait(5)
+        waiter.join(5)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) >= 1 and "waiting" in said[0], said
+    assert f"pid {holder.pid}" in said[0] and "img" in said[0] and "python" in said[0]
+    assert sum(message.startswith("waiting") for message in said) == 1, said
+    assert built == [private_cache / f"img-{7:016x}"]
