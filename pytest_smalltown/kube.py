@@ -52,16 +52,19 @@ def wait_for(
     The host side's one polling policy (a fixed interval up to a deadline,
     on tenacity). Exceptions from ``check`` count as "not yet" (the API may be
     briefly unavailable), except :class:`PodEndedError` and the ``fatal``
-    types, which are raised at once because waiting cannot help. On the
+    types, which are raised at once because waiting cannot help; a
+    ``BaseException`` that is no ``Exception`` (an interrupt, the cluster's
+    death) ends the wait at once too. On the
     deadline raise :class:`WaitTimeoutError` naming ``what`` and the last state
     (``describe()``, or the last exception ``check`` raised).
     """
     stop_at_once: tuple[type[BaseException], ...] = (PodEndedError, *fatal)
 
     def not_yet(error: BaseException) -> bool:
-        # Only an Exception means "not yet": KeyboardInterrupt (Ctrl-C, and the
-        # plugin's SIGTERM) raised inside ``check`` must end the wait, or an
-        # interrupted session would sit out the whole timeout.
+        # Only an Exception means "not yet". What means "stop everything" is a
+        # BaseException and ends the wait at once: KeyboardInterrupt (Ctrl-C,
+        # and the plugin's SIGTERM), the death watch's ClusterDiedDuringTest,
+        # pytest's outcomes; otherwise the test would sit out the whole timeout.
         return isinstance(error, Exception) and not isinstance(error, stop_at_once)
 
     def give_up(state: RetryCallState) -> T:

@@ -9,7 +9,8 @@ does not say why.
 While a test's call phase runs, a watcher thread calls the cluster's
 ``check_alive`` every second. When that raises, the watcher sends SIGUSR1 to
 the main thread, whose handler raises :class:`ClusterDiedDuringTest` there,
-wherever the test is waiting. The test fails with the VM's exit status and
+wherever the test is waiting (a ``BaseException``, so that no retry loop takes
+it for a transient error). The test fails with the VM's exit status and
 console tail, and the pool takes the cluster out of service before the next
 test. pytest-timeout ends a test the same way, with a signal. It only works in
 the main thread of a process, which is where pytest runs tests (each xdist
@@ -32,8 +33,16 @@ CHECK_EVERY = 1.0
 DEATH_SIGNAL = signal.SIGUSR1
 
 
-class ClusterDiedDuringTest(RuntimeError):
-    """A VM of the cluster this test was using exited (or hung) while the test ran."""
+class ClusterDiedDuringTest(BaseException):
+    """A VM of the cluster this test was using exited (or hung) while the test ran.
+
+    A :class:`BaseException`, like pytest's own ``pytest.fail`` and
+    ``KeyboardInterrupt``: it means "stop the test", never "not yet". It
+    lands wherever the test is waiting, which is usually inside a retry loop
+    (``kube.wait_for``, tenacity, the debug client, a test's own ``except
+    Exception``) that would count an ``Exception`` as a transient failure and
+    sit out its whole timeout. pytest still reports it as the test's failure.
+    """
 
 
 class DeathWatch:

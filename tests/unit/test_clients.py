@@ -143,6 +143,26 @@ def test_wait_for_lets_an_interrupt_through_at_once() -> None:
     assert len(calls) == 1
 
 
+def test_a_death_of_the_cluster_ends_every_wait_at_once(node: tuple[FlakyNode, DebugClient]) -> None:
+    """The watch's ClusterDiedDuringTest means "stop everything", never "not yet": no retry loop may swallow it."""
+    from pytest_smalltown.watch import ClusterDiedDuringTest
+
+    _, client = node
+    calls = []
+
+    def died() -> None:
+        calls.append(1)
+        raise ClusterDiedDuringTest("the cluster died while this test ran: VM 'node0' exited with status 137")
+
+    started = time.monotonic()
+    with pytest.raises(ClusterDiedDuringTest):
+        wait_for("a pod to be Running", died, timeout=5, interval=0.05)
+    with pytest.raises(ClusterDiedDuringTest):
+        client.call(died)
+    assert len(calls) == 2 and time.monotonic() - started < 2
+    assert not isinstance(ClusterDiedDuringTest("x"), Exception), "a test's own `except Exception` lets it through too"
+
+
 def test_cluster_launch_error_names_phase_and_shows_consoles() -> None:
     error = ClusterLaunchError(
         ClusterSpec(2), "nodes-ready", TimeoutError("1 of 2 nodes Ready"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -752,3 +753,25 @@ def test_a_cluster_that_dies_during_a_test_fails_that_test_at_once(pytester: pyt
     result.stdout.fnmatch_lines(["*ClusterDiedDuringTest: the cluster died while this test ran: VM 'node0' exited "
                                  "with status 137*"])  # fmt: skip
     result.stdout.fnmatch_lines(["*ClusterDied: the 1-node cluster died after its launch*"])
+
+
+def test_a_cluster_that_dies_while_a_test_waits_fails_the_wait_at_once(pytester: pytest.Pytester, events) -> None:
+    """kube.wait_for counts an Exception from its check as "not yet"; the death of the cluster must not be one."""
+    pytester.makepyfile(
+        r"""
+        import time
+        import pytest
+        from pytest_smalltown.kube import wait_for
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_waits(smalltown_cluster):
+            smalltown_cluster.kill_a_vm()
+            # The check is where the wait spends its time, so that is where the watch's interrupt lands.
+            wait_for("a node that is gone", lambda: time.sleep(0.5), timeout=20, interval=0.01)
+        """
+    )
+    started = time.monotonic()
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ClusterDiedDuringTest: the cluster died while this test ran*"])
+    assert time.monotonic() - started < 10, "the test failed at once, not at the wait's timeout"
