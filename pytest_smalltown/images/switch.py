@@ -42,6 +42,8 @@ MODULES = [
     "nft_masq",
     "nft_chain_nat",
     "nft_nat",  # dnat of NodePorts to node 0
+    "nft_ct",  # the fence: replies to the switch's own connections pass
+    "nft_reject_ipv4",  # the fence: a connection from the nodes' side is reset
 ]
 
 # Bump when the layout of the image changes in a way the hashed inputs miss.

@@ -12,7 +12,8 @@ every test:
 ``tiny.ip=dhcp|A.B.C.D/NN`` configure eth0 (prints ``tinyvm: ip <addr>``)
 ``tiny.serve=P1,P2``      answer ``tinyvm <NAME> port <P>`` to each TCP connection
 ``tiny.ping=IP``          ping once the network is up (``tinyvm: ping <IP> ok|fail``)
-``tiny.connect=IP:PORT``  open a TCP connection and send a line (``tinyvm: connect <IP:PORT> ok|fail``)
+``tiny.connect=IP:PORT[,IP:PORT...]`` open a TCP connection to each and send a line
+                          (``tinyvm: connect <IP:PORT> ok|fail``, one line each)
 (always)                  ``tinyvm: tpm 2`` when a TPM 2.0 device is present
 ``tiny.fwcfg=NAME``       print the md5 of fw_cfg entry NAME (``tinyvm: fwcfg <md5>``)
 ``tiny.poweroff=1``       power off right after ``tinyvm: ready`` (the accel probe)

@@ -40,6 +40,23 @@ NODE_BOOT_TIMEOUT = 180.0
 SLIRP_GATEWAY = "10.0.2.2"
 
 
+#: Where node 1 (on the bridge, as a pod's traffic is) tries to open a TCP
+#: connection, and whether it may: node 0's own debug port answers (its
+#: fence is the node's business), but nothing of the switch's does, on either
+#: of its addresses: not the host's forwards, not a node's debug forward, not
+#: a NodePort of the DNAT range.
+FENCE_PROBES: dict[str, str] = {
+    f"{sw.node_address(0)}:7837": "ok",
+    "10.0.2.15:7837": "fail",
+    "10.0.2.15:6443": "fail",
+    f"10.0.2.15:{sw.node_debug_guest_port(0)}": "fail",
+    f"10.0.2.15:{sw.node_debug_guest_port(1)}": "fail",
+    "10.0.2.15:30080": "fail",
+    "10.1.0.1:7837": "fail",
+    f"10.1.0.1:{sw.node_debug_guest_port(0)}": "fail",
+}
+
+
 @dataclass
 class TinyNode:
     index: int
@@ -102,7 +119,7 @@ def net(
                                 f"tiny.ping={SLIRP_GATEWAY}"))  # fmt: skip
         wait_line(nodes[0].vm, r"tinyvm: ready")
         nodes.append(start_tiny(switch, tiny, accel, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
-                                f"tiny.ping={sw.node_address(0)}"))  # fmt: skip
+                                f"tiny.ping={sw.node_address(0)}", "tiny.connect=" + ",".join(FENCE_PROBES)))  # fmt: skip
         wait_line(nodes[1].vm, r"tinyvm: ready")
         print(f"\n[switch] start -> forwarding: {switch.ready_after:.2f}s ({switch.ready_line})")
         for node in nodes:
@@ -135,6 +152,13 @@ def test_node_reaches_the_outside_through_the_switch_nat(net: Net) -> None:
 def test_nodes_reach_each_other_through_the_bridge(net: Net) -> None:
     # node 1's echo request crosses the bridge to node 0 and node 0's reply comes back.
     assert wait_line(net.nodes[1].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.node_address(0)} ok"
+
+
+def test_nothing_of_the_switch_answers_the_nodes_side(net: Net) -> None:
+    """A node (and so any pod it routes) cannot use the forwards meant for the host (issue 23's fence)."""
+    lines = [line for line in net.nodes[1].vm.console_tail(400) if line.startswith("tinyvm: connect ")]
+    seen = {line.split()[2]: line.split()[3] for line in lines}
+    assert seen == FENCE_PROBES
 
 
 def read_banner(port: int, attempts: int = 20) -> str:

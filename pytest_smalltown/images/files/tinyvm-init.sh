@@ -48,14 +48,13 @@ if [ -n "$PING" ]; then
     fi
 fi
 
-CONNECT=$(opt connect)
-if [ -n "$CONNECT" ]; then
+for CONNECT in $(opt connect | tr ',' ' '); do
     if echo "tinyvm $NAME" | nc -w 3 "${CONNECT%:*}" "${CONNECT##*:}" >/dev/null 2>&1; then
         echo "tinyvm: connect $CONNECT ok"
     else
         echo "tinyvm: connect $CONNECT fail"
     fi
-fi
+done
 
 [ -e /sys/class/tpm/tpm0 ] && echo "tinyvm: tpm $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null)"
 

@@ -2,7 +2,8 @@
 // cluster: it bridges every node NIC as 10.1.0.1/24, hands out fixed DHCP
 // leases, masquerades the nodes out of the QEMU user-mode uplink, and proxies
 // the TCP ports the host forwards into the uplink on to node 0 (and one port
-// per node on to that node's debug service).
+// per node on to that node's debug service). Nothing on the switch itself
+// answers the nodes' side but DHCP (setupFence): what it forwards is the host's.
 //
 // Everything cluster-specific (ports, target, leases, node count) comes from
 // the kernel command line (see Config), so one image serves every cluster.
@@ -103,6 +104,10 @@ func run(cfg *Config) error {
 	}
 	go adoptLateNICs(cfg.UplinkMAC, bridge)
 	if err := setupNAT(uplinkName, cfg.DNAT, cfg.Target); err != nil {
+		return err
+	}
+	// Before any listener starts: nothing the switch serves may be open to the nodes' side.
+	if err := setupFence(bridgeName); err != nil {
 		return err
 	}
 	table := newLeaseTable(cfg.Leases)
