@@ -209,11 +209,26 @@ def _debug_client(args: argparse.Namespace) -> Any:
     from pytest_smalltown.debug import DebugClient
     from pytest_smalltown.launch.ports import dial_grpc
 
+    port = args.debug_port or int(_read_state()["ports"]["7837"])
+    return DebugClient(dial_grpc(port), retry_for=10, token=_debug_token(args))
+
+
+def _debug_token(args: argparse.Namespace) -> str | None:
+    """The token to send: ``--debug-token FILE`` with ``--debug-port``, else the kept cluster's."""
+    from pytest_smalltown.debug import read_debug_token
+    from pytest_smalltown.kept import debug_token
+
     if args.debug_port:
-        port = args.debug_port
-    else:
-        port = int(_read_state()["ports"]["7837"])
-    return DebugClient(dial_grpc(port), retry_for=10)
+        return read_debug_token(args.debug_token) if args.debug_token else None
+    try:
+        return debug_token(_read_state())
+    except KeptClusterError as error:
+        raise SystemExit(str(error)) from None
+
+
+#: Help of ``--debug-token``, for every command that takes ``--debug-port``.
+DEBUG_TOKEN_HELP = ("with --debug-port: the file with that cluster's debug token (its work directory's "
+                    "debug-token); default: the running cluster's")
 
 
 def _node_debug_ports(args: argparse.Namespace) -> dict[int, int]:
@@ -253,9 +268,10 @@ def cmd_dbg_loadimage(args: argparse.Namespace) -> int:
         print(f"no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
+    token = _debug_token(args)
     for node, port in _node_debug_ports(args).items():
         started = time.monotonic()
-        debug = DebugClient(dial_grpc(port), retry_for=10)
+        debug = DebugClient(dial_grpc(port), retry_for=10, token=token)
         try:
             debug.load_image(args.file)
         except ImageLoadError as error:
@@ -455,9 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=0, help="only the last N lines (0: all)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     logs.add_argument("--debug-port", type=int, help="host port of the debug service (default: the running cluster)")
+    logs.add_argument("--debug-token", type=Path, help=DEBUG_TOKEN_HELP)
     logs.set_defaults(func=cmd_dbg_logs)
     kubectl = dbg.add_parser("kubectl", help="run kubectl with debug credentials")
     kubectl.add_argument("--debug-port", type=int, help=argparse.SUPPRESS)
+    kubectl.add_argument("--debug-token", type=Path, help=argparse.SUPPRESS)
     kubectl.add_argument("--api-port", type=int, help=argparse.SUPPRESS)
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, help="arguments for kubectl")
     kubectl.set_defaults(func=cmd_dbg_kubectl)
@@ -469,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadimage.add_argument(
         "--debug-port", type=int, help="host port of one node's debug service (default: the running cluster)"
     )
+    loadimage.add_argument("--debug-token", type=Path, help=DEBUG_TOKEN_HELP)
     loadimage.set_defaults(func=cmd_dbg_loadimage)
 
     conformance = commands.add_parser(

@@ -47,8 +47,16 @@ import grpc
 from kubernetes import client as k8s
 
 from pytest_smalltown.api import debug_pb2, enrolment_pb2
-from pytest_smalltown.contract import ENROLMENT_FW_CFG_NAME, SWITCH_FORWARDED_PORTS, NodePort
-from pytest_smalltown.debug import DebugClient, load_image_into_nodes, node_debug_client
+from pytest_smalltown.contract import DEBUG_TOKEN_FW_CFG_NAME, ENROLMENT_FW_CFG_NAME, SWITCH_FORWARDED_PORTS, NodePort
+from pytest_smalltown.debug import (
+    DEBUG_TOKEN_FILE,
+    DebugClient,
+    load_image_into_nodes,
+    new_debug_token,
+    node_debug_client,
+    read_debug_token,
+    write_debug_token,
+)
 from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.kube import (
     api_client,
@@ -167,6 +175,8 @@ class Cluster:
     kube: Any  # kubernetes.client.ApiClient
     kubeconfig_path: Path
     workdir: Path
+    #: The file with the cluster's debug token (0600), which every debug client sends (see :mod:`pytest_smalltown.debug`).
+    debug_token_path: Path
     phase_seconds: dict[str, float] = field(default_factory=dict)
     #: How it came up, for the summary: "booted (...)", "booted, saved as a snapshot (...)", "restored from ...".
     how: str = "booted"
@@ -209,7 +219,12 @@ class Cluster:
 
     def node_debug(self, index: int) -> DebugClient:
         """A new client for node ``index``'s debug service (node 0's is also :attr:`debug`); close it when done."""
-        return node_debug_client(self.ports, index)
+        return node_debug_client(self.ports, index, self.debug_token)
+
+    @property
+    def debug_token(self) -> str:
+        """The cluster's debug token, which its nodes require of every debug call."""
+        return read_debug_token(self.debug_token_path)
 
     def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
         """Import a container image archive (``docker save`` or OCI tarball) into ``nodes`` (default: all).
@@ -219,7 +234,7 @@ class Cluster:
         archive (corrupt, not an image, no space) raises
         :class:`~pytest_smalltown.debug.ImageLoadError` and keeps what it had.
         """
-        load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
+        load_image_into_nodes(self.ports, self.debug_token, archive, range(self.spec.nodes) if nodes is None else nodes)
 
     def forward_node_port(self, node_port: int) -> int:
         """A host port on 127.0.0.1 forwarded to NodePort ``node_port`` (through node 0) until the cluster closes.
@@ -555,6 +570,12 @@ def _boot(
     writer = store.begin() if store is not None else None
     debug: DebugClient | None = None
     try:
+        # Every node gets the token (fw_cfg) and checks it; a restore needs the same one, so it goes with the snapshot.
+        token = new_debug_token()
+        token_path = write_debug_token(token, workdir / DEBUG_TOKEN_FILE)
+        if writer is not None:
+            write_debug_token(token, writer.work / DEBUG_TOKEN_FILE)
+        token_fw_cfg = ((DEBUG_TOKEN_FW_CFG_NAME, token_path),)
         with phases.phase("switch"):
             # Not waited for here: node 0 boots while the switch does (its DHCP client retries).
             phases.switch = launch_switch(
@@ -563,8 +584,9 @@ def _boot(
             )  # fmt: skip
         switch = phases.switch
 
-        def boot_node(index: int, fw_cfg: tuple[tuple[str, Path], ...] = ()) -> None:
+        def boot_node(index: int, enrolment: tuple[tuple[str, Path], ...] = ()) -> None:
             disk = parts.disk
+            fw_cfg = (*token_fw_cfg, *enrolment)
             if writer is not None:
                 overlay = create_overlay(disk.path, disk.format, writer.work / f"node{index}.qcow2")
                 disk = Disk(overlay, "qcow2", snapshot=False)
@@ -577,7 +599,7 @@ def _boot(
         with phases.phase("node0-debug"):
             boot_node(0)
             switch.wait_ready(phases.remaining())
-            debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
+            debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE), token=token)
             _wait_debug_service(debug, phases, phases.remaining())
 
         if spec.nodes > 1:
@@ -607,7 +629,8 @@ def _boot(
         raise
     return Cluster(
         spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
-        workdir=workdir, phase_seconds=phases.seconds, how=how, boot_timeout=settings.boot_timeout,
+        workdir=workdir, debug_token_path=token_path, phase_seconds=phases.seconds, how=how,
+        boot_timeout=settings.boot_timeout,
     )  # fmt: skip
 
 
@@ -768,11 +791,15 @@ def _restore(
                 restore=(incoming_uri(snapshot.state_file("nanoswitch")), snapshot.console_history("nanoswitch")),
             )  # fmt: skip
             switch = phases.switch
+            # The nodes keep the token they booted with; the cluster's copy outlives a pruned snapshot.
+            token = read_debug_token(snapshot.file(DEBUG_TOKEN_FILE))
+            token_path = write_debug_token(token, workdir / DEBUG_TOKEN_FILE)
             for index in range(spec.nodes):
                 overlay = create_overlay(snapshot.disk(index), "qcow2", workdir / f"node{index}.qcow2")
                 disk = Disk(overlay, "qcow2", snapshot=False)
                 enrolment = snapshot.file(f"enrolment-node{index}.pb")
-                fw_cfg = ((ENROLMENT_FW_CFG_NAME, enrolment),) if index > 0 else ()
+                fw_cfg = ((DEBUG_TOKEN_FW_CFG_NAME, token_path),
+                          *(((ENROLMENT_FW_CFG_NAME, enrolment),) if index > 0 else ()))
                 incoming = incoming_uri(snapshot.state_file(f"node{index}"))
 
                 def make(tpm_socket: Path | None, index: int = index, disk: Disk = disk,
@@ -789,7 +816,7 @@ def _restore(
                 resume(monitor)
 
         with phases.phase("node0-debug"):
-            debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE))
+            debug = DebugClient(switch.ports.dial_grpc(NodePort.DEBUG_SERVICE), token=token)
             _wait_debug_service(debug, phases, phases.remaining())
         kube, kubeconfig_path = _connect(phases, debug, switch, workdir)
         with phases.phase("clock"):
@@ -815,7 +842,8 @@ def _restore(
             monitor.close()
     return Cluster(
         spec=spec, switch=switch, nodes=phases.nodes, debug=debug, kube=kube, kubeconfig_path=kubeconfig_path,
-        workdir=workdir, phase_seconds=phases.seconds, how=f"restored from {snapshot.directory.name}",
+        workdir=workdir, debug_token_path=token_path, phase_seconds=phases.seconds,
+        how=f"restored from {snapshot.directory.name}",
         snapshot=snapshot, boot_timeout=settings.boot_timeout,
     )  # fmt: skip
 

@@ -57,6 +57,16 @@ NODE_PORT_RANGE = range(30000, 32768)
 ENROLMENT_FW_CFG_NAME = "com.nexantic.smalltown/enrolment.pb"
 ENROLMENT_SYSFS_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{ENROLMENT_FW_CFG_NAME}/raw"
 
+#: Reference-image addition: fw_cfg entry carrying the cluster's debug-service
+#: token (ASCII hex), which the launcher makes per cluster. A node that has one
+#: answers only calls whose metadata carries it (``DEBUG_TOKEN_METADATA_KEY:
+#: "Bearer <token>"``) and UNAUTHENTICATED to the rest; a node without the
+#: entry, or an image that knows nothing of it, serves as before, and our
+#: clients' extra metadata costs it nothing.
+DEBUG_TOKEN_FW_CFG_NAME = "opt/smalltown/debug-token"
+DEBUG_TOKEN_SYSFS_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{DEBUG_TOKEN_FW_CFG_NAME}/raw"
+DEBUG_TOKEN_METADATA_KEY = "authorization"
+
 #: Identity the tests use for debug credentials.
 DEBUG_USER = "debug-user"
 DEBUG_GROUPS: tuple[str, ...] = ("system:masters",)

@@ -8,24 +8,30 @@ UNAVAILABLE (and FAILED_PRECONDITION, "not yet") with exponential backoff from
 NOT_FOUND or INVALID_ARGUMENT will not get better by asking again.
 ``load_image`` streams a file and retries only UNAVAILABLE (the node is
 still starting containerd, or the connection broke), starting over.
+
+Every call carries the cluster's debug token (see :func:`new_debug_token`)
+when the client is given one; nodes of the reference image refuse calls
+without it.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
-from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
+from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_TOKEN_METADATA_KEY, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
 from pytest_smalltown.kube import wait_for
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.switch import node_debug_guest_port
+from pytest_smalltown.secretfile import write_private
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
@@ -71,12 +77,74 @@ class LogLine:
     original_length: int
 
 
-class DebugClient:
-    """NodeDebugService of one node, reached through a forwarded port."""
+#: File name of the cluster's debug token, in the cluster's work directory and in its snapshot.
+DEBUG_TOKEN_FILE = "debug-token"
 
-    def __init__(self, channel: grpc.Channel, retry_for: float = 60.0) -> None:
+
+def new_debug_token() -> str:
+    """A new cluster debug-service token: 256 random bits, hex (see :func:`write_debug_token`)."""
+    return secrets.token_hex(32)
+
+
+def write_debug_token(token: str, path: Path) -> Path:
+    """Keep ``token`` at ``path``, readable by its owner only.
+
+    The launcher hands the file to every node through fw_cfg and every
+    client of this module reads it, so only the user who launched the
+    cluster (and root) can call its debug services.
+    """
+    return write_private(path, token.encode())
+
+
+def read_debug_token(path: Path) -> str:
+    """The token in ``path``, as :func:`new_debug_token` wrote it."""
+    return path.read_text().strip()
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _WithToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel, whatever its shape."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ((DEBUG_TOKEN_METADATA_KEY, f"Bearer {token}"),)
+
+    def _details(self, details: Any) -> _CallDetails:
+        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), *self._metadata),
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class DebugClient:
+    """NodeDebugService of one node, reached through a forwarded port.
+
+    ``token`` is the cluster's debug token (:func:`read_debug_token`); without
+    it, a node that checks tokens answers every call UNAUTHENTICATED.
+    """
+
+    def __init__(self, channel: grpc.Channel, retry_for: float = 60.0, token: str | None = None) -> None:
         self.channel = channel
-        self.stub = debug_pb2_grpc.NodeDebugServiceStub(channel)
+        calls = grpc.intercept_channel(channel, _WithToken(token)) if token else channel
+        self.stub = debug_pb2_grpc.NodeDebugServiceStub(calls)
         self.retry_for = retry_for
 
     def call(
@@ -237,19 +305,19 @@ class DebugClient:
         self.channel.close()
 
 
-def node_debug_client(ports: PortMap, index: int) -> DebugClient:
+def node_debug_client(ports: PortMap, index: int, token: str | None) -> DebugClient:
     """A client for node ``index``'s debug service, through the switch's forward for that node."""
-    return DebugClient(ports.dial_grpc(node_debug_guest_port(index)))
+    return DebugClient(ports.dial_grpc(node_debug_guest_port(index)), token=token)
 
 
-def load_image_into_nodes(ports: PortMap, archive: Path, nodes: Iterable[int]) -> None:
+def load_image_into_nodes(ports: PortMap, token: str | None, archive: Path, nodes: Iterable[int]) -> None:
     """Import ``archive`` (``docker save`` or OCI tarball) into containerd on each of ``nodes``, in turn.
 
     What :meth:`Cluster.load_image <pytest_smalltown.cluster.Cluster.load_image>`
     and a kept cluster's do; raises :class:`ImageLoadError` at the first node that refuses it.
     """
     for index in nodes:
-        client = node_debug_client(ports, index)
+        client = node_debug_client(ports, index, token)
         try:
             client.load_image(archive)
         finally:

@@ -97,6 +97,8 @@ def write_state(cluster: Any, pid: int) -> None:
         "preload": list(cluster.spec.preload),
         "ports": {str(guest): host for guest, host in cluster.ports.items()},
         "kubeconfig": str(cluster.kubeconfig_path),
+        # The file, not the token: the state file is not private, the token file (0600) is.
+        "debug_token": str(cluster.debug_token_path),
         "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
         # Per node index: what a reboot from another process needs.
         "addresses": [node.address for node in cluster.nodes],
@@ -110,6 +112,28 @@ def write_state(cluster: Any, pid: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, path)
+
+
+def debug_token(state: dict[str, Any]) -> str | None:
+    """The kept cluster's debug token, read from the file its state names (None if it names none).
+
+    Reading it needs the rights of the user who kept the cluster: another
+    local user gets a clear error here, and UNAUTHENTICATED from the nodes
+    if they try without it.
+    """
+    from pytest_smalltown.debug import read_debug_token
+
+    if not state.get("debug_token"):
+        return None
+    path = Path(state["debug_token"])
+    try:
+        return read_debug_token(path)
+    except PermissionError:
+        raise KeptClusterError(f"the kept cluster's debug token {path} is not yours to read: another user kept "
+                               "this cluster, and only they (or root) can call its debug services") from None
+    except OSError as error:
+        raise KeptClusterError(f"the kept cluster's debug token is unreadable ({error}); if it is still running, "
+                               "stop it and start again: smalltown down && smalltown up") from None
 
 
 def remove_state(pid: int) -> None:
@@ -130,6 +154,8 @@ class AttachedCluster:
     ports: PortMap
     owner_pid: int
     console_paths: dict[str, Path]
+    #: The cluster's debug token (None: an older smalltown kept it, whose nodes check none).
+    debug_token: str | None = None
     addresses: list[str] = field(default_factory=list)
     qmp_sockets: list[Path] = field(default_factory=list)
     switch_qmp_socket: Path | None = None
@@ -139,7 +165,7 @@ class AttachedCluster:
         """As :meth:`pytest_smalltown.cluster.Cluster.load_image`, into the kept cluster's nodes."""
         from pytest_smalltown.debug import load_image_into_nodes
 
-        load_image_into_nodes(self.ports, archive, range(self.spec.nodes) if nodes is None else nodes)
+        load_image_into_nodes(self.ports, self.debug_token, archive, range(self.spec.nodes) if nodes is None else nodes)
 
     def forward_node_port(self, node_port: int) -> int:
         """As :meth:`pytest_smalltown.cluster.Cluster.forward_node_port`; the forward lasts as long as the kept cluster."""
@@ -159,7 +185,7 @@ class AttachedCluster:
         """As :meth:`pytest_smalltown.cluster.Cluster.node_debug`: a new debug client for node ``index``."""
         from pytest_smalltown.debug import node_debug_client
 
-        return node_debug_client(self.ports, index)
+        return node_debug_client(self.ports, index, self.debug_token)
 
     def stop_node(self, index: int) -> None:
         """As :meth:`pytest_smalltown.cluster.Cluster.stop_node`: QEMU of the kept cluster's node ``index`` quits."""
@@ -190,7 +216,7 @@ class AttachedCluster:
 
         name = f"node{index}"
         monitor = Monitor.at(self._qmp_socket(index), name)
-        debug = node_debug_client(self.ports, index)
+        debug = node_debug_client(self.ports, index, self.debug_token)
         try:
             return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,
                                timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
@@ -280,9 +306,11 @@ def attach(spec: ClusterSpec) -> AttachedCluster:
         )
     ports = PortMap({int(guest): int(host) for guest, host in state["ports"].items()})
     kubeconfig = Path(state["kubeconfig"])
+    token = debug_token(state)
     return AttachedCluster(
         spec=spec,
-        debug=DebugClient(ports.dial_grpc(NodePort.DEBUG_SERVICE)),
+        debug=DebugClient(ports.dial_grpc(NodePort.DEBUG_SERVICE), token=token),
+        debug_token=token,
         kube=api_client(kubeconfig),
         kubeconfig_path=kubeconfig,
         ports=ports,

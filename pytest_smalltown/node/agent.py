@@ -59,7 +59,7 @@ from pytest_smalltown.node.config import AgentConfig
 from pytest_smalltown.node.console import Console
 from pytest_smalltown.node.controlplane import ControlPlane, local_https_ok
 from pytest_smalltown.node.credentials import NodeCredentials
-from pytest_smalltown.node.debug_service import Conditions, DebugServicer, ImageLoader, serve
+from pytest_smalltown.node.debug_service import Conditions, DebugServicer, ImageLoader, read_token, serve
 from pytest_smalltown.node.enrolment import check_ticket, read_enrolment
 from pytest_smalltown.node.kubenode import PROVISION_EVERY, RECONCILE_EVERY, KubeNode
 from pytest_smalltown.node.logbuffer import LogRegistry
@@ -195,10 +195,13 @@ class Agent:
         servicer = DebugServicer(self.logs, self.conditions, self.credentials.debug_kubeconfig,
                                  self.control_plane.golden_ticket, images=images,
                                  reboot=self.request_reboot if self.cfg.init else None)
+        token = read_token(self.cfg.debug_token_path)
         # Keep the server referenced: grpc stops a Server when it is garbage-collected.
-        self.debug_server, self.debug_port = serve(servicer, f"{self.cfg.debug_listen}:{self.cfg.ports.debug}")
+        self.debug_server, self.debug_port = serve(servicer, f"{self.cfg.debug_listen}:{self.cfg.ports.debug}",
+                                                   token=token)
         self.console.raw(contract.DEBUG_SERVICE_READY_LINE)
-        self.log(f"debug service on {self.cfg.debug_listen}:{self.debug_port}")
+        how = "calls must carry the cluster's token" if token else "no token in fw_cfg: unauthenticated"
+        self.log(f"debug service on {self.cfg.debug_listen}:{self.debug_port} ({how})")
 
     def boot(self) -> None:
         """Steps 3-11, in order (see the module docstring)."""

@@ -66,6 +66,8 @@ class AgentConfig:
     #: Components to run; others are skipped (host mode runs the control plane only).
     components: tuple[str, ...] = ALL_COMPONENTS
     enrolment_path: Path = Path(contract.ENROLMENT_SYSFS_PATH)
+    #: The cluster's debug-service token (fw_cfg); absent: the service answers everyone who reaches it.
+    debug_token_path: Path = Path(contract.DEBUG_TOKEN_SYSFS_PATH)
     debug_listen: str = "0.0.0.0"
 
     # Derived paths. Functions rather than fields so that changing root is enough.

@@ -12,11 +12,17 @@ the node's importer, and removes it whatever happens.
 
 Reboot answers before the node goes down: the agent's reboot runs in a
 thread of its own that first lets the answer leave.
+
+Every call must carry the cluster's token when the launcher gave the node one
+(:class:`TokenCheck`): the service hands out the CA key and cluster-admin
+credentials, and the port is reachable by anything that can reach the
+switch's forward, such as another user of the host.
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
 import os
 import shutil
 import tempfile
@@ -25,11 +31,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
+from pytest_smalltown.contract import DEBUG_TOKEN_METADATA_KEY
 from pytest_smalltown.node.enrolment import InvalidTicketRequest
 from pytest_smalltown.node.logbuffer import Entry, LogRegistry
 
@@ -315,13 +322,80 @@ def _spool(parts: Iterable[debug_pb2.ImagePart], out: IO[bytes], directory: Path
     return size
 
 
-def serve(servicer: DebugServicer, address: str, max_workers: int = 32) -> tuple[grpc.Server, int]:
+def read_token(path: Path) -> str | None:
+    """The cluster's debug-service token from ``path`` (fw_cfg), or None when the launcher gave none."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return token or None
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Refuses, with UNAUTHENTICATED, every call that does not carry ``Bearer <token>``.
+
+    A bearer token in metadata rather than mutual TLS: the harness already
+    reaches the service through plaintext forwards, a token needs no PKI of
+    its own before the node has made one, and nodes of images that predate
+    it simply ignore the metadata. Its secrecy rests on who can read it: the
+    launcher's 0600 file on the host, fw_cfg in the guest (which containers
+    do not see: ``/sys/firmware`` is masked). The comparison takes constant
+    time, so the answer's timing tells nothing of how much of a guess was right.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+        for key, value in metadata or ():
+            if key == DEBUG_TOKEN_METADATA_KEY:
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(details)
+        if handler is None or self.authorized(details.invocation_metadata):
+            return handler
+        return _refusing(handler, f"{details.method}: this node's debug service takes only calls that carry "
+                                  f"the cluster's token ('{DEBUG_TOKEN_METADATA_KEY}: Bearer <token>' metadata); "
+                                  "pytest-smalltown's clients send it from the launcher's debug-token file")
+
+
+def _refusing(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as ``handler`` that aborts every call with UNAUTHENTICATED."""
+
+    def refuse(_request: object, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    def refuse_stream(_request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield from ()  # never reached: abort raises
+
+    codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **codecs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse, **codecs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codecs)
+    return grpc.unary_unary_rpc_method_handler(refuse, **codecs)
+
+
+def serve(servicer: DebugServicer, address: str, max_workers: int = 32,
+          token: str | None = None) -> tuple[grpc.Server, int]:
     """Start the gRPC server on ``address`` (``host:port``, port 0 = any); returns it and the port.
 
     Each follow-mode GetLogs stream occupies a worker thread for its lifetime,
-    hence the generous pool.
+    hence the generous pool. With ``token``, calls without it are refused (:class:`TokenCheck`).
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="debug"))
+    interceptors: list[grpc.ServerInterceptor] = [TokenCheck(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="debug"),
+                         interceptors=interceptors)
     debug_pb2_grpc.add_NodeDebugServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:

@@ -30,6 +30,7 @@ class FakeCluster:
         self.debug = f"debug-of-{spec.nodes}"
         self.kube = f"kube-of-{spec.nodes}"
         self.kubeconfig_path = Path("/nonexistent/kubeconfig")
+        self.debug_token_path = Path("/nonexistent/debug-token")
         self.phase_seconds = {"switch": 0.5, "nodes": 1.5}
         self.how = "booted"
         self.ports = {7837: 1, 6443: 2}
