@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import os
+import stat
+import subprocess
+
 import grpc
 import pytest
 
+from pytest_smalltown.api import debug_pb2
+from pytest_smalltown.contract import NodePort
 from pytest_smalltown.debug import DebugClient
+from pytest_smalltown.launch.switch import node_debug_guest_port
+from pytest_smalltown.pool import SmalltownCluster
 from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=1)
@@ -68,3 +76,27 @@ def test_follow_mode_sees_a_new_log_line(
     run_pod("followed", ["true"], phase="Succeeded")
     line = smalltown_debug.wait_for_log("kube.kubelet", f"{smalltown_namespace}/followed", timeout=60)
     assert "followed" in line.text
+
+
+def test_a_caller_without_the_clusters_token_is_refused_on_every_forward(smalltown_cluster: SmalltownCluster) -> None:
+    """What another local user who can reach the forwarded 127.0.0.1 ports, but not read the token, gets."""
+    forwards = [int(NodePort.DEBUG_SERVICE), *(node_debug_guest_port(i) for i in range(smalltown_cluster.spec.nodes))]
+    for guest_port in forwards:
+        stranger = DebugClient(smalltown_cluster.ports.dial_grpc(guest_port), retry_for=30)
+        try:
+            for call in (lambda: stranger.stub.GetGoldenTicket(debug_pb2.GetGoldenTicketRequest(), timeout=30),
+                         lambda: stranger.debug_kubeconfig(groups=["system:masters"])):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (guest_port, refused.value)
+        finally:
+            stranger.close()
+
+
+def test_the_token_is_readable_by_the_clusters_owner_only(smalltown_cluster: SmalltownCluster) -> None:
+    path = smalltown_cluster.debug_token_path
+    assert path is not None, "a reference cluster always has a token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.geteuid()
+    if os.geteuid() == 0:  # as root (CI), ask another uid to read it, as a stranger on the host would
+        attempt = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(path)], capture_output=True, text=True)
+        assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, attempt

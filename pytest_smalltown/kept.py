@@ -154,8 +154,9 @@ class AttachedCluster:
     ports: PortMap
     owner_pid: int
     console_paths: dict[str, Path]
-    #: The cluster's debug token (None: an older smalltown kept it, whose nodes check none).
+    #: The cluster's debug token and its file (None: an older smalltown kept it, whose nodes check none).
     debug_token: str | None = None
+    debug_token_path: Path | None = None
     addresses: list[str] = field(default_factory=list)
     qmp_sockets: list[Path] = field(default_factory=list)
     switch_qmp_socket: Path | None = None
@@ -311,6 +312,7 @@ def attach(spec: ClusterSpec) -> AttachedCluster:
         spec=spec,
         debug=DebugClient(ports.dial_grpc(NodePort.DEBUG_SERVICE), token=token),
         debug_token=token,
+        debug_token_path=Path(state["debug_token"]) if token else None,
         kube=api_client(kubeconfig),
         kubeconfig_path=kubeconfig,
         ports=ports,

@@ -70,6 +70,10 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
     kubeconfig_path: Path
     ports: PortMap
 
+    @property
+    def debug_token_path(self) -> Path | None:
+        """The file (0600) with the cluster's debug token, which its nodes require (None: they require none)."""
+
     def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
         """Import a container image archive into ``nodes`` (default: all)."""
 
