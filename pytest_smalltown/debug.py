@@ -3,9 +3,11 @@
 Under emulation a node's debug service comes up seconds after boot and some
 answers (credentials, golden tickets) only once the node has made its PKI,
 so transient failures are part of normal life: every unary call here retries
-UNAVAILABLE (and FAILED_PRECONDITION, "not yet") with exponential backoff from
-100 ms, bounded by a deadline; any other status is raised at once, because
-NOT_FOUND or INVALID_ARGUMENT will not get better by asking again.
+UNAVAILABLE, the service's "not yet", with exponential backoff from 100 ms,
+bounded by a deadline; any other status is raised at once, because it will
+not get better by asking again: NOT_FOUND, INVALID_ARGUMENT, and
+FAILED_PRECONDITION, the service's "never on this node" (a worker asked for a
+golden ticket or the CA's kubeconfig, a node without containerd for LoadImage).
 ``load_image`` streams a file and retries only UNAVAILABLE (the node is
 still starting containerd, or the connection broke), starting over.
 
@@ -34,7 +36,9 @@ from pytest_smalltown.launch.switch import node_debug_guest_port
 from pytest_smalltown.secretfile import write_private
 
 T = TypeVar("T")
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
+#: The codes that mean "not yet" (``node/debug_service.py``: ``Unavailable``, and gRPC's own for a
+#: node that cannot be reached), the only ones a call retries.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 #: Bytes per LoadImage message: far below gRPC's 4 MiB message limit, large
 #: enough that per-message overhead does not matter.

@@ -74,6 +74,38 @@ def test_retries_give_up_with_the_last_error(node: tuple[FlakyNode, DebugClient]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_client_retries_what_the_node_service_means_by_not_yet_and_nothing_it_means_by_never() -> None:
+    """The real NodeDebugService's codes: UNAVAILABLE is "not yet"; FAILED_PRECONDITION is "never on this node"."""
+    from pytest_smalltown.node.debug_service import Conditions, DebugServicer, FailedPrecondition, Unavailable, serve
+    from pytest_smalltown.node.logbuffer import LogRegistry
+
+    asked: list[str] = []
+
+    def kubeconfig(user: str, groups: object) -> str:
+        asked.append(user)
+        if len(asked) < 3:
+            raise Unavailable("cluster CA not created yet")
+        return "kubeconfig"
+
+    def ticket(ip: str, join: bool) -> object:
+        asked.append(ip)
+        raise FailedPrecondition("only the node that bootstrapped the cluster issues tickets")
+
+    server, port = serve(DebugServicer(LogRegistry(), Conditions(()), kubeconfig, ticket), "127.0.0.1:0", max_workers=2)
+    client = DebugClient(grpc.insecure_channel(f"127.0.0.1:{port}"), retry_for=20)
+    try:
+        assert client.debug_kubeconfig() == "kubeconfig" and len(asked) == 3
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            client.golden_ticket("10.1.0.3")
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert asked[3:] == ["10.1.0.3"], "asked once: a worker will never issue tickets"
+        assert time.monotonic() - started < 5
+    finally:
+        client.close()
+        server.stop(0)
+
+
 def test_not_found_is_not_retried(node: tuple[FlakyNode, DebugClient]) -> None:
     _, client = node
     started = time.monotonic()
