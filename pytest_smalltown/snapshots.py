@@ -125,9 +125,49 @@ def snapshot_name(spec: ClusterSpec) -> str:
     return "snapshot-" + re.sub(r"[^a-z0-9-]+", "-", str(spec).lower())
 
 
+MANIFEST = "manifest.json"
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of the snapshot in ``directory``, checked to have the shape :meth:`SnapshotWriter.commit` writes.
+
+    A manifest comes from disk, where an edit, a crash, an older format or a
+    bug can leave anything; raising :class:`SnapshotRefused` (why, in one
+    line) here means no reader meets a KeyError or TypeError later on.
+    """
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SnapshotRefused(f"{path} is unreadable: {error}") from None
+    wrong = _manifest_shape_error(manifest)
+    if wrong:
+        raise SnapshotRefused(f"{path} is not a snapshot manifest: {wrong}")
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def _manifest_shape_error(manifest: Any) -> str:
+    """What is wrong with the shape of a parsed manifest ("" if nothing)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON object was expected, not {type(manifest).__name__}"
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+        return "'inputs' must map each input's name to a string"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "'files' must map file names to their size and sha256"
+    for name, record in files.items():
+        if not (isinstance(record, dict) and type(record.get("size")) is int and isinstance(record.get("sha256"), str)):
+            return f"'files' entry {name!r} must be {{\"size\": <bytes>, \"sha256\": <hex>}}, not {json.dumps(record)}"
+    if not isinstance(manifest.get("facts", {}), dict):
+        return "'facts' must be a JSON object"
+    return ""
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """A complete snapshot directory and its manifest."""
+    """A complete snapshot directory and its manifest (as :func:`read_manifest` checked it)."""
 
     directory: Path
     manifest: dict[str, Any]
@@ -191,13 +231,10 @@ class SnapshotStore:
         """The complete snapshot for these inputs, or :class:`SnapshotRefused` saying why there is none usable."""
         if not (self.directory / ".complete").exists():
             raise SnapshotMissing(self._why_missing())
-        try:
-            manifest = json.loads((self.directory / "manifest.json").read_text())
-        except (OSError, ValueError) as error:
-            raise SnapshotRefused(f"{self.directory}/manifest.json is unreadable: {error}") from None
-        if manifest.get("inputs") != self.inputs:
+        manifest = read_manifest(self.directory)
+        if manifest["inputs"] != self.inputs:
             raise SnapshotRefused(f"{self.directory} was made from other inputs than its name says")
-        for name, expected in manifest.get("files", {}).items():
+        for name, expected in manifest["files"].items():
             path = self.directory / name
             if not path.is_file() or path.stat().st_size != expected["size"]:
                 raise SnapshotRefused(f"{path} is missing or truncated")
@@ -217,8 +254,8 @@ class SnapshotStore:
         )
         for other in others:
             try:
-                old_inputs = json.loads((other / "manifest.json").read_text())["inputs"]
-            except (OSError, ValueError, KeyError):
+                old_inputs = read_manifest(other)["inputs"]
+            except SnapshotRefused:
                 continue
             changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
             return f"the saved {self.spec} cluster was made from other inputs ({', '.join(changed)} changed)"
@@ -277,7 +314,7 @@ class SnapshotWriter:
                     digest.update(chunk)
             files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
         manifest = {"inputs": self.store.inputs, "files": files, "facts": dict(facts), "saved_at": time.time()}
-        (self.work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (self.work / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         (self.work / ".complete").write_text(f"{time.time():.0f}\n")
         final = self.store.directory
         if final.exists():

@@ -142,3 +142,25 @@ def test_another_specs_snapshot_is_not_taken_for_an_older_one_of_this_spec(tmp_p
     save(SnapshotStore(ClusterSpec(2, ("conformance",)), inputs(tmp_path)))
     with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
         SnapshotStore(ClusterSpec(2), inputs(tmp_path)).lookup()
+
+
+@pytest.mark.parametrize("manifest", [
+    [],
+    {"files": {}},
+    {"inputs": "INPUTS", "files": []},
+    {"inputs": "INPUTS", "files": {"node0.qcow2": 4}},
+    {"inputs": "INPUTS", "files": {"node0.qcow2": {"size": "4", "sha256": "00"}}},
+    {"inputs": "INPUTS", "files": {"node0.qcow2": {"size": 4}}},
+    {"inputs": "INPUTS", "files": {}, "facts": ["api_certificate_not_after"]},
+])  # fmt: skip
+def test_a_wrongly_shaped_manifest_is_a_refusal_not_a_crash(tmp_path: Path, manifest: object) -> None:
+    """Whatever manifest.json holds (an edit, another format, a bug), the launch boots cold instead of crashing."""
+    store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
+    save(store)
+    text = json.dumps(manifest).replace('"INPUTS"', json.dumps(store.inputs))
+    (store.directory / "manifest.json").write_text(text)
+    with pytest.raises(SnapshotRefused, match="manifest.json is not a snapshot manifest: "):
+        store.lookup()
+    # Another snapshot's manifest is only read to say what changed: a bad one is passed over.
+    with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096)).lookup()
