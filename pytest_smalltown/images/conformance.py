@@ -60,10 +60,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -312,43 +310,24 @@ def go_build(name: str, module_dir: Path, package: str, progress: Progress = std
     ``gobuild.build_program`` builds a module's own main package; agnhost and
     sample-apiserver are main packages of upstream modules, named as ``tool``
     directives in our go.mod files, so they are built by import path here
-    with the same environment and flags.
+    with the same environment and flags, through gobuild's one supervised go
+    build (heartbeat and bound included).
     """
     version = gobuild.go_version()
     env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
     key = hash_inputs([module_dir, package, GO_LDFLAGS, env, version, "conformance-go-v1"])
+    program = gobuild.GoProgram(name, GO_LDFLAGS, module=module_dir.relative_to(GO_DIR).as_posix(), package=package)
 
     def build(out: Path) -> None:
-        progress(f"go build {package} (minutes if Go's build cache is cold)")
-        done = threading.Event()
-
-        def heartbeat() -> None:
-            started = time.monotonic()
-            while not done.wait(60):
-                progress(f"  go build {name}: still running ({time.monotonic() - started:.0f}s)")
-
-        threading.Thread(target=heartbeat, daemon=True).start()
-        try:
-            proc = subprocess.run(
-                ["go", "build", "-trimpath", "-ldflags", GO_LDFLAGS, "-o", str(out / name), package],
-                cwd=module_dir, env={**os.environ, **gobuild.GO_ENV}, capture_output=True, text=True,
-            )
-        finally:
-            done.set()
-        if proc.returncode != 0:
-            raise ConformanceImageError(f"go build of {package} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        gobuild.compile_program(program, out / name, progress)
 
     return cached_build(f"go-{name}", key, build, progress) / name
 
 
-def kubernetes_source() -> Path:
-    """The Kubernetes module's directory in Go's module cache (downloaded if missing)."""
-    proc = subprocess.run(
-        ["go", "mod", "download", "-json", KUBERNETES_MODULE],
-        cwd=AGNHOST_MODULE, env={**os.environ, **gobuild.GO_ENV}, capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise ConformanceImageError(f"go mod download {KUBERNETES_MODULE} failed: {proc.stderr.strip()[-2000:]}")
+def kubernetes_source(progress: Progress = stderr_progress) -> Path:
+    """The Kubernetes module's directory in Go's module cache (downloaded if missing, supervised)."""
+    proc = gobuild.run_go(["go", "mod", "download", "-json", KUBERNETES_MODULE], f"go mod download {KUBERNETES_MODULE}",
+                          AGNHOST_MODULE, progress)
     return Path(json.loads(proc.stdout)["Dir"])
 
 

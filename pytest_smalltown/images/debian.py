@@ -30,7 +30,7 @@ from pathlib import Path
 from pytest_smalltown.images.cache import (Progress, cache_root, cached_build, cleanup_hint, hash_inputs, remembered,
                                           stderr_progress)
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.launch.reaper import run_supervised, timeout_message
 
 #: What apt resolves candidate versions from: its package lists, sources, pins
 #: and configuration, and dpkg's installed state and architectures (apt does
@@ -79,10 +79,19 @@ def apt_state() -> str:
     return hash_inputs(parts)
 
 
+#: Bound of a question to apt about its local state (apt-cache reads its lists: a second at most).
+APT_QUERY_TIMEOUT = 300.0
+#: What to do when apt could not fetch something from the host's mirror.
+MIRROR_HINT = "Run 'apt-get update' (as root) and check that the mirror in /etc/apt/sources.list* is reachable."
+
+
 def _ask_apt(packages: Sequence[str]) -> dict[str, dict[str, str]]:
     """What :func:`candidates` answers, from apt itself: one ``apt-cache`` call for all ``packages``."""
     require_tool("apt-cache", "images are built from Debian packages", "apt")
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
+    try:
+        proc = run_supervised(["apt-cache", "show", "--no-all-versions", *packages], timeout=APT_QUERY_TIMEOUT)
+    except subprocess.TimeoutExpired as expired:
+        raise PackageError(timeout_message("apt-cache show", expired)) from None
     found = parse_show(proc.stdout)
     missing = [name for name in packages if name not in found]
     if missing:
@@ -119,7 +128,11 @@ def candidate(package: str) -> tuple[str, str]:
 
 
 def download(packages: list[str], dest: Path) -> list[Path]:
-    """Download the ``.deb`` files of ``packages`` (no dependencies) into ``dest``."""
+    """Download the ``.deb`` files of ``packages`` (no dependencies) into ``dest``.
+
+    Supervised and bounded by the reaper's ``TOOL_TIMEOUT`` (an hour, for a few
+    packages): a mirror that stops sending ends in an error, not a hung build.
+    """
     require_tool("apt-get", "images are built from Debian packages", "apt")
     dest.mkdir(parents=True, exist_ok=True)
     # As root, apt downloads as the unprivileged _apt user, which cannot write
@@ -127,12 +140,13 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     # not be able to swap the kernel every VM boots) and let apt download as
     # root instead; it still checks each .deb against the signed index.
     sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-    proc = run_supervised(["apt-get", "download", "-q", *sandbox, *packages], cwd=dest)
+    what = f"apt-get download {' '.join(packages)}"
+    try:
+        proc = run_supervised(["apt-get", "download", "-q", *sandbox, *packages], cwd=dest)
+    except subprocess.TimeoutExpired as expired:
+        raise PackageError(timeout_message(what, expired, MIRROR_HINT)) from None
     if proc.returncode != 0:
-        raise PackageError(
-            f"apt-get download {' '.join(packages)} failed; run 'apt-get update' and check "
-            f"the mirror is reachable. apt said: {proc.stderr.strip()[-2000:]}"
-        )
+        raise PackageError(f"{what} failed. {MIRROR_HINT} apt said: {proc.stderr.strip()[-2000:]}")
     return sorted(dest.glob("*.deb"))
 
 
@@ -361,12 +375,18 @@ class PrivateApt:
         return {**os.environ, "APT_CONFIG": str(self.root / "apt.conf"), "LC_ALL": "C"}
 
     def run(self, argv: list[str], what: str, cwd: Path | None = None) -> str:
-        """Run an apt command on this state (supervised); its stdout, or a :class:`PackageError`."""
-        proc = run_supervised(argv, cwd=cwd, env=self.env)
+        """Run an apt command on this state (supervised, bounded by the reaper's ``TOOL_TIMEOUT``).
+
+        Its stdout, or a :class:`PackageError` naming the step, this state and its mirror.
+        """
+        where = f"apt configured by {self.root / 'apt.conf'}: {self.suite.name} from {self.suite.mirror}"
+        try:
+            proc = run_supervised(argv, cwd=cwd, env=self.env)
+        except subprocess.TimeoutExpired as expired:
+            raise PackageError(timeout_message(what, expired, f"Check that the mirror is reachable ({where}).")) from None
         if proc.returncode != 0:
             raise PackageError(
-                f"{what} failed (exit {proc.returncode}): {' '.join(argv)} (apt configured by "
-                f"{self.root / 'apt.conf'}: {self.suite.name} from {self.suite.mirror}); check the mirror is "
+                f"{what} failed (exit {proc.returncode}): {' '.join(argv)} ({where}); check the mirror is "
                 f"reachable. apt said: {(proc.stderr or proc.stdout).strip()[-2000:]}"
             )
         return proc.stdout

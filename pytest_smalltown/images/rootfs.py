@@ -181,6 +181,23 @@ def _neutralise_host_files(root: Path) -> None:
     )
 
 
+#: Bound of the mmdebstrap run: it downloads ~150 MB and unpacks them (24 s measured with a near mirror);
+#: after an hour it is stuck on a mirror that stopped sending.
+MMDEBSTRAP_TIMEOUT = 3600.0
+
+
+def make_tree(root: Path, sources: list[str], progress: Progress = stderr_progress) -> None:
+    """mmdebstrap the node's bookworm tree into ``root`` (as root, or in the build's user namespace), bounded."""
+    require_tool("mmdebstrap", "the node rootfs is made with it", "mmdebstrap")
+    userns.check()
+    progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
+    started = time.monotonic()
+    mirrors = ", ".join(sources) or "mmdebstrap's default, deb.debian.org"
+    run_tool(userns.as_root(mmdebstrap_argv(root, sources)), "mmdebstrap", error=RootfsError,
+             timeout=MMDEBSTRAP_TIMEOUT, hint=f"Check that the Debian mirrors it uses ({mirrors}) are reachable.")
+    progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
+
+
 def build_rootfs(progress: Progress = stderr_progress) -> Path:
     """Return the cached bookworm rootfs directory (stage 1), building it if needed.
 
@@ -194,13 +211,8 @@ def build_rootfs(progress: Progress = stderr_progress) -> Path:
     key = rootfs_key(versions, wheels, sources_text)
 
     def build(out: Path) -> None:
-        require_tool("mmdebstrap", "the node rootfs is made with it", "mmdebstrap")
-        userns.check()
         root = out / "rootfs"
-        progress(f"mmdebstrap {SUITE} with {len(ROOTFS_PACKAGES)} packages (downloads ~150 MB)")
-        started = time.monotonic()
-        run_tool(userns.as_root(mmdebstrap_argv(root, sources)), "mmdebstrap", error=RootfsError)
-        progress(f"  mmdebstrap done in {time.monotonic() - started:.0f}s")
+        make_tree(root, sources, progress)
         _neutralise_host_files(root)
         version_check = ["chroot", str(root), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
         inside = run_tool(userns.as_root(version_check), "python3 in rootfs", error=RootfsError).stdout.strip()

@@ -14,13 +14,12 @@ image serves every cluster shape and is rebuilt only when its inputs change.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.gobuild import GO_ENV, GoBuildError, GoProgram, go_version
+from pytest_smalltown.images.gobuild import GO_ENV, GoProgram, compile_program, go_version
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
 
@@ -86,17 +85,12 @@ def go_build_env() -> dict[str, str]:
 
 
 def build_nanoswitch(dest: Path, progress: Progress = stderr_progress) -> None:
-    """Compile the nanoswitch program to ``dest`` (static, ``-trimpath``), niced for the busy host."""
-    progress("compiling nanoswitch (go build)")
-    proc = subprocess.run(
-        ["nice", "-n", "10", *PROGRAM.build_args(dest)],
-        cwd=PROGRAM.module_dir,
-        env=go_build_env(),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise GoBuildError(f"go build of {PROGRAM.module_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    """Compile the nanoswitch program to ``dest`` (static, ``-trimpath``), niced for the busy host.
+
+    Through gobuild's one supervised go build: it dies with the session,
+    says it is alive while silent and is stopped if it hangs.
+    """
+    compile_program(PROGRAM, dest, progress, env=go_build_env(), nice=10)
 
 
 def build_switch_image(progress: Progress = stderr_progress) -> SwitchImage:

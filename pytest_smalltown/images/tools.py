@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.launch.reaper import run_supervised, timeout_message
 
 
 class BuildError(RuntimeError):
@@ -32,14 +33,21 @@ def require_tool(name: str, needed_for: str, package: str) -> str:
     return path
 
 
-def run_tool(argv: list[str], what: str, *, env: dict[str, str] | None = None, input: str | None = None,
-             hint: str = "", error: type[BuildError] = BuildError) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
+             input: str | None = None, hint: str = "", error: type[BuildError] = BuildError,
+             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` under the reaper (it dies with the session); a non-zero exit raises ``error``.
 
     The message names ``what`` was being done, the command, the tail of the
-    tool's output and, if given, ``hint``: what the user can do about it.
+    tool's output and, if given, ``hint``: what the user can do about it. A
+    tool still running after ``timeout`` seconds (default: the reaper's
+    :data:`~pytest_smalltown.launch.reaper.TOOL_TIMEOUT`) is stopped, and
+    ``error`` says so in the same terms.
     """
-    proc = run_supervised(argv, env=env, input=input)
+    try:
+        proc = run_supervised(argv, cwd=cwd, env=env, input=input, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        raise error(timeout_message(what, expired, hint)) from None
     if proc.returncode != 0:
         output = (proc.stderr or proc.stdout).strip()[-4000:]
         raise error(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{output}"

@@ -125,24 +125,67 @@ def stop_group(popen: subprocess.Popen[Any]) -> int:
     return returncode
 
 
+#: How long a tool run by :func:`run_supervised` may take when its caller names no bound of its own. Every
+#: build step measured so far takes minutes at most (the slowest, a cold Kubernetes build, passes its own);
+#: one still running after an hour is stuck (a mirror that stopped sending, a lock never released).
+TOOL_TIMEOUT = 3600.0
+#: How long to collect what a stopped tool printed before giving up on it.
+_DRAIN_SECONDS = 5.0
+
+
 def run_supervised(
     argv: Sequence[str], *, cwd: str | Path | None = None, env: Mapping[str, str] | None = None,
-    input: str | None = None,
+    input: str | None = None, timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a build tool to completion like :func:`subprocess.run` (text output captured), supervised.
+    """Run a build tool to completion like :func:`subprocess.run` (text output captured), supervised and bounded.
 
     Image builds run go, apt-get, mmdebstrap and friends for minutes; if the
     session is interrupted or killed meanwhile, they must not go on building
-    (and holding the cache lock) behind it.
+    (and holding the cache lock) behind it. Nor may one that hangs hold the
+    session forever: after ``timeout`` seconds (default :data:`TOOL_TIMEOUT`;
+    there is no unbounded run) its whole process group is killed and
+    :class:`subprocess.TimeoutExpired` raised, carrying what it printed until then.
     """
+    limit = TOOL_TIMEOUT if timeout is None else timeout
     stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
     popen = supervised_popen(argv, cwd=cwd, env=env, stdin=stdin,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        stdout, stderr = popen.communicate(input)
+        stdout, stderr = popen.communicate(input, timeout=limit)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _output_of_stopped(popen)
+        raise subprocess.TimeoutExpired(list(argv), limit, stdout, stderr) from None
     finally:
         returncode = stop_group(popen)
     return subprocess.CompletedProcess(list(argv), returncode, stdout, stderr)
+
+
+def _output_of_stopped(popen: subprocess.Popen[str]) -> tuple[str, str]:
+    """Kill the group of a tool that ran out of time; what it printed (empty if its pipes stay open elsewhere)."""
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        stdout, stderr = popen.communicate(timeout=_DRAIN_SECONDS)
+    except subprocess.TimeoutExpired:  # a grandchild that left the group still holds the pipes
+        return "", ""
+    return stdout or "", stderr or ""
+
+
+def timeout_message(what: str, expired: subprocess.TimeoutExpired, hint: str = "") -> str:
+    """What a step stopped by its bound says: the step, the bound, the command, its last words and what to do."""
+    seconds = expired.timeout
+    bound = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:g} s"
+    command = expired.cmd if isinstance(expired.cmd, str) else " ".join(str(arg) for arg in expired.cmd)
+    output = _text(expired.stderr).strip() or _text(expired.output).strip() or "(it printed nothing)"
+    return (f"{what} did not finish within {bound} and was stopped: {command}\n{output[-2000:]}\n"
+            + (hint or "Run it again; if it stops at the same point, run the command above by hand to see "
+                       "what it waits for."))
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def _clean(pgids: set[int], paths: set[str]) -> None:

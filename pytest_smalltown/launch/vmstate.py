@@ -28,6 +28,7 @@ from typing import Any
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from pytest_smalltown.launch.reaper import run_supervised, timeout_message
 from pytest_smalltown.launch.vm import VM, LaunchError, find_binary
 
 #: Migration bandwidth cap while saving. QEMU's default (32 MiB/s) is meant
@@ -37,6 +38,8 @@ SAVE_BANDWIDTH = 1 << 40
 #: zstd level for saved RAM: level 1 compresses a node's RAM image at several
 #: hundred MB/s on one core and still removes most of it (page cache, zeroed heaps).
 ZSTD_LEVEL = 1
+#: Bound of a qemu-img run (making an overlay or reading a disk's size takes milliseconds, even under load).
+QEMU_IMG_TIMEOUT = 300.0
 #: QMP connection attempts before a VM counts as unreachable.
 CONNECT_ATTEMPTS = 5
 
@@ -212,7 +215,13 @@ def create_overlay(backing: Path, backing_format: str, overlay: Path, in_use: bo
 
 
 def _run(argv: list[str], about: Path) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
+    """Run qemu-img supervised (it dies with the session) and bounded by :data:`QEMU_IMG_TIMEOUT`."""
+    what = f"{' '.join(argv[:2])} {about}"
+    try:
+        result = run_supervised(argv, timeout=QEMU_IMG_TIMEOUT)
+    except subprocess.TimeoutExpired as expired:
+        raise VMStateError(timeout_message(what, expired, "Check that the disk holding it is not full or hung "
+                                                          "(a qemu-img create or info takes milliseconds).")) from None
     if result.returncode != 0:
-        raise VMStateError(f"{' '.join(argv[:2])} {about} failed: {result.stderr.strip()}")
+        raise VMStateError(f"{what} failed: {result.stderr.strip()}")
     return result.stdout
