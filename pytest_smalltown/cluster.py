@@ -771,9 +771,12 @@ def _restore(
     The VMs get fresh cables, host ports, work directories and disk
     overlays on top of the snapshot's (which is only read, so any number of
     sessions may restore it at once); they load their saved state paused and
-    are resumed together. The files are checksummed meanwhile; a mismatch,
-    or anything else going wrong, raises :class:`SnapshotRefused` after
-    stopping whatever was started, and the caller boots cold.
+    are resumed together. The files are checksummed meanwhile. Whatever
+    goes wrong, everything started is stopped; a failure that shows the
+    snapshot unusable (:func:`_why_unusable`) raises :class:`SnapshotRefused`,
+    and the caller deletes it and boots cold. Any other failure is raised as
+    it is (a :class:`ClusterLaunchError` naming the phase, an interrupt) and
+    the snapshot stays, since other sessions share it.
     """
     phases = _Phases(spec, time.monotonic() + min(settings.boot_timeout, RESTORE_TIMEOUT), progress)
     phases.seconds["images"] = images_seconds
@@ -821,21 +824,12 @@ def _restore(
         kube, kubeconfig_path = _connect(phases, debug, switch, workdir)
         with phases.phase("clock"):
             _wait_clock(kube, phases.remaining())
-    except KeyboardInterrupt:
+    except BaseException as error:
         _abandon(phases, debug, workdir)
-        raise
-    except Exception as error:
-        _abandon(phases, debug, workdir)
-        cause = error.__cause__ if isinstance(error, ClusterLaunchError) and error.__cause__ else error
-        reason = f"restoring {snapshot.directory.name} failed: {str(cause).splitlines()[0]}"
-        # A corrupt file usually makes QEMU's load fail first; the checksum says why.
-        try:
-            verification.result(timeout=RESTORE_TIMEOUT)
-        except SnapshotRefused as corrupt:
-            reason = str(corrupt)
-        except Exception:  # noqa: BLE001 - the checksums could not be read either: the first failure stands
-            pass
-        raise SnapshotRefused(reason) from error
+        unusable = _why_unusable(error, snapshot, verification)
+        if unusable is None:
+            raise
+        raise SnapshotRefused(f"restoring {snapshot.directory.name} failed: {unusable}") from error
     finally:
         verifier.shutdown(wait=False, cancel_futures=True)
         for monitor in monitors:
@@ -846,6 +840,42 @@ def _restore(
         how=f"restored from {snapshot.directory.name}",
         snapshot=snapshot, boot_timeout=settings.boot_timeout,
     )  # fmt: skip
+
+
+#: What QEMU prints (``migration.c``) when it cannot load a saved state, before it exits.
+QEMU_REFUSED_STATE = "load of migration failed"
+
+
+def _why_unusable(
+    error: BaseException, snapshot: Snapshot, verification: concurrent.futures.Future[None]
+) -> str | None:
+    """Why a restore's failure shows its snapshot unusable, in one line; None when it shows nothing of the kind.
+
+    Only then may the snapshot be deleted: every session on the host shares
+    it. It is unusable when its files differ from its manifest (checksummed
+    beside the restore: a corrupt state file makes QEMU's load fail or
+    stall before the checksums are done), when a file it should hold cannot
+    be read, or when QEMU refuses a saved state. A timeout under load, an
+    interrupt, a missing program or a QEMU killed from outside is the host's
+    trouble or the moment's, not the snapshot's.
+    """
+    if not isinstance(error, Exception):
+        return None  # an interrupt ends the launch at once, without waiting for the checksums
+    cause = error.__cause__ if isinstance(error, ClusterLaunchError) and error.__cause__ is not None else error
+    if isinstance(cause, SnapshotRefused):
+        return str(cause)
+    try:
+        verification.result(timeout=RESTORE_TIMEOUT)
+    except SnapshotRefused as corrupt:
+        return str(corrupt)
+    except Exception:  # noqa: BLE001 - checksums that could not be finished show nothing
+        pass
+    if isinstance(cause, LaunchError) and QEMU_REFUSED_STATE in str(cause):
+        said = next(line for line in str(cause).splitlines() if QEMU_REFUSED_STATE in line)
+        return f"QEMU refused a saved state ({said.strip()})"
+    if isinstance(cause, OSError) and cause.filename and Path(cause.filename).parent == snapshot.directory:
+        return f"{cause.filename} cannot be read: {cause.strerror or type(cause).__name__}"
+    return None
 
 
 def _abandon(phases: _Phases, debug: DebugClient | None, workdir: Path) -> None:

@@ -1,0 +1,125 @@
+"""What a failed restore does to the snapshot it came from (no VMs: the launch around a failing restore).
+
+A snapshot is shared by every session on the host, so a restore may delete it
+only when the snapshot itself is shown unusable: its files differ from the
+manifest, or QEMU refuses its saved state. A timeout under load, an
+interrupt or a missing program says nothing about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_smalltown import cluster, snapshots
+from pytest_smalltown.images.switch import SwitchImage
+from pytest_smalltown.launch.accel import ProbeResult
+from pytest_smalltown.launch.qemu import DirectBoot, Disk
+from pytest_smalltown.launch.vm import ProgramNotFoundError, VMExitedError
+from pytest_smalltown.launch.vmstate import VMStateError
+from pytest_smalltown.settings import Settings, resolve
+from pytest_smalltown.snapshots import SnapshotStore, SnapshotWarning, snapshot_inputs
+from pytest_smalltown.spec import ClusterSpec
+
+SPEC = ClusterSpec(1)
+#: What QEMU 7.2 prints, then exits 1, for a state file that is not its migration stream.
+QEMU_REFUSES = "qemu-system-x86_64: Not a migration stream\nqemu-system-x86_64: load of migration failed: Invalid argument"
+
+
+def settings(**values: str) -> Settings:
+    return resolve({"accel": "tcg", **values}, {}, environ={})
+
+
+@pytest.fixture
+def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SnapshotStore:
+    """A saved 1-node snapshot of exactly the inputs the launch computes, and a launch that boots nothing."""
+    monkeypatch.setenv(snapshots.SNAPSHOT_DIR_ENV, str(tmp_path / "snapshots"))
+    monkeypatch.setattr(snapshots, "qemu_version", lambda qemu: "QEMU emulator version 7.2.22")
+    for name in ("vmlinuz", "initrd", "node.img", "switch-kernel", "switch-initrd"):
+        (tmp_path / name).write_bytes(name.encode())
+    boot = DirectBoot(tmp_path / "vmlinuz", tmp_path / "initrd", "console=ttyS0")
+    disk = Disk(tmp_path / "node.img", "raw")
+    switch = SwitchImage(tmp_path / "switch-kernel", tmp_path / "switch-initrd")
+    monkeypatch.setattr(cluster, "check_host_inputs", lambda settings: None)
+    monkeypatch.setattr(cluster, "resolve_accel", lambda mode, qemu: ProbeResult("tcg", "chosen", 0.0, ""))
+    monkeypatch.setattr(cluster, "node_boot", lambda settings, progress: (boot, disk))
+    monkeypatch.setattr(cluster, "preload_disks", lambda spec, progress: ())
+    monkeypatch.setattr("pytest_smalltown.images.switch.build_switch_image", lambda progress: switch)
+    monkeypatch.setattr(cluster, "_boot", lambda *args: "booted cold")
+    defaults = settings()
+    inputs = snapshot_inputs(
+        SPEC, boot_files=cluster._Parts(boot, disk, (), switch).files(), cmdline=boot.cmdline, qemu=defaults.qemu,
+        memory_mib=defaults.node_memory, cpus=defaults.node_cpus, accel="tcg", tpm=False,
+    )  # fmt: skip
+    store = SnapshotStore(SPEC, inputs)
+    writer = store.begin()
+    assert writer is not None
+    for name in ("nanoswitch.state.zst", "node0.state.zst", "node0.qcow2"):
+        (writer.work / name).write_bytes(b"saved " + name.encode())
+    writer.commit({})
+    return store
+
+
+def failing(monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException) -> None:
+    """Make the restore fail with ``error`` at ``where`` (a name in ``cluster``), inside its restore phase."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(cluster, where, fail)
+
+
+def launch(**values: str) -> Any:
+    return cluster._launch_once(SPEC, settings(**values), progress=lambda message: None)
+
+
+@pytest.mark.parametrize(("where", "error"), [
+    ("launch_switch", VMStateError("VM 'node0': saved state not loaded within 180s")),  # a restore under load
+    ("launch_switch", TimeoutError()),  # no message at all
+    ("incoming_uri", ProgramNotFoundError("zstd was not found on PATH; install zstd")),
+    ("launch_switch", VMExitedError("node0", -9, "", [])),  # killed (the OOM killer), not refused
+])  # fmt: skip
+def test_a_restore_that_fails_for_the_hosts_reasons_is_a_launch_error_and_keeps_the_snapshot(
+    saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException
+) -> None:
+    failing(monkeypatch, where, error)
+    with pytest.raises(cluster.ClusterLaunchError, match="phase 'restore' did not finish") as raised:
+        launch()
+    assert raised.value.__cause__ is error
+    assert saved.lookup(), "other sessions share the snapshot: it stays"
+
+
+def test_an_interrupted_restore_keeps_the_snapshot(saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing(monkeypatch, "launch_switch", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        launch()
+    assert saved.lookup()
+
+
+@pytest.mark.parametrize(("corrupt", "error", "why"), [
+    (False, VMExitedError("nanoswitch", 1, QEMU_REFUSES, []), "QEMU refused .*load of migration failed"),
+    (True, VMStateError("VM 'node0': saved state not loaded within 180s"), "node0.state.zst is corrupt"),
+    (True, VMExitedError("node0", 1, QEMU_REFUSES, []), "node0.state.zst is corrupt"),
+])  # fmt: skip
+def test_a_snapshot_shown_unusable_is_refused_deleted_and_booted_cold(
+    saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch, corrupt: bool, error: BaseException, why: str
+) -> None:
+    if corrupt:
+        state = saved.directory / "node0.state.zst"
+        state.write_bytes(state.read_bytes().upper())  # same size: only the checksum can tell
+    failing(monkeypatch, "launch_switch", error)
+    with pytest.warns(SnapshotWarning, match=f"snapshot refused: restoring .* failed: .*{why}.*booting it cold"):
+        assert launch() == "booted cold"
+    assert not saved.directory.exists()
+
+
+def test_a_file_the_snapshot_should_hold_but_does_not_is_a_refusal(
+    saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. a file a newer launcher restores with, in a snapshot an older one saved."""
+    missing = saved.directory / "debug-token"
+    failing(monkeypatch, "launch_switch", FileNotFoundError(2, "No such file or directory", str(missing)))
+    with pytest.warns(SnapshotWarning, match=f"restoring .* failed: {missing} cannot be read: No such file"):
+        assert launch() == "booted cold"
