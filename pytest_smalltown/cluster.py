@@ -98,6 +98,7 @@ from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.secretfile import write_private
 from pytest_smalltown.settings import Settings
 from pytest_smalltown.snapshots import (
+    RestoreRequiredError,
     Snapshot,
     SnapshotMissing,
     SnapshotRefused,
@@ -444,7 +445,8 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
     an earlier launch with the same inputs is restored instead of booted; a
     snapshot that cannot be used is refused with a :class:`SnapshotWarning`
     and the cluster is booted cold and saved anew (``refresh`` always does
-    that, ``off`` never saves nor restores). See :mod:`pytest_smalltown.snapshots`.
+    that, ``off`` never saves nor restores, ``require`` raises
+    :class:`RestoreRequiredError` instead of booting). See :mod:`pytest_smalltown.snapshots`.
 
     A guest whose kernel hangs while booting (both vCPUs of a reference
     node stuck for minutes in a soft lockup, seen once under TCG) fails the
@@ -485,12 +487,9 @@ def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> C
             store = SnapshotStore(spec, inputs)
     images_seconds = phases.seconds["images"]
 
-    refusal = "--smalltown-snapshots=refresh"
-    if settings.snapshots == "off":
-        refusal = "snapshots are off"
-    elif store is None:
-        refusal = "snapshots of nodes with a TPM are not supported yet"
-    if store is not None and settings.snapshots == "auto":
+    refusal = _why_not_restoring(settings, store)
+    if refusal is None:
+        assert store is not None
         try:
             snapshot = store.lookup()
             return _restore(spec, settings, parts, accel, store, snapshot, images_seconds, progress)
@@ -499,9 +498,25 @@ def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> C
         except SnapshotRefused as refused:
             refusal = f"snapshot refused: {refused}"
             store.discard()  # it exists but cannot be used: make room for a new one
-            warnings.warn(SnapshotWarning(f"{spec} cluster: {refusal}; booting it cold"), stacklevel=3)
+            if settings.snapshots == "auto":  # require says it below, as an error
+                warnings.warn(SnapshotWarning(f"{spec} cluster: {refusal}; booting it cold"), stacklevel=3)
+    if settings.snapshots == "require":
+        raise RestoreRequiredError(f"{spec} cluster: not restored ({refusal}), and --smalltown-snapshots=require "
+                                   f"(from {settings.sources.get('snapshots', 'default')}) allows no cold boot")
+    if settings.snapshots == "auto":
         progress(f"{spec} cluster: not restored ({refusal}); booting")
     return _boot(spec, settings, parts, accel, phases, store, refusal, progress)
+
+
+def _why_not_restoring(settings: Settings, store: SnapshotStore | None) -> str | None:
+    """Why this launch does not even look for a snapshot (for the summary); None when it does."""
+    if settings.snapshots == "off":
+        return "snapshots are off"
+    if settings.snapshots == "refresh":
+        return "--smalltown-snapshots=refresh"
+    if store is None:
+        return "snapshots of nodes with a TPM are not supported yet"
+    return None
 
 
 def _node_config(

@@ -131,7 +131,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("node_cpus", "2", "virtual CPUs per node VM", _positive_int, "N", True),
     Option("snapshots", "auto", "auto: restore a cluster saved by an earlier session with the same inputs, "
            "else boot it and save it once Ready; refresh: always boot and save anew; off: always boot, "
-           "never save", _snapshot_mode, "MODE", True),
+           "never save; require: restore, or fail the cluster's tests with the reason it was not restored",
+           _snapshot_mode, "MODE", True),
     Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS", True),
     Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",
            _optional_path, "DIR"),

@@ -19,7 +19,8 @@ private to its owner (0700), unlike images.
 
 A snapshot that cannot be used (missing, half-written, corrupt, made from
 other inputs) is *refused*: the caller boots cold, warns, and saves a new
-one. Nothing here fails a test run.
+one; only the mode ``require`` (a run that exists to prove restoring works)
+turns a refusal into a failed launch, :class:`RestoreRequiredError`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from pytest_smalltown.spec import ClusterSpec
 
 #: Bump when the layout or the meaning of a snapshot changes.
 SNAPSHOT_FORMAT = 1
-MODES = ("auto", "off", "refresh")
+#: ``--smalltown-snapshots``: restore else boot and save; never either; boot and save anew; restore or fail.
+MODES = ("auto", "off", "refresh", "require")
 #: A restoring session holds its snapshot open; an older one is not needed by anyone.
 KEEP_PER_SPEC = 1
 #: Refuse a snapshot whose API server certificate expires sooner than this
@@ -59,6 +61,15 @@ class SnapshotRefused(Exception):
 
 class SnapshotMissing(SnapshotRefused):
     """No snapshot of these inputs exists (the first launch after a change); the message says what changed."""
+
+
+class RestoreRequiredError(RuntimeError):
+    """``--smalltown-snapshots=require``, and the cluster was not restored; the message says why.
+
+    The launch fails instead of booting cold, so every test of the spec fails
+    with the reason: a pass meant to run on restored clusters cannot pass on
+    booted ones behind a warning nobody reads.
+    """
 
 
 class SnapshotWarning(UserWarning):

@@ -123,3 +123,36 @@ def test_a_file_the_snapshot_should_hold_but_does_not_is_a_refusal(
     failing(monkeypatch, "launch_switch", FileNotFoundError(2, "No such file or directory", str(missing)))
     with pytest.warns(SnapshotWarning, match=f"restoring .* failed: {missing} cannot be read: No such file"):
         assert launch() == "booted cold"
+
+
+@pytest.mark.parametrize(("refused", "why"), [
+    (True, r"snapshot refused: restoring .* failed: QEMU refused a saved state"),
+    (False, "no 1-node cluster has been saved yet"),
+])  # fmt: skip
+def test_under_snapshots_require_a_cluster_that_is_not_restored_fails_its_tests_with_the_reason(
+    saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester, refused: bool, why: str
+) -> None:
+    """CI's restored pass: a refused restore must fail, not pass on a cold boot behind a warning."""
+    booted: list[object] = []
+    monkeypatch.setattr(cluster, "_boot", lambda *args: booted.append(args))
+    if refused:
+        failing(monkeypatch, "launch_switch", VMExitedError("nanoswitch", 1, QEMU_REFUSES, []))
+    else:
+        saved.discard()
+    pytester.makepyfile(
+        """
+        def test_one(smalltown_cluster):
+            pass
+
+        def test_two(smalltown_cluster):
+            pass
+        """
+    )
+    result = pytester.runpytest("--smalltown-snapshots=require", "--smalltown-accel=tcg", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.re_match_lines([
+        rf".*RestoreRequiredError: 1-node cluster: not restored \({why}.*\), and --smalltown-snapshots=require "
+        r"\(from --smalltown-snapshots\) allows no cold boot",
+        r".*the 1-node cluster failed earlier in this session",
+    ], consecutive=False)  # fmt: skip
+    assert booted == [], "nothing was booted in its place"
