@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_smalltown import aliases
-from pytest_smalltown.launch.accel import node_capacity, resolve_accel
+from pytest_smalltown.launch.accel import cached_verdict, node_capacity, resolve_accel
 from pytest_smalltown.parallel import SpecGroups, auto_workers, spec_scheduler
 from pytest_smalltown.pool import ClusterPool, EvidenceSource, Launcher, SmalltownCluster
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
@@ -155,7 +155,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     session_state = _session(config)
     max_nodes = session_state.settings.max_nodes
     if max_nodes is None:
-        max_nodes, session_state.capacity_summary = _host_max_nodes(session_state.settings, specs.values())
+        max_nodes, session_state.capacity_summary = _host_max_nodes(
+            session_state.settings, specs.values(), probe=not config.option.collectonly
+        )
     if max_nodes is not None:
         _keep_small_specs(config, items, max_nodes)
     if session_state.settings.shard is not None:
@@ -173,27 +175,46 @@ def group_label(item: pytest.Item) -> str:
     return str(spec) if spec is not None else NO_CLUSTER
 
 
-def _host_max_nodes(settings: Settings, specs: Iterable[ClusterSpec]) -> tuple[int | None, str | None]:
-    """``--smalltown-max-nodes=auto``: the node limit this host sets, and the line that says so (None, None: none).
+def _host_max_nodes(
+    settings: Settings, specs: Iterable[ClusterSpec], probe: bool = True
+) -> tuple[int | None, str | None]:
+    """``--smalltown-max-nodes=auto``: the node limit this host sets, and the line that says so (None: no limit).
 
     The accelerator is only resolved (a probe, cached per host) when some cluster has more
-    nodes than the host has cores: below that every accelerator carries it.
+    nodes than the host has cores: below that every accelerator carries it. Without
+    ``probe`` (``--collect-only``, which must start nothing) only an accelerator already
+    known counts: chosen, or probed by an earlier run on this host.
     """
     biggest = max((spec.nodes for spec in specs), default=0)
     cpus = os.cpu_count() or 1
     if biggest <= cpus:
         return None, None
-    try:
-        accel = resolve_accel(settings.accel, settings.qemu).accel
-    except Exception:  # the first launch meets the same problem and reports it in full
-        return None, None
-    limit = node_capacity(accel, cpus)
+    accel: str | None
+    if probe:
+        try:
+            accel = resolve_accel(settings.accel, settings.qemu).accel
+        except Exception:  # the first launch meets the same problem and reports it in full
+            return None, None
+    else:
+        accel = _known_accel(settings)
+        if accel is None:
+            return None, (f"smalltown: --collect-only starts no VM, so the accelerator is not probed; a run may "
+                          f"deselect clusters over {cpus} node{'' if cpus == 1 else 's'} (one per core under TCG)")
+    limit = node_capacity("kvm" if accel == "kvm" else "tcg", cpus)
     if biggest <= limit:
         return None, None
     return limit, (
         f"smalltown: tests of clusters over {limit} nodes deselected: under {accel.upper()} this {cpus}-core "
         f"host carries {limit} node VMs at once; --smalltown-max-nodes={biggest} runs them anyway"
     )
+
+
+def _known_accel(settings: Settings) -> str | None:
+    """The accelerator launches will use, if known without booting anything: chosen, or probed earlier on this host."""
+    if settings.accel != "auto":
+        return settings.accel
+    verdict = cached_verdict(settings.qemu)
+    return verdict.accel if verdict is not None else None
 
 
 def _keep_small_specs(config: pytest.Config, items: list[pytest.Item], max_nodes: int) -> None:

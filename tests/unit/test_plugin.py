@@ -776,3 +776,30 @@ def test_a_cluster_that_dies_while_a_test_waits_fails_the_wait_at_once(pytester:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ClusterDiedDuringTest: the cluster died while this test ran*"])
     assert time.monotonic() - started < 10, "the test failed at once, not at the wait's timeout"
+
+
+def test_collect_only_never_starts_a_vm(pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-nodes=auto needs the accelerator; --co must not boot the KVM probe to learn it (nor build its image)."""
+    from pytest_smalltown.launch.accel import ProbeResult, _host_fingerprint
+
+    pytester.makepyfile(SHARDED_SUITE)
+    monkeypatch.delenv("SMALLTOWN_ACCEL")  # auto: proving KVM boots a VM
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(pytester.path / "cache"))  # no verdict cached yet
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    probes: list[object] = []
+
+    def probe(qemu: str) -> ProbeResult:
+        probes.append(qemu)
+        return ProbeResult("tcg", "tiny VM did not reach init under KVM", 1.0, _host_fingerprint(qemu))
+
+    monkeypatch.setattr("pytest_smalltown.launch.accel.probe_kvm", probe)
+    result = pytester.runpytest("--co", "-q")
+    assert result.ret == pytest.ExitCode.OK and probes == [], "no VM started to collect"
+    result.stdout.fnmatch_lines(["smalltown: --collect-only starts no VM, so the accelerator is not probed; "
+                                 "a run may deselect clusters over 1 node*"])  # fmt: skip
+    assert "6 tests collected" in result.stdout.str()
+    pytester.runpytest("-q").assert_outcomes(passed=4, deselected=2)  # a run probes, once per host
+    assert len(probes) == 1
+    collected = pytester.runpytest("--co", "-q")
+    assert "4/6 tests collected (2 deselected)" in collected.stdout.str(), "with a verdict known, --co shows the run"
+    assert len(probes) == 1
