@@ -32,7 +32,7 @@ from typing import Any
 
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
-from pytest_smalltown.kept import KeptClusterError, claim, read_state, state_path, write_state
+from pytest_smalltown.kept import KeptClusterError, Owner, claim, read_state, state_path, write_state
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
@@ -185,20 +185,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Seconds ``down`` gives the kept cluster's process to close it before killing it.
+DOWN_TIMEOUT = 60.0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    state = _read_state()
-    os.kill(state["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.kill(state["pid"], 0)
-        except ProcessLookupError:
-            print("cluster stopped")
-            return 0
-        time.sleep(0.2)
-    os.kill(state["pid"], signal.SIGKILL)  # its VMs die with it (PDEATHSIG)
+    """Stop the process that keeps the cluster (it closes the cluster), and only that process."""
+    try:
+        stopped = Owner.of(read_state()).stop(DOWN_TIMEOUT)
+    except KeptClusterError as error:
+        raise SystemExit(str(error)) from None
+    if stopped:
+        print("cluster stopped")
+        return 0
     state_path().unlink(missing_ok=True)
-    print("cluster did not stop in 60s; killed it")
+    print(f"cluster did not stop in {DOWN_TIMEOUT:.0f}s; killed it")
     return 1
 
 

@@ -15,7 +15,10 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
+import select
 import shutil
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,102 @@ def claim() -> int | None:
     return fd
 
 
+def process_identity(pid: int) -> str | None:
+    """Who process ``pid`` is: this boot's id and its start time, or None if there is no such process.
+
+    A pid alone names a process only while it lives: once it exits, the kernel
+    gives the number to a later process. Its start time (clock ticks since
+    boot, ``/proc/<pid>/stat`` field 22) with the boot's id tells them apart.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # Field 2, the command name, is in parentheses and may hold spaces and ")": field 3 on follow the last ")".
+    return f"{boot}/{stat[stat.rindex(')') + 2:].split()[19]}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that keeps the cluster (its VMs die with it): its pid and :func:`process_identity`.
+
+    ``identity`` is None in a state file of an older smalltown, which
+    recorded the bare pid: such an owner can be looked at but not signalled.
+    """
+
+    pid: int
+    identity: str | None
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> Owner:
+        return cls(state["pid"], state.get("owner"))
+
+    def running(self) -> bool:
+        """Whether the recorded process still runs (not merely some process with its pid)."""
+        identity = process_identity(self.pid)
+        return identity is not None and self.identity in (None, identity)
+
+    def stop(self, timeout: float) -> bool:
+        """SIGTERM the owner, which closes the cluster; SIGKILL it after ``timeout`` s. True if it stopped by itself.
+
+        The process is held by a pidfd before it is identified, so no signal
+        can reach a process that took its pid meanwhile; the pidfd also says
+        when it has exited, whether or not its parent has reaped it yet.
+        """
+        if self.identity is None:
+            raise KeptClusterError(
+                f"the cluster state names pid {self.pid} without its start time (an older smalltown wrote it), so "
+                f"smalltown cannot tell that process from a later one with the same pid; if `ps -o args= -p "
+                f"{self.pid}` shows the cluster's 'smalltown _serve' or pytest, stop it with: kill {self.pid}"
+            )
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            if process_identity(self.pid) != self.identity:
+                return True  # it exited since the state was read
+            if self._signal(pidfd, signal.SIGTERM) and _exited(pidfd, timeout):
+                return True
+            self._signal(pidfd, signal.SIGKILL)  # its VMs die with it (PDEATHSIG)
+            _exited(pidfd, timeout)
+            return False
+        finally:
+            os.close(pidfd)
+
+    def _signal(self, pidfd: int, signum: int) -> bool:
+        """Send ``signum``; False if the process had exited already."""
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            raise KeptClusterError(
+                f"pid {self.pid}, which keeps the cluster, belongs to another user ({_user_of(self.pid)}): only they "
+                "(or root) can stop it"
+            ) from None
+        return True
+
+
+def _exited(pidfd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the process behind ``pidfd`` to exit (a pidfd turns readable then)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def _user_of(pid: int) -> str:
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "unknown"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def read_state() -> dict[str, Any]:
     """The recorded cluster, checked to be one whose owning process is still alive."""
     path = state_path()
@@ -74,14 +173,15 @@ def read_state() -> dict[str, Any]:
             f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
             f"'smalltown up' process, then remove the file and start again with: smalltown up"
         ) from None
-    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+    # A pid of 0 or below would name a process group, or every process there is, to a signal.
+    if not isinstance(state, dict) or type(state.get("pid")) is not int or state["pid"] <= 0 or not isinstance(
+        state.get("owner", ""), str
+    ):
         raise KeptClusterError(
             f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
             "start again with: smalltown up"
         )
-    try:
-        os.kill(state["pid"], 0)
-    except ProcessLookupError:
+    if not Owner.of(state).running():
         path.unlink(missing_ok=True)
         raise KeptClusterError(
             "the recorded cluster is gone (its process exited); start one with: smalltown up"
@@ -93,6 +193,7 @@ def write_state(cluster: Any, pid: int) -> None:
     """Record ``cluster`` (a :class:`~pytest_smalltown.cluster.Cluster`) as kept by process ``pid``."""
     state = {
         "pid": pid,
+        "owner": process_identity(pid),
         "nodes": cluster.spec.nodes,
         "preload": list(cluster.spec.preload),
         "ports": {str(guest): host for guest, host in cluster.ports.items()},
@@ -154,6 +255,8 @@ class AttachedCluster:
     ports: PortMap
     owner_pid: int
     console_paths: dict[str, Path]
+    #: :func:`process_identity` of the owner (None: an older smalltown kept it and recorded none).
+    owner_identity: str | None = None
     #: The cluster's debug token and its file (None: an older smalltown kept it, whose nodes check none).
     debug_token: str | None = None
     debug_token_path: Path | None = None
@@ -227,12 +330,10 @@ class AttachedCluster:
             monitor.close()
 
     def check_alive(self) -> None:
-        try:
-            os.kill(self.owner_pid, 0)
-        except ProcessLookupError:
+        if not Owner(self.owner_pid, self.owner_identity).running():
             raise KeptClusterError(
                 f"the kept cluster's process (pid {self.owner_pid}) exited; start one again with: smalltown up"
-            ) from None
+            )
 
     def consoles(self, lines: int = 40) -> dict[str, list[str]]:
         """The last ``lines`` lines of each node's console log."""
@@ -317,6 +418,7 @@ def attach(spec: ClusterSpec) -> AttachedCluster:
         kubeconfig_path=kubeconfig,
         ports=ports,
         owner_pid=int(state["pid"]),
+        owner_identity=state.get("owner"),
         console_paths={name: Path(path) for name, path in state.get("consoles", {}).items()},
         addresses=list(state.get("addresses", [])),
         qmp_sockets=[Path(path) for path in state.get("qmp_sockets", [])],

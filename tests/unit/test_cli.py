@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -234,3 +236,99 @@ def test_one_cluster_is_kept_at_a_time_even_when_two_are_started_side_by_side(
     fd = claim()
     assert fd is not None, "the kernel freed the slot when its holder was killed"
     os.close(fd)
+
+
+# --- down: the recorded owner, and only it ----------------------------------------
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours that is not a cluster's owner (or stands in for one)."""
+    process = subprocess.Popen(["sleep", "120"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _record_owner(pid: int, owner: str | None) -> None:
+    import json
+
+    from pytest_smalltown.cli import state_path
+
+    state = {"pid": pid, "nodes": 1, "ports": {"7837": 1, "6443": 2}, "kubeconfig": "/x"}
+    if owner is not None:
+        state["owner"] = owner
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    state_path().write_text(json.dumps(state))
+
+
+def test_down_stops_the_process_that_keeps_the_cluster(
+    sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import process_identity
+
+    _record_owner(sleeper.pid, process_identity(sleeper.pid))
+    assert main(["down"]) == 0  # a zombie has exited too: it needs no reaping to count as stopped
+    assert "cluster stopped" in capsys.readouterr().out
+    assert sleeper.wait(timeout=5) == -15
+    assert state_path().exists(), "the owner removes its record as it stops (this stand-in does not)"
+
+
+def test_down_leaves_a_process_that_got_the_dead_owners_pid_alone(sleeper: subprocess.Popen[bytes]) -> None:
+    """The owner died and the kernel gave its pid to another process: that one is not the cluster."""
+    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import process_identity
+
+    identity = process_identity(os.getpid())
+    assert identity is not None
+    boot, _ = identity.split("/")
+    _record_owner(sleeper.pid, f"{boot}/1")  # the pid's owner started at another time
+    with pytest.raises(SystemExit, match="the recorded cluster is gone"):
+        main(["down"])
+    assert sleeper.poll() is None, "not signalled"
+    assert not state_path().exists(), "a stale record is removed"
+
+
+def test_down_of_an_owner_recorded_without_its_start_time_signals_nothing(sleeper: subprocess.Popen[bytes]) -> None:
+    """A state file of an older smalltown names a bare pid: down cannot tell it from a pid's next user."""
+    _record_owner(sleeper.pid, None)
+    with pytest.raises(SystemExit, match=f"cannot tell .* kill {sleeper.pid}"):
+        main(["down"])
+    assert sleeper.poll() is None
+
+
+#: ``smalltown down`` as another user: imported as root, then run as nobody.
+DOWN_AS_NOBODY = """
+import os, sys
+from pytest_smalltown.cli import main
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+sys.exit(main(["down"]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_down_of_another_users_cluster_is_a_clear_error(sleeper: subprocess.Popen[bytes]) -> None:
+    """The state names a live owner that we may not signal: say whose it is, no PermissionError traceback."""
+    import json
+    import tempfile
+
+    from pytest_smalltown.kept import process_identity
+
+    cache = Path(tempfile.mkdtemp(prefix="smalltown-down-"))
+    try:
+        cache.chmod(0o755)  # nobody reads the state in it
+        state = cache / "run" / "cluster.json"
+        state.parent.mkdir(mode=0o755)
+        owner = process_identity(sleeper.pid)
+        state.write_text(json.dumps({"pid": sleeper.pid, "owner": owner, "nodes": 1, "ports": {}, "kubeconfig": "/x"}))
+        state.chmod(0o644)
+        down = subprocess.run([sys.executable, "-c", DOWN_AS_NOBODY], env={**os.environ, "SMALLTOWN_CACHE_DIR": str(cache)},
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    assert down.returncode != 0 and "Traceback" not in down.stderr, down.stderr
+    assert f"pid {sleeper.pid}, which keeps the cluster, belongs to another user (root)" in down.stderr
+    assert sleeper.poll() is None
