@@ -292,14 +292,19 @@ class AttachedCluster:
         return node_debug_client(self.ports, index, self.debug_token)
 
     def stop_node(self, index: int) -> None:
-        """As :meth:`pytest_smalltown.cluster.Cluster.stop_node`: QEMU of the kept cluster's node ``index`` quits."""
-        from pytest_smalltown.launch.vmstate import Monitor
+        """As :meth:`pytest_smalltown.cluster.Cluster.stop_node`: node ``index`` stops, unwarned, and stays stopped.
+
+        Its vCPUs are stopped for good (QMP ``stop``) rather than its QEMU
+        ended: the VMs belong to the process that keeps the cluster, which
+        cannot tell an exit asked for here from a crash and would close the
+        whole cluster. To the other nodes and the API it is a power cut (no
+        answer, no goodbye); its QEMU and RAM go with the rest at ``smalltown down``.
+        """
+        from pytest_smalltown.launch.vmstate import Monitor, pause
 
         monitor = Monitor.at(self._qmp_socket(index), f"node{index}")
         try:
-            monitor.cmd("quit")
-        except Exception:  # noqa: BLE001 - QEMU may close the connection before it answers
-            pass
+            pause(monitor)
         finally:
             monitor.close()
 

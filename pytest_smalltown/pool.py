@@ -84,7 +84,10 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
         """Reboot node ``index`` and wait until it is Ready again."""
 
     def stop_node(self, index: int) -> None:
-        """Power node ``index`` off for the rest of the session (not a death of the cluster)."""
+        """Power node ``index`` off, it alone, for the rest of the session (a kept cluster's: of its life).
+
+        Not a death of the cluster: its other nodes run on, and tests of the spec still get it.
+        """
 
 
 class ClusterLaunchFailed(RuntimeError):
