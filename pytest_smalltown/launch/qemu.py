@@ -113,7 +113,8 @@ class VMConfig:
     no_reboot: bool = True
     #: TSC rate handed to a microVM kernel (None: the host's rate, see below).
     tsc_khz: int | None = None
-    #: UNIX socket for QMP, QEMU's control protocol (pause, save, restore).
+    #: UNIX socket for QMP, QEMU's control protocol (pause, save, restore); a second one,
+    #: :func:`health_socket`, serves the liveness checks.
     qmp_socket: Path | None = None
     #: Restore from a saved state: a migration URI (``exec:...``) QEMU reads at start.
     incoming: str | None = None
@@ -216,8 +217,9 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
     argv += ["-m", str(config.memory_mib), "-smp", str(config.cpus)]
     argv += ["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]
     argv += ["-monitor", "none"]
-    if config.qmp_socket is not None:
-        argv += ["-qmp", f"unix:{path_value(config.qmp_socket)},server=on,wait=off"]
+    for monitor in (config.qmp_socket, health_socket(config)):
+        if monitor is not None:
+            argv += ["-qmp", f"unix:{path_value(monitor)},server=on,wait=off"]
     if config.paused:
         argv.append("-S")
     if config.incoming is not None:
@@ -274,6 +276,21 @@ def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
 
     argv += list(config.extra_args)
     return argv
+
+
+def health_socket(config: VMConfig) -> Path | None:
+    """The QMP socket of the harness's liveness checks, beside :attr:`VMConfig.qmp_socket` (None without one).
+
+    QEMU serves one client per QMP socket at a time and makes the next one
+    wait: checks sharing the control socket would queue behind a reboot or a
+    save that holds it for minutes (and ``smalltown reboot`` behind them).
+    """
+    return None if config.qmp_socket is None else health_socket_of(config.qmp_socket)
+
+
+def health_socket_of(qmp_socket: Path) -> Path:
+    """The liveness checks' QMP socket of the VM whose control socket is ``qmp_socket`` (for a kept cluster's)."""
+    return qmp_socket.with_name(qmp_socket.name + ".health")
 
 
 def inherited_fds(config: VMConfig) -> tuple[int, ...]:

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
-from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, inherited_fds, qemu_argv
+from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
 from pytest_smalltown.launch.reaper import reaper, stop_group, supervised_popen
 
 CONSOLE_TAIL_LINES = 2000
@@ -119,6 +121,132 @@ class FirmwareBootError(LaunchError):
 #: on with network boot and then its shell, which would only end at the boot
 #: deadline; the first disk option failing is already the answer.
 _FIRMWARE_GAVE_UP = re.compile(r"BdsDxe: (failed to (?:load|start) Boot[0-9A-F]{4} .*|No bootable option or device was found.*)")
+
+
+class DiskFullError(LaunchError):
+    """QEMU stopped a VM because a write to one of its disks failed for lack of space on the host."""
+
+    def __init__(self, name: str, device: str, path: Path, console_tail: list[str]) -> None:
+        self.name = name
+        self.device = device
+        self.path = path
+        self.console_tail = console_tail
+        tail = "\n".join(f"    {line}" for line in console_tail[-20:]) or "    (no console output)"
+        super().__init__(
+            f"VM {name!r} is stopped: a write to its disk {device} failed for lack of space on the host, and QEMU "
+            f"paused it (werror=enospc). QEMU writes that disk to {path}; {free_space(path)}. Free space there and "
+            "run again (QEMU keeps the throw-away overlays of snapshot disks in $TMPDIR, /var/tmp by default: "
+            "point TMPDIR at a larger file system if that is the full one).\n"
+            f"  last console lines:\n{tail}"
+        )
+
+
+def free_space(path: Path) -> str:
+    """``"its file system has 1.2 GiB free of 20.0 GiB"``, for the file system holding ``path``."""
+    try:
+        info = os.statvfs(path.parent)
+    except OSError as error:
+        return f"the free space on its file system is unknown ({error.strerror})"
+    return (f"its file system has {_size(info.f_bavail * info.f_frsize)} free of "
+            f"{_size(info.f_blocks * info.f_frsize)}")
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    exponent = min(3, (count.bit_length() - 1) // 10)
+    return f"{count / 1024 ** exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
+
+#: How often at most :meth:`VM.check_running` asks QEMU for the VM's run state.
+HEALTH_EVERY = 1.0
+#: How long one such question may take; a monitor slower than that is asked again next time.
+HEALTH_TIMEOUT = 2.0
+
+
+def qmp_query(socket_path: Path, command: str, timeout: float = HEALTH_TIMEOUT) -> Any:
+    """Run QMP ``command`` (no arguments) on a fresh connection to ``socket_path``; its return value.
+
+    QMP is one JSON object per line: a greeting, then a reply per command,
+    with events in between. Spoken here by hand rather than through
+    ``qemu.qmp``, whose synchronous client runs the calling thread's asyncio
+    loop: the death watch asks from its own thread while the main thread's
+    monitors (a reboot, a save) may be running theirs.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        stream = sock.makefile("rwb")
+        _qmp_message(stream.readline, "QMP")
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+            stream.flush()
+            reply = _qmp_message(stream.readline, "return")
+        return reply
+
+
+def _qmp_message(readline: Callable[[], bytes], key: str) -> Any:
+    """The next QMP message carrying ``key`` (events are skipped); a QMP error is a :class:`ValueError`."""
+    while True:
+        line = readline()
+        if not line:
+            raise ConnectionError("QEMU closed the QMP connection")
+        message = json.loads(line)
+        if "error" in message:
+            raise ValueError(f"QMP error: {message['error']}")
+        if key in message:
+            return message[key]
+
+
+def check_not_stopped_on_full_disk(name: str, socket_path: Path, tail: Callable[[], list[str]]) -> None:
+    """Raise :class:`DiskFullError` if QEMU stopped the VM because a disk write found the host's disk full.
+
+    QEMU's default ``werror=enospc`` pauses a VM whose disk write fails with
+    ENOSPC, silently: nothing on its stderr or console, and it never exits,
+    so only the boot deadline (600 s) ended such a launch or test. We keep
+    that policy and ask QEMU (``query-status``: ``io-error``;
+    ``query-block``: the drive whose ``io-status`` is ``nospace``) instead of
+    switching to ``werror=report``, which would hand the error to the guest:
+    its file systems would turn read-only or lose writes, and the failure
+    would show minutes later as something else (a component crash, a test
+    timeout), naming a guest device rather than the host file that filled up.
+    Paused, the guest stays intact and the error names the file. A monitor
+    that does not answer (QEMU starting, exiting, busy) is no verdict: the
+    next check asks again, and an exit is the process check's to see.
+    """
+    try:
+        if qmp_query(socket_path, "query-status").get("status") != "io-error":
+            return
+        device, path = _stopped_disk(qmp_query(socket_path, "query-block"))
+    except (OSError, ValueError):
+        return
+    raise DiskFullError(name, device, path, tail())
+
+
+def _stopped_disk(blocks: list[dict[str, Any]]) -> tuple[str, Path]:
+    """The drive QEMU stopped on (``io-status`` ``nospace``, else any not ``ok``) and the host file it writes."""
+    inserted = [block for block in blocks if "inserted" in block]
+    ranked = sorted(inserted, key=lambda block: {"nospace": 0, "ok": 2}.get(block.get("io-status", "ok"), 1))
+    if not ranked:
+        raise ValueError("QEMU reports no disk")
+    return ranked[0]["device"], written_file(ranked[0]["inserted"]["file"])
+
+
+def written_file(name: str) -> Path:
+    """The host file QEMU writes a drive to, from ``query-block``'s ``file``: a path, or ``json:{...}``.
+
+    A ``snapshot=on`` drive is a throw-away qcow2 overlay (``/var/tmp/vl.XXXXXX``)
+    over the image, described as JSON: the overlay's own file is where
+    writes go, and whose file system filled up.
+    """
+    if not name.startswith("json:"):
+        return Path(name)
+    node: Any = json.loads(name.removeprefix("json:"))
+    while isinstance(node, dict) and "file" in node:
+        node = node["file"]
+    if isinstance(node, dict):
+        node = node.get("filename", name)
+    return Path(str(node))
 
 
 class ProgramNotFoundError(LaunchError):
@@ -224,6 +352,8 @@ class VM(Process):
         self._lines_this_boot = len(self._history)
         self._cond = threading.Condition()
         self._eof = False
+        self._health_lock = threading.Lock()
+        self._next_health_check = 0.0
         argv = qemu_argv(config, binary)
         super().__init__(config.name, argv, workdir, pass_fds=inherited_fds(config), capture_stdout=True)
         self._reader = threading.Thread(target=self._read_console, name=f"console-{config.name}", daemon=True)
@@ -302,9 +432,28 @@ class VM(Process):
         return VMExitedError(self.name, returncode, self.stderr(), self.console_tail(50))
 
     def check_running(self) -> None:
-        """Raise :class:`VMExitedError` if QEMU has exited."""
+        """Raise :class:`VMExitedError` if QEMU has exited, :class:`DiskFullError` if it stopped the VM on a full disk.
+
+        Every liveness check of the harness comes here (launch waits, the
+        test's death watch, the pool, QMP waits), so a VM paused for lack of
+        disk space is noticed within :data:`HEALTH_EVERY` seconds, as an exit is.
+        """
         if self._popen.poll() is not None:
             raise self.exited_error()
+        self._check_disks()
+
+    def _check_disks(self) -> None:
+        """:func:`check_not_stopped_on_full_disk` at most every :data:`HEALTH_EVERY` s, by one thread at a time."""
+        socket_path = health_socket(self.config)
+        if socket_path is None or not self._health_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() < self._next_health_check:
+                return
+            self._next_health_check = time.monotonic() + HEALTH_EVERY
+            check_not_stopped_on_full_disk(self.name, socket_path, lambda: self.console_tail(50))
+        finally:
+            self._health_lock.release()
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
         """Raise :class:`GuestHungError` if this boot's last console lines report a long soft lockup."""

@@ -15,6 +15,7 @@ from pytest_smalltown.launch.qemu import (
     UserNic,
     VMConfig,
     check_paths,
+    health_socket,
     inherited_fds,
     qemu_argv,
     random_mac,
@@ -165,7 +166,7 @@ def test_qmp_and_restore_options_only_when_asked() -> None:
         name="n", boot=DirectBoot(Path("/k")), qmp_socket=Path("/w/n.qmp"), incoming="exec:zstd -d -c /s", paused=True
     )
     argv = qemu_argv(restoring)
-    assert option_values(argv, "-qmp") == ["unix:/w/n.qmp,server=on,wait=off"]
+    assert option_values(argv, "-qmp")[0] == "unix:/w/n.qmp,server=on,wait=off"
     assert option_values(argv, "-incoming") == ["exec:zstd -d -c /s"]
     assert "-S" in argv
 
@@ -188,7 +189,8 @@ def test_commas_in_user_paths_cannot_inject_options() -> None:
     assert "id=disk0,if=none,format=qcow2,snapshot=on,file=/img/a,,snapshot=off,,file=/etc/shadow" in drives
     assert option_values(argv, "-fw_cfg") == ["name=opt/a,,b,file=/w/e,,f.pb"]
     assert "socket,id=tpmsock,path=/tmp/st,,x/swtpm.sock" in option_values(argv, "-chardev")
-    assert option_values(argv, "-qmp") == ["unix:/w,,x/n.qmp,server=on,wait=off"]
+    assert option_values(argv, "-qmp") == ["unix:/w,,x/n.qmp,server=on,wait=off",
+                                           "unix:/w,,x/n.qmp.health,server=on,wait=off"]
     assert option_values(argv, "-name") == ["n,,1"]
 
 
@@ -199,3 +201,12 @@ def test_a_relative_image_path_never_reads_as_a_block_protocol() -> None:
     assert "if=pflash,format=raw,readonly=on,file=./json:{x}" in drives
     assert "if=pflash,format=raw,snapshot=on,file=./v.fd" in drives
     assert "id=disk0,if=none,format=raw,snapshot=on,file=./nbd:h:1" in drives
+
+
+def test_the_harness_has_a_qmp_monitor_of_its_own_beside_the_control_one() -> None:
+    """QEMU serves one client per QMP socket at a time: the liveness checks must not queue behind a reboot or save."""
+    config = VMConfig(name="n", boot=DirectBoot(Path("/k")), qmp_socket=Path("/w/n.qmp"))
+    assert option_values(qemu_argv(config), "-qmp") == [
+        "unix:/w/n.qmp,server=on,wait=off", "unix:/w/n.qmp.health,server=on,wait=off"]
+    assert health_socket(config) == Path("/w/n.qmp.health")
+    assert health_socket(VMConfig(name="n", boot=DirectBoot(Path("/k")))) is None
