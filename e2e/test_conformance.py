@@ -21,9 +21,20 @@ from typing import Any
 import pytest
 
 from pytest_smalltown.conformance import SMOKE_TESTS, run_conformance, smoke_focus
+from pytest_smalltown.plugin import SESSION_KEY
 from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")
+
+
+def smoke_report_dir(config: pytest.Config, settings: Settings) -> Path:
+    """This session's report directory: under its run's artifacts (``artifacts/<date-time>-<pid>/``).
+
+    One per session, as the failure dumps are, so that two sessions side by
+    side (or one after another) never write into, or resume, each other's run.
+    """
+    artifacts = settings.artifacts or Path(config.rootpath) / "artifacts"
+    return artifacts / config.stash[SESSION_KEY].run_id / "conformance-smoke"
 
 
 @pytest.mark.timeout(3600)
@@ -33,11 +44,12 @@ def test_conformance_smoke_subset_passes(
     smalltown_progress: Callable[[str], None],
     request: pytest.FixtureRequest,
 ) -> None:
-    """The smoke subset passes; its JUnit, log and summary go to the artifacts directory."""
-    artifacts = smalltown_settings.artifacts or Path(request.config.rootpath) / "artifacts"
-    report_dir = artifacts / "conformance-smoke"
+    """The smoke subset passes; its results, JUnit, log and summary go to this run's artifacts directory."""
     report = run_conformance(
-        smalltown_cluster.kubeconfig_path, focus=smoke_focus(), report_dir=report_dir, progress=smalltown_progress
+        smalltown_cluster.kubeconfig_path,
+        focus=smoke_focus(),
+        report_dir=smoke_report_dir(request.config, smalltown_settings),
+        progress=smalltown_progress,
     )
     summary = report.render()
     print(summary)
