@@ -8,8 +8,9 @@
     smalltown dbg logs COMPONENT [--tail N] [--follow]
     smalltown dbg kubectl ARGS...                     kubectl with debug credentials
     smalltown dbg loadimage FILE [--node N]           import an image archive into the nodes' containerd
-    smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH]
+    smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH | --running]
                                                       the upstream conformance suite
+    smalltown conformance --resume DIR [--running]    ... only the specs of DIR's run without a result
 
 ``up`` starts a background process that owns the cluster's VMs and records
 how to reach it in a state file; ``down`` asks that process to stop, which
@@ -344,50 +345,80 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 # --- conformance ----------------------------------------------------------------
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so that the suite and the cluster are stopped in order."""
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that the suite and the cluster are stopped in order.
+
+    A BaseException, as KeyboardInterrupt is: the waits of a launch retry on
+    ``Exception`` (tenacity, ``except Exception`` loops) and its phases wrap an
+    ``Exception`` into a ClusterLaunchError; neither may take a signal for an
+    error of theirs.
+    """
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def cmd_conformance(args: argparse.Namespace) -> int:
-    """Run e2e.test against a new reference cluster (closed afterwards) or the one of ``--kubeconfig``."""
-    from pytest_smalltown.conformance import ConformanceError, build_suite, run_conformance, smoke_focus
-    from pytest_smalltown.images.gobuild import GoBuildError
+def _conformance_usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of ``smalltown conformance``, before anything is built or started."""
+    from pytest_smalltown.conformance import PLAN_NAME
     from pytest_smalltown.contract import MAX_NODES
 
+    if args.resume is not None:
+        given = [flag for flag, value in (("--focus", args.focus), ("--skip", args.skip), ("--smoke", args.smoke),
+                                          ("--report-dir", args.report_dir)) if value]  # fmt: skip
+        if given:
+            return f"--resume continues a run with its own specs and report directory; {given[0]} cannot change them"
+    elif args.report_dir is not None and (args.report_dir / PLAN_NAME).exists():
+        return f"{args.report_dir} holds a run already; continue it with --resume {args.report_dir}, or give another"
     if args.smoke and args.focus:
-        print("--smoke and --focus both choose the specs; give one of them", file=sys.stderr)
-        return EXIT_USAGE
-    if args.kubeconfig is None and not 1 <= args.nodes <= MAX_NODES:
-        print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.procs < 1:
-        print("--procs must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+        return "--smoke and --focus both choose the specs; give one of them"
+    if args.kubeconfig is None and not args.running and not 1 <= args.nodes <= MAX_NODES:
+        return f"--nodes must be between 1 and {MAX_NODES}"
+    if args.procs is not None and args.procs < 1:
+        return "--procs must be at least 1"
+    if args.running and args.kubeconfig is not None:
+        return "--running and --kubeconfig both name the cluster; give one of them"
+    return None
+
+
+def _kept_conformance_kubeconfig() -> Path | None:
+    """The kubeconfig of the cluster ``smalltown up`` keeps, if it has the conformance images (else says so)."""
+    state = _read_state()
+    if "conformance" not in state.get("preload", []):
+        print("the running cluster has no conformance images; restart it with: "
+              "smalltown down && smalltown up --preload conformance", file=sys.stderr)
+        return None
+    return Path(state["kubeconfig"])
+
+
+def _interrupted_line(error: BaseException, report_dir: Path, launched: bool) -> str:
+    """The one line an interrupted run ends with: what it has recorded so far and how to go on."""
+    from pytest_smalltown.conformance import ConformanceError, load_report
+
+    what = "SIGTERM" if isinstance(error, _Terminated) else "Ctrl-C"
+    stopped = "the suite and the cluster were stopped" if launched else "the suite was stopped"
     try:
-        focus = smoke_focus() if args.smoke else args.focus
-    except ConformanceError as error:
-        print(error, file=sys.stderr)
-        return EXIT_USAGE
-    if args.running:
-        if args.kubeconfig is not None:
-            print("--running and --kubeconfig both name the cluster; give one of them", file=sys.stderr)
-            return EXIT_USAGE
-        state = _read_state()
-        if "conformance" not in state.get("preload", []):
-            print("the running cluster has no conformance images; restart it with: "
-                  "smalltown down && smalltown up --preload conformance", file=sys.stderr)
-            return EXIT_USAGE
-        args.kubeconfig = Path(state["kubeconfig"])
-    report_dir = args.report_dir or Path(f"conformance-{time.strftime('%Y%m%d-%H%M%S')}")
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        report = load_report(report_dir.absolute())
+    except (ConformanceError, OSError):
+        return f"conformance: interrupted ({what}) before the suite ran; nothing was recorded"
+    return (f"conformance: interrupted ({what}); {stopped}; {report.passed} passed, "
+            f"{report.failed} failed, {report.skipped} skipped, {report.not_run} not run of {report.total}; "
+            f"report: {report_dir}; continue with: smalltown conformance --resume {report_dir}")
+
+
+def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs: int, report_dir: Path) -> Any:
+    """Build the suite, then run (or resume) it on the cluster of ``--kubeconfig``, or on one launched for it.
+
+    A launched cluster is closed afterwards, however the run ends; when a spec
+    failed, its VMs' consoles are kept in the report directory first.
+    """
+    from pytest_smalltown.conformance import build_suite, resume_conformance, run_conformance
+
+    # Build first: a cold e2e.test build takes long, and a cluster would idle meanwhile.
+    binaries = build_suite(procs, stderr_progress)
     cluster = None
     try:
-        # Build first: a cold e2e.test build takes long, and a cluster would idle meanwhile.
-        binaries = build_suite(args.procs, stderr_progress)
         if args.kubeconfig is not None:
             kubeconfig = args.kubeconfig
         else:
@@ -397,21 +428,54 @@ def cmd_conformance(args: argparse.Namespace) -> int:
             spec = ClusterSpec(nodes=args.nodes, preload=("conformance",))
             cluster = launch_cluster(spec, _settings(args), stderr_progress)
             kubeconfig = cluster.kubeconfig_path
-        report = run_conformance(
-            kubeconfig, focus=focus, skip=args.skip, procs=args.procs, report_dir=report_dir,
-            progress=stderr_progress, binaries=binaries,
-        )  # fmt: skip
+        options: dict[str, Any] = dict(report_dir=report_dir, procs=procs, progress=stderr_progress,
+                                       binaries=binaries)  # fmt: skip
+        if args.resume is not None:
+            report = resume_conformance(kubeconfig, **options)
+        else:
+            report = run_conformance(kubeconfig, focus=focus, skip=args.skip, **options)
         if cluster is not None and not report.ok:
             cluster.dump(report.report_dir / "consoles")
-    except (ConformanceError, GoBuildError) as error:
-        print(f"conformance: {error}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, _Terminated):
-        print("conformance: interrupted", file=sys.stderr)
-        return 130
+        return report
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Run e2e.test against a new reference cluster (closed afterwards), the kept one, or that of ``--kubeconfig``.
+
+    ``--resume DIR`` runs the specs of DIR's run that have no result yet. SIGTERM
+    and Ctrl-C stop the suite and the cluster in order and exit 130 with one line.
+    """
+    from pytest_smalltown.conformance import ConformanceError, RunPlan, smoke_focus
+    from pytest_smalltown.images.gobuild import GoBuildError
+
+    problem = _conformance_usage_error(args)
+    if problem is None:
+        try:
+            focus = smoke_focus() if args.smoke else args.focus
+            procs = args.procs or (RunPlan.load(args.resume).procs if args.resume is not None else 1)
+        except ConformanceError as error:
+            problem = str(error)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    if args.running:
+        args.kubeconfig = _kept_conformance_kubeconfig()
+        if args.kubeconfig is None:
+            return EXIT_USAGE
+    report_dir = args.resume or args.report_dir or Path(f"conformance-{time.strftime('%Y%m%d-%H%M%S')}")
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        report = _conformance_on_a_cluster(args, focus, procs, report_dir)
+    except (ConformanceError, GoBuildError) as error:
+        print(f"conformance: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Terminated) as error:
+        print(_interrupted_line(error, report_dir, launched=args.kubeconfig is None), file=sys.stderr)
+        return 130
+    finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
     print(report.render())
     return 0 if report.ok else 1
@@ -498,8 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
     conformance.add_argument("--skip", help="Ginkgo skip regexp")
     conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.SMOKE_TESTS)")
-    conformance.add_argument("--procs", type=int, default=1, help="parallel e2e.test processes via the Ginkgo CLI (default 1)")
-    conformance.add_argument("--report-dir", type=Path, help="JUnit, log and summary.txt (default ./conformance-TIMESTAMP)")
+    conformance.add_argument(
+        "--procs", type=int, help="parallel e2e.test processes via the Ginkgo CLI (default 1, or the resumed run's); "
+        "[Serial] specs run on one process after the others",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--report-dir", type=Path,
+        help="run.json, results.jsonl, JUnit, log and summary.txt (default ./conformance-TIMESTAMP)",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--resume", type=Path, metavar="DIR",
+        help="run only the specs of DIR's run that have no result yet (same focus and skip), adding to its report",
+    )  # fmt: skip
     conformance.add_argument(
         "--kubeconfig", type=Path, help="run against this existing cluster instead of launching one"
     )
