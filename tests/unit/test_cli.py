@@ -332,3 +332,31 @@ def test_down_of_another_users_cluster_is_a_clear_error(sleeper: subprocess.Pope
     assert down.returncode != 0 and "Traceback" not in down.stderr, down.stderr
     assert f"pid {sleeper.pid}, which keeps the cluster, belongs to another user (root)" in down.stderr
     assert sleeper.poll() is None
+
+
+def test_conformance_resume_takes_its_specs_and_report_directory_from_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume DIR continues DIR's run: flags that would choose other specs or another directory are refused."""
+    args = build_parser().parse_args(["conformance", "--resume", str(tmp_path)])
+    assert (args.resume, args.procs) == (tmp_path, None), "--procs defaults to the resumed run's"
+    for extra in (["--smoke"], ["--focus", "x"], ["--skip", "Slow"], ["--report-dir", str(tmp_path / "other")]):
+        assert main(["conformance", "--resume", str(tmp_path), *extra]) == 2
+        assert f"{extra[0]} cannot change them" in capsys.readouterr().err
+    assert main(["conformance", "--resume", str(tmp_path), "--kubeconfig", "/x"]) == 2
+    assert f"{tmp_path} holds no conformance run (run.json is missing)" in capsys.readouterr().err
+
+
+def test_conformance_refuses_to_start_a_run_in_a_directory_that_holds_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["conformance", "--report-dir", str(tmp_path), "--kubeconfig", "/x"]) == 2
+    assert f"continue it with --resume {tmp_path}" in capsys.readouterr().err
+
+
+def test_sigterm_in_smalltown_conformance_is_not_an_error_anything_may_catch() -> None:
+    """Like KeyboardInterrupt: `except Exception` (tenacity's retries, the launch's phase wrapper) lets it through."""
+    from pytest_smalltown.cli import _Terminated
+
+    assert issubclass(_Terminated, BaseException) and not issubclass(_Terminated, Exception)
