@@ -335,6 +335,9 @@ class VM(Process):
     saved): it starts the log and the tail, so evidence reads from boot on.
     """
 
+    #: QMP socket of the liveness checks (:func:`~pytest_smalltown.launch.qemu.health_socket`); None: not asked.
+    _health_socket: Path | None = None
+
     def __init__(
         self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
     ) -> None:
@@ -352,6 +355,7 @@ class VM(Process):
         self._lines_this_boot = len(self._history)
         self._cond = threading.Condition()
         self._eof = False
+        self._health_socket = health_socket(config)
         self._health_lock = threading.Lock()
         self._next_health_check = 0.0
         argv = qemu_argv(config, binary)
@@ -444,7 +448,7 @@ class VM(Process):
 
     def _check_disks(self) -> None:
         """:func:`check_not_stopped_on_full_disk` at most every :data:`HEALTH_EVERY` s, by one thread at a time."""
-        socket_path = health_socket(self.config)
+        socket_path = self._health_socket
         if socket_path is None or not self._health_lock.acquire(blocking=False):
             return
         try:
