@@ -891,7 +891,7 @@ def collect_results(
         streamed.setdefault(index, []).append(result)
     verdicts: dict[str, SpecResult] = {}
     suite_nodes: list[SpecResult] = []
-    notes: list[str] = []
+    notes = [_chunk_line(chunk, streamed.get(chunk.index, ())) for chunk in plan.chunks]
     for chunk in plan.chunks:
         verdicts.update({r.title: r for r in streamed.get(chunk.index, ()) if r.title in planned and r.verdict})
         cases = _chunk_junit(report_dir, chunk, notes)
@@ -903,6 +903,15 @@ def collect_results(
         if chunk.index in own:
             suite_nodes += [r for r in cases if not r.is_spec]
     return [verdicts[spec.name] for spec in plan.specs if spec.name in verdicts] + suite_nodes, notes
+
+
+def _chunk_line(chunk: ChunkRecord, streamed: Iterable[SpecResult]) -> str:
+    """How a chunk went: its results, wall time, pace and how it ended."""
+    results = sum(result.verdict is not None for result in streamed)
+    ended = "interrupted" if chunk.returncode is None else f"exit status {chunk.returncode}"
+    pace = f" ({results / chunk.seconds * 60:.1f} specs/min)" if chunk.seconds else ""
+    return (f"chunk {chunk.index}: {results} results of its {chunk.specs} specs in {_duration(chunk.seconds or 0.0)}"
+            f"{pace}, {chunk.procs} process{'es' if chunk.procs > 1 else ''}, {ended}")
 
 
 def _chunk_junit(report_dir: Path, chunk: ChunkRecord, notes: list[str]) -> list[SpecResult] | None:
@@ -1195,7 +1204,7 @@ def run_conformance(
     """
     _check_run(kubeconfig, procs)
     report_dir = report_dir.absolute()
-    if (report_dir / PLAN_NAME).exists():
+    if any((report_dir / name).exists() for name in (PLAN_NAME, RESULTS_NAME)):
         raise ConformanceError(f"{report_dir} holds a run already: continue it with "
                                f"smalltown conformance --resume {report_dir}, or give another report directory")
     suite = binaries or build_suite(procs, progress)
@@ -1286,14 +1295,17 @@ def _run_chunk(
     progress(f"conformance: chunk {chunk.index}: {len(chunk.specs)} of the {len(plan.specs)} selected specs in "
              f"{where}; log: {report_dir / LOG_NAME}, results: {report_dir / RESULTS_NAME}")
     stream = SpecStream(plan.specs)
-    started = time.monotonic()
-    with ResultsFile(report_dir, chunk.index) as results:
-        code = run_suite(argv, report_dir, progress, stream=stream, results=results)
+    started, code = time.monotonic(), None
+    try:
+        with ResultsFile(report_dir, chunk.index) as results:
+            code = run_suite(argv, report_dir, progress, stream=stream, results=results)
+    finally:  # an interrupted chunk keeps its wall time too; its exit status stays unknown (None)
+        record = dataclasses.replace(record, returncode=code, seconds=round(time.monotonic() - started, 1))
+        plan = plan.with_chunk(record)
+        plan.save(report_dir)
     if stream.total is not None and stream.total != len(chunk.specs):
         progress(f"conformance: chunk {chunk.index} ran {stream.total} specs where the plan expected "
                  f"{len(chunk.specs)}; the specs outside the plan are not counted")
-    plan = plan.with_chunk(dataclasses.replace(record, returncode=code, seconds=round(time.monotonic() - started, 1)))
-    plan.save(report_dir)
     return plan, code, stream
 
 

@@ -1003,6 +1003,9 @@ def test_a_run_plans_streams_records_and_reports(tmp_path: Path) -> None:
     assert log.startswith("$ ") and "--ginkgo.v" in log.splitlines()[0]
     with pytest.raises(ConformanceError, match="holds a run already: continue it with smalltown conformance --resume"):
         run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=messages.append, binaries=binaries)
+    (out / "run.json").unlink()
+    with pytest.raises(ConformanceError, match="holds a run already"):  # its results alone are a run too
+        run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=messages.append, binaries=binaries)
 
 
 def test_each_result_is_on_disk_before_the_next_spec_starts(tmp_path: Path) -> None:
@@ -1044,6 +1047,10 @@ def test_an_interrupted_run_keeps_its_results_and_resume_runs_only_the_rest(tmp_
         SPECS[3].name, SPECS[4].name, SPECS[5].name]  # fmt: skip
     assert (report.passed, report.failed, report.skipped, report.not_run) == (5, 1, 0, 0)
     assert not report.ok, "the failure of the first chunk stands"
+    text = report.render()
+    assert re.search(r"^chunk 1: 3 results of its 6 specs in [\d.]+s( \([\d.]+ specs/min\))?, 1 process, "
+                     r"interrupted$", text, re.M), text
+    assert re.search(r"^chunk 2: 3 results of its 3 specs in .*, exit status 0$", text, re.M), text
     assert [c.junit for c in RunPlan.load(out).chunks] == ["junit_01.xml", "junit_chunk02_01.xml"]
     assert (out / "junit_chunk02_01.xml").exists() and (out / "junit_01.xml").exists(), "each chunk's JUnit is kept"
     merged = ET.parse(out / "junit_merged.xml").getroot()
