@@ -27,13 +27,11 @@ How each image stands in for upstream's (what the tests run in it decides):
 * ``nonewprivs``: busybox plus ``/usr/local/bin/nnp``, set-user-ID root, which
   prints its effective uid (upstream's program does the same; ours is
   rewritten in ``go/agnhost/nnp``).
-* ``busybox``: a complete busybox layer like the node's test image, but its
-  binary is built here (:func:`build_busybox`) from Debian trixie's busybox
-  source package (1.37, the version upstream's image has) with Debian's
-  ``busybox-static`` configuration plus ``FEATURE_DI_ENV_HACK``: Debian's
-  patches make ash drop environment variables whose names are not shell
-  identifiers (``data-1``) unless that option is set, and the "various
-  prefixes" Secret and ConfigMap specs run ``sh -c env`` with such names.
+* ``busybox``: the node's test image's busybox layer, the same binary
+  (:mod:`pytest_smalltown.images.busybox`: Debian trixie's busybox 1.37, the
+  version upstream's image has, with ``FEATURE_DI_ENV_HACK``, which the
+  "various prefixes" Secret and ConfigMap specs need, and every applet's
+  upstream options).
 * ``httpd`` / ``nginx`` (both tags each): busybox httpd serving port 80 from
   ``/usr/local/apache2/htdocs`` (index.html says "It works!", as the kubectl
   tests expect) or ``/usr/share/nginx/html``, started by the commands the real
@@ -58,19 +56,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
-import shutil
 import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_smalltown.images import debian, gobuild, oci, rootfs, userns
+from pytest_smalltown.images import busybox, debian, gobuild, oci, rootfs, userns
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
 from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
-from pytest_smalltown.launch.reaper import run_supervised
 
 E2E = "registry.k8s.io/e2e-test-images"
 
@@ -94,30 +89,6 @@ CONFORMANCE_IMAGES: tuple[str, ...] = (
     AGNHOST, BUSYBOX, HTTPD, HTTPD_NEW, NGINX, NGINX_NEW, JESSIE_DNSUTILS, KITTEN, NAUTILUS,
     NONEWPRIVS, NONROOT, SAMPLE_APISERVER, ETCD, PAUSE,
 )
-
-#: Where the conformance busybox is built from: this suite's source package of
-#: this name (read through a private apt state, :class:`debian.PrivateApt`).
-BUSYBOX_SUITE = "trixie"
-BUSYBOX_SOURCE = "busybox"
-#: Debian's configuration of its busybox-static package, as debian/rules puts
-#: it together: the OS's overrides (empty for Linux), then the flavour's, which
-#: oldconfig must leave as it is (debian/rules checks the same).
-BUSYBOX_DEBIAN_CONFIG: tuple[str, ...] = ("debian/config/os/linux", "debian/config/pkg/static")
-#: What we change in it. Debian's patches (revert-9c143ce5..., then
-#: temp-deb-installer-hack) make ash drop environment entries whose names are
-#: not shell identifiers unless this is set; Debian sets it for the installer's
-#: udeb only.
-BUSYBOX_CONFIG_CHANGES: dict[str, str] = {"CONFIG_FEATURE_DI_ENV_HACK": "y"}
-#: debian/rules' flags (``hardening=+all``, less -O2 so that busybox's own -Os
-#: applies), fixed here rather than asked of this host's dpkg-buildflags.
-BUSYBOX_CFLAGS = ("-fstack-protector-strong -fstack-clash-protection -Wformat -Werror=format-security "
-                  "-fcf-protection -Wdate-time -D_FORTIFY_SOURCE=2")
-BUSYBOX_LDFLAGS = "-Wl,-z,relro -Wl,-z,now"
-#: Variable names the "various prefixes" Secret/ConfigMap specs pass to ``sh -c env``
-#: (their key ``data-1`` without and with each prefix): the built busybox must keep them all.
-ENV_PROBE_NAMES: tuple[str, ...] = ("data-1", "1-data-1", "$_-data-1", "ABC_data-1", "#@!data-1")
-#: Bumped when :func:`build_busybox` changes in a way its constants do not show.
-BUSYBOX_RECIPE = "conformance-busybox-v1"
 
 #: Debian packages of the shared userland layer, on top of the Essential set:
 #: the tools agnhost's Dockerfile installs (dig, curl, openbsd nc, ip/ss,
@@ -164,12 +135,12 @@ class ConformanceImageError(BuildError):
 # --- inputs --------------------------------------------------------------------
 
 
-def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text: str, busybox: str) -> str:
+def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text: str, busybox_key: str) -> str:
     """Cache key of the archive: every recipe file and resolved input version.
 
     The Debian versions are those of the packages we ask for (as for the node
     rootfs); a dependency that changes alone does not rebuild the archive.
-    ``busybox`` is the key of the busybox build (:func:`busybox_key`).
+    ``busybox_key`` is the key of the busybox build (:func:`busybox.busybox_key`).
     """
     env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
     return hash_inputs([
@@ -177,128 +148,13 @@ def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text
         gobuild.program_key(gobuild.PROGRAMS["etcd"], go_version),
         gobuild.program_key(gobuild.PROGRAMS["coredns"], go_version),
         go_version, env, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
-        repr(CONFORMANCE_IMAGES), busybox, "conformance-v2",
+        repr(CONFORMANCE_IMAGES), busybox_key, "conformance-v2",
     ])
 
 
 def resolved_versions() -> list[str]:
     """``name=version`` of every Debian package we ask for (part of the archive's key)."""
     return debian.versions(TOOLS_PACKAGES)
-
-
-# --- busybox -------------------------------------------------------------------
-
-
-def busybox_suite() -> debian.Suite:
-    """Debian's :data:`BUSYBOX_SUITE`, from the mirror the host's apt uses."""
-    return debian.Suite(BUSYBOX_SUITE, debian.host_mirror(rootfs.SUITE))
-
-
-def busybox_source_version(progress: Progress = stderr_progress) -> str:
-    """The version of :data:`BUSYBOX_SOURCE` in :data:`BUSYBOX_SUITE` (asked once a day, see :func:`debian.source_version`)."""
-    return debian.source_version(busybox_suite(), BUSYBOX_SOURCE, warn=progress)
-
-
-def busybox_config(debian_config: str, changes: dict[str, str] = BUSYBOX_CONFIG_CHANGES) -> str:
-    """Debian's busybox configuration with ``changes`` (``{"CONFIG_X": "y"}``) made.
-
-    Each option must be in it exactly once, set or ``# ... is not set``: a
-    source package whose configuration no longer names it needs a look at
-    this recipe, not a build that silently lacks it.
-    """
-    lines = debian_config.splitlines(keepends=True)
-    for option, value in changes.items():
-        pattern = re.compile(rf"^(?:{re.escape(option)}=.*|# {re.escape(option)} is not set)$")
-        found = [i for i, line in enumerate(lines) if pattern.match(line.rstrip("\n"))]
-        if len(found) != 1:
-            raise ConformanceImageError(f"Debian's busybox configuration names {option} {len(found)} times, "
-                                        "not once; update BUSYBOX_CONFIG_CHANGES for this source version")
-        lines[found[0]] = f"{option}={value}\n"
-    return "".join(lines)
-
-
-def busybox_build_steps(source: Path, build: Path, version: str) -> list[list[str]]:
-    """The commands that configure and compile busybox from ``source`` in ``build``, as debian/rules does.
-
-    ``silentoldconfig`` (with ``yes ""`` answering any question by its
-    default) writes the Makefile and headers for ``build/.config``; ``all``
-    compiles and strips ``build/busybox``.
-    """
-    return [
-        ["sh", "-c", 'yes "" | exec "$@"', "sh", "make", "-C", str(build), "-f", str(source / "Makefile"),
-         f"KBUILD_SRC={source}", "silentoldconfig"],
-        ["make", "-C", str(build), "all", f"BB_EXTRA_VERSION=Debian {version}, FEATURE_DI_ENV_HACK",
-         f"CONFIG_EXTRA_CFLAGS={BUSYBOX_CFLAGS} -ffile-prefix-map={source}=.",
-         f"CONFIG_EXTRA_LDFLAGS={BUSYBOX_LDFLAGS}"],
-    ]
-
-
-def busybox_key(version: str, gcc: str) -> str:
-    """Cache key of the busybox build: source package and version, configuration change, recipe and compiler."""
-    return hash_inputs([
-        BUSYBOX_SOURCE, version, *BUSYBOX_DEBIAN_CONFIG, repr(sorted(BUSYBOX_CONFIG_CHANGES.items())),
-        repr(busybox_build_steps(Path("/source"), Path("/build"), version)), BUSYBOX_CFLAGS, BUSYBOX_LDFLAGS,
-        repr(ENV_PROBE_NAMES), gcc, BUSYBOX_RECIPE,
-    ])
-
-
-def check_env_passthrough(busybox: Path) -> None:
-    """Fail unless ``busybox sh -c env`` passes on variables named :data:`ENV_PROBE_NAMES`."""
-    probe = {name: f"value-{i}" for i, name in enumerate(ENV_PROBE_NAMES)}
-    proc = run_supervised([str(busybox), "sh", "-c", "env"], env={"PATH": "/usr/bin:/bin", **probe})
-    printed = set(proc.stdout.splitlines())
-    dropped = [name for name, value in probe.items() if f"{name}={value}" not in printed]
-    if proc.returncode != 0 or dropped:
-        raise ConformanceImageError(
-            f"the busybox built at {busybox} drops environment variables that are not shell identifiers "
-            f"({', '.join(dropped) or 'sh -c env failed'}; exit {proc.returncode}), so the 'various prefixes' "
-            f"Secret and ConfigMap specs would fail: {', '.join(BUSYBOX_CONFIG_CHANGES)} did not take effect "
-            f"in Debian's {BUSYBOX_SOURCE} source; check the recipe (build_busybox). {proc.stderr.strip()[-500:]}"
-        )
-
-
-def build_busybox(version: str, gcc: str, progress: Progress = stderr_progress) -> Path:
-    """The static busybox of the conformance images (cached by :func:`busybox_key`).
-
-    Debian's :data:`BUSYBOX_SOURCE` source package at ``version``, fetched and
-    verified through a private apt (:func:`debian.fetch_source`), configured
-    with Debian's static flavour plus :data:`BUSYBOX_CONFIG_CHANGES` and built
-    as debian/rules builds it, in a clean environment. The result must keep
-    variables with invalid names (:func:`check_env_passthrough`).
-    """
-    def build(out: Path) -> None:
-        for tool, package in (("make", "make"), ("gcc", "gcc libc6-dev"), ("bzip2", "bzip2"), ("xz", "xz-utils"),
-                              ("patch", "patch")):
-            require_tool(tool, "the conformance busybox is built from Debian's source", package)
-        with tempfile.TemporaryDirectory(prefix="smalltown-busybox-") as tmp:
-            progress(f"fetching Debian {BUSYBOX_SUITE}'s {BUSYBOX_SOURCE} source {version}")
-            source = debian.fetch_source(busybox_suite(), BUSYBOX_SOURCE, version, Path(tmp) / "src")
-            *overrides, flavour = [(source / part).read_text() for part in BUSYBOX_DEBIAN_CONFIG]
-            config = busybox_config(flavour)
-            build_dir = Path(tmp) / "build"
-            build_dir.mkdir()
-            (build_dir / ".config").write_text("".join(overrides) + config)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "KCONFIG_NOTIMESTAMP": "1",
-                   "MAKEFLAGS": f"-j{os.cpu_count() or 1}"}
-            progress(f"compiling busybox {version} (static, {', '.join(BUSYBOX_CONFIG_CHANGES)})")
-            for argv in busybox_build_steps(source, build_dir, version):
-                proc = run_supervised(argv, cwd=build_dir, env=env)
-                if proc.returncode != 0:
-                    raise ConformanceImageError(f"building busybox failed (exit {proc.returncode}): "
-                                                f"{' '.join(argv)}\n{(proc.stderr or proc.stdout)[-4000:]}")
-                if argv[-1] == "silentoldconfig" and (build_dir / ".config").read_text() != config:
-                    raise ConformanceImageError(
-                        "busybox's oldconfig changed Debian's configuration with our changes (a new option, or "
-                        f"{', '.join(BUSYBOX_CONFIG_CHANGES)} dropped); compare {BUSYBOX_DEBIAN_CONFIG[-1]} "
-                        "with the result and update the recipe")
-            binary = build_dir / "busybox"
-            check_env_passthrough(binary)
-            oci.busybox_applets(binary)
-            shutil.copy2(binary, out / "busybox")
-            (out / "config").write_text(config)
-            (out / "version.txt").write_text(f"{BUSYBOX_SOURCE}={version} ({BUSYBOX_SUITE}) {gcc}\n")
-
-    return cached_build("conformance-busybox", busybox_key(version, gcc), build, progress) / "busybox"
 
 
 # --- Go programs ---------------------------------------------------------------
@@ -530,10 +386,10 @@ def build_conformance_archive(progress: Progress = stderr_progress) -> Path:
     go_version = gobuild.go_version()
     gcc = oci.gcc_version()
     versions = resolved_versions()
-    busybox_version = busybox_source_version(progress)
+    busybox_version = busybox.source_version(progress)
     sources = rootfs.host_debian_sources()
     sources_text = "".join(Path(source).read_text() for source in sources)
-    key = archive_key(go_version, gcc, versions, sources_text, busybox_key(busybox_version, gcc))
+    key = archive_key(go_version, gcc, versions, sources_text, busybox.busybox_key(busybox_version, gcc))
 
     def build(out: Path) -> None:
         binaries = {
@@ -546,8 +402,7 @@ def build_conformance_archive(progress: Progress = stderr_progress) -> Path:
         coredns = gobuild.build_program("coredns", progress).read_bytes()
         source = kubernetes_source()
         files = {name: (source / rel).read_bytes() for name, rel in UPSTREAM_FILES.items()}
-        bb = build_busybox(busybox_version, gcc, progress)
-        busybox = Layer.of(oci.busybox_layer(bb.read_bytes(), oci.busybox_applets(bb), oci.wget_lacks_timeout(bb)))
+        busybox_layer = Layer.of(oci.busybox_layer_of(busybox.build_busybox(busybox_version, gcc, progress)))
         with tempfile.TemporaryDirectory() as tmp:
             progress("compiling pause (static C)")
             oci.compile_pause(Path(tmp) / "pause", PAUSE.rsplit(":", 1)[1])
@@ -555,12 +410,12 @@ def build_conformance_archive(progress: Progress = stderr_progress) -> Path:
         debian_base = debian_layer(sources, progress)
         agnhost_files = agnhost_layer(agnhost, coredns, files, _read_from_layer(debian_base, "etc/passwd"),
                                       _read_from_layer(debian_base, "etc/group"))
-        images = conformance_images(busybox, debian_base, Layer.of(agnhost_files), pause, files, binaries)
+        images = conformance_images(busybox_layer, debian_base, Layer.of(agnhost_files), pause, files, binaries)
         progress(f"writing {len(images)} images (gzipped layers)")
         with open(out / ARCHIVE_NAME, "wb") as handle:
             oci.write_docker_archive(images, handle, compress=True)
         (out / "versions.txt").write_text("".join(
-            line + "\n" for line in [go_version, gcc, *versions, f"{BUSYBOX_SOURCE}-source={busybox_version}"]))
+            line + "\n" for line in [go_version, gcc, *versions, f"{busybox.SOURCE}-source={busybox_version}"]))
         size = (out / ARCHIVE_NAME).stat().st_size
         progress(f"conformance archive: {size / 2**20:.0f} MiB")
 

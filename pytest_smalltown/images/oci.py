@@ -15,9 +15,10 @@ archives whose images share layers) and the node's own two images:
 
 * pause: a static C program of ours that, like upstream's, sleeps as the
   sandbox's PID 1 until SIGINT/SIGTERM and reaps any child handed to it.
-* busybox (the test image): Debian's ``busybox-static`` with a link in /bin for
-  every applet the binary has, and the /etc files its static glibc needs to
-  resolve names (see :func:`busybox_layer`).
+* busybox (the test image): our static busybox (:mod:`pytest_smalltown.images.busybox`,
+  the same binary as the conformance images') with a link in /bin for every
+  applet it has, and the /etc files its static glibc needs to resolve names
+  (see :func:`busybox_layer`).
 
 The conformance suite's images are in :mod:`pytest_smalltown.images.conformance`.
 """
@@ -40,9 +41,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_smalltown.contract import PAUSE_IMAGE, TEST_IMAGE
-from pytest_smalltown.images import debian, userns
+from pytest_smalltown.images import busybox, userns
 from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.tools import BuildError, require_tool
+from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
+from pytest_smalltown.launch.reaper import run_supervised
 
 #: Files copied into images (scripts); package data next to this module.
 FILES_DIR = Path(__file__).parent / "container_files"
@@ -312,58 +314,36 @@ def docker_archive(name: str, layer: ImageLayer, entrypoint: list[str], cmd: lis
 # --- busybox -------------------------------------------------------------------
 
 
-def busybox_applets(busybox: Path) -> list[str]:
-    """The applets the binary at ``busybox`` has, as it lists them itself."""
-    proc = subprocess.run([str(busybox), "--list"], capture_output=True, text=True)
+def busybox_applets(binary: Path) -> list[str]:
+    """The applets the busybox at ``binary`` has, as it lists them itself."""
+    proc = run_supervised([str(binary), "--list"])
     applets = proc.stdout.split()
     if proc.returncode != 0 or not applets:
-        raise ImageBuildError(f"'{busybox} --list' failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        raise ImageBuildError(f"'{binary} --list' failed (exit {proc.returncode}): {proc.stderr.strip()}")
     missing = sorted(set(BUSYBOX_APPLETS) - set(applets))
     if missing:
-        raise ImageBuildError(f"{busybox} lacks applets the test image needs: {', '.join(missing)}")
+        raise ImageBuildError(f"{binary} lacks applets the test image needs: {', '.join(missing)}")
     return applets
 
 
-def wget_lacks_timeout(busybox: Path) -> bool:
-    """Whether this busybox's wget was built without ``-T`` (and so crashes on it).
-
-    Debian builds busybox without ``FEATURE_WGET_TIMEOUT``, yet its wget still
-    parses ``-T SEC`` and stores the number through a null pointer: every
-    ``wget -T 5 ...`` (as the e2e suites run it) dies with SIGSEGV before it
-    sends a byte. The help text names ``-T`` only when the feature is built in.
-    """
-    proc = subprocess.run([str(busybox), "wget", "--help"], capture_output=True, text=True)
-    return "-T SEC" not in proc.stdout + proc.stderr
-
-
-def busybox_layer(
-    busybox: bytes,
-    applets: Sequence[str] = BUSYBOX_APPLETS,
-    wget_timeout_shim: bool = False,
-) -> ImageLayer:
+def busybox_layer(binary: bytes, applets: Sequence[str] = BUSYBOX_APPLETS) -> ImageLayer:
     """A complete busybox userland: the binary, a /bin link per applet and a small /etc.
 
     * Every applet is a link in /bin, and /sbin, /usr/bin and /usr/sbin point
       there, so both PATH lookups (``kubectl cp`` runs ``tar``) and absolute
       paths (``/usr/bin/env``) work, as in upstream's busybox image.
-    * ``/etc/nsswitch.conf`` says ``hosts: files dns``. Debian's busybox-static
-      is a static glibc binary: without that file its resolver never asks
-      DNS at all (static glibc's built-in default has no ``dns``), so
+    * ``/etc/nsswitch.conf`` says ``hosts: files dns``. Our busybox is a
+      static glibc binary: without that file its resolver never asks DNS at
+      all (static glibc's built-in default has no ``dns``), so
       ``wget http://service/`` in a pod fails with "bad address".
-    * With ``wget_timeout_shim``, ``/usr/local/bin/wget`` (first in PATH)
-      is a script that takes ``-T``/``--timeout`` off the command line and
-      enforces it with the ``timeout`` applet instead; see
-      :func:`wget_lacks_timeout` for the crash it avoids.
     """
     layer = ImageLayer()
-    layer.files["bin/busybox"] = (0o755, busybox)
+    layer.files["bin/busybox"] = (0o755, binary)
     for applet in sorted(set(applets) - {"busybox"}):  # Debian's static build lists itself
         layer.symlinks[f"bin/{applet}"] = "busybox"
     layer.symlinks["sbin"] = "bin"
     layer.symlinks["usr/bin"] = "../bin"
     layer.symlinks["usr/sbin"] = "../bin"
-    if wget_timeout_shim:
-        layer.files["usr/local/bin/wget"] = (0o755, (FILES_DIR / "wget-timeout.sh").read_bytes())
     layer.files["etc/passwd"] = (0o644, b"root:x:0:0:root:/root:/bin/sh\n"
                                         b"daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
                                         b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
@@ -375,10 +355,9 @@ def busybox_layer(
     return layer
 
 
-def debian_busybox_layer(progress: Progress = stderr_progress) -> ImageLayer:
-    """:func:`busybox_layer` made from Debian's ``busybox-static``, asking the binary what it has."""
-    binary = debian.busybox(progress).path
-    return busybox_layer(binary.read_bytes(), busybox_applets(binary), wget_lacks_timeout(binary))
+def busybox_layer_of(binary: Path) -> ImageLayer:
+    """:func:`busybox_layer` of the busybox at ``binary``, asking it what applets it has."""
+    return busybox_layer(binary.read_bytes(), busybox_applets(binary))
 
 
 # --- pause ---------------------------------------------------------------------
@@ -396,14 +375,8 @@ def compile_pause(dest: Path, version: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "pause.c"
         shutil.copyfile(PAUSE_SOURCE, source)
-        proc = subprocess.run(
-            [gcc, "-static", "-Os", "-s", "-Wall", "-Werror", f'-DPAUSE_VERSION="{version}"',
-             "-Wl,--build-id=none", "-o", str(dest), str(source)],
-            capture_output=True,
-            text=True,
-        )
-    if proc.returncode != 0:
-        raise debian.PackageError(f"compiling pause failed:\n{proc.stderr[-3000:]}")
+        run_tool([gcc, "-static", "-Os", "-s", "-Wall", "-Werror", f'-DPAUSE_VERSION="{version}"',
+                  "-Wl,--build-id=none", "-o", str(dest), str(source)], "compiling pause", error=ImageBuildError)
 
 
 def gcc_version() -> str:
@@ -417,13 +390,19 @@ def gcc_version() -> str:
 PAUSE_TAG_VERSION = PAUSE_IMAGE.rsplit(":", 1)[1]
 
 
+def images_key(gcc: str, busybox_key: str) -> str:
+    """Cache key of :func:`build_images`: the compiler, the busybox build's key and our recipe."""
+    return hash_inputs([
+        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, gcc, busybox_key, repr(BUSYBOX_APPLETS), Path(__file__), FILES_DIR,
+        "oci-v3",
+    ])
+
+
 def build_images(progress: Progress = stderr_progress) -> dict[str, Path]:
     """Return ``{image name: archive path}`` for :data:`PAUSE_IMAGE` and :data:`TEST_IMAGE`."""
-    busybox_version, _ = debian.candidate(debian.BUSYBOX_PACKAGE)
-    key = hash_inputs([
-        PAUSE_IMAGE, TEST_IMAGE, PAUSE_SOURCE, gcc_version(), f"{debian.BUSYBOX_PACKAGE}={busybox_version}",
-        repr(BUSYBOX_APPLETS), Path(__file__), FILES_DIR, "oci-v2",
-    ])
+    gcc = gcc_version()
+    busybox_version = busybox.source_version(progress)
+    key = images_key(gcc, busybox.busybox_key(busybox_version, gcc))
 
     def build(out: Path) -> None:
         pause = out / "pause.bin"
@@ -433,8 +412,9 @@ def build_images(progress: Progress = stderr_progress) -> dict[str, Path]:
             docker_archive(PAUSE_IMAGE, pause_layer(pause.read_bytes()), ["/pause"], [], [])
         )
         pause.unlink()
+        binary = busybox.build_busybox(busybox_version, gcc, progress)
         (out / "busybox.tar").write_bytes(
-            docker_archive(TEST_IMAGE, debian_busybox_layer(progress), [], ["sh"], [DEFAULT_PATH])
+            docker_archive(TEST_IMAGE, busybox_layer_of(binary), [], ["sh"], [DEFAULT_PATH])
         )
 
     root = cached_build("oci-images", key, build, progress)

@@ -1,10 +1,11 @@
-"""The conformance busybox: the private apt it is fetched through, its build recipe and key (no network)."""
+"""Our busybox: the private apt its source is fetched through, its configuration rule, recipe and key (no network)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_smalltown.images import cache, conformance, debian
+from pytest_smalltown.images import busybox, cache, debian
 
 TRIXIE = debian.Suite("trixie", "http://mirror.example/debian")
 
@@ -198,7 +199,7 @@ def test_an_unreachable_mirror_falls_back_to_an_earlier_answer(monkeypatch: pyte
         debian.source_version(TRIXIE, "coreutils")  # nothing earlier to fall back to
 
 
-# --- the build recipe and key ----------------------------------------------------------
+# --- the configuration rule --------------------------------------------------------------
 
 DEBIAN_STATIC = """#
 # Automatically generated make config: don't edit
@@ -210,52 +211,150 @@ CONFIG_ASH=y
 """
 
 
-def test_config_edit_sets_the_hack_and_nothing_else() -> None:
-    edited = conformance.busybox_config(DEBIAN_STATIC)
+def test_config_edit_sets_what_it_is_given_and_nothing_else() -> None:
+    edited = busybox.edit_config(DEBIAN_STATIC, busybox.CONFIG_CHANGES)
     assert edited == DEBIAN_STATIC.replace("# CONFIG_FEATURE_DI_ENV_HACK is not set", "CONFIG_FEATURE_DI_ENV_HACK=y")
-    assert conformance.busybox_config(edited) == edited  # already set: unchanged
-    assert conformance.busybox_config(DEBIAN_STATIC, {"CONFIG_STATIC": "n"}).count("CONFIG_STATIC=n\n") == 1
+    assert busybox.edit_config(edited, busybox.CONFIG_CHANGES) == edited  # already set: unchanged
+    assert busybox.edit_config(DEBIAN_STATIC, {"CONFIG_STATIC": "n"}).count("CONFIG_STATIC=n\n") == 1
+    assert busybox.parse_config(edited) == {"CONFIG_HAVE_DOT_CONFIG": "y", "CONFIG_STATIC": "y",
+                                            "CONFIG_FEATURE_DI_ENV_HACK": "y", "CONFIG_ASH": "y"}
 
 
 def test_config_edit_refuses_an_option_it_cannot_find_once() -> None:
-    with pytest.raises(conformance.ConformanceImageError, match="CONFIG_FEATURE_DI_ENV_HACK 0 times"):
-        conformance.busybox_config("CONFIG_ASH=y\n# CONFIG_FEATURE_DI_ENV_HACKS is not set\n")
-    with pytest.raises(conformance.ConformanceImageError, match="2 times"):
-        conformance.busybox_config(DEBIAN_STATIC + "CONFIG_FEATURE_DI_ENV_HACK=y\n")
+    with pytest.raises(busybox.BusyboxBuildError, match="CONFIG_FEATURE_DI_ENV_HACK 0 times"):
+        busybox.edit_config("CONFIG_ASH=y\n# CONFIG_FEATURE_DI_ENV_HACKS is not set\n", busybox.CONFIG_CHANGES)
+    with pytest.raises(busybox.BusyboxBuildError, match="2 times"):
+        busybox.edit_config(DEBIAN_STATIC + "CONFIG_FEATURE_DI_ENV_HACK=y\n", busybox.CONFIG_CHANGES)
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("WGET", True), ("TAR", False), ("!TAR", True), ("WGET && TAR", False), ("TAR || WGET", True),
+    ("(PS || MINIPS) && DESKTOP", True), ("!NOMMU && (SHELL_ASH || ASH)", True), ("WGET && !(TAR || PS)", False),
+    ("PORT=80", True), ("PORT!=80", False), ("WGET # a comment's words", True),
+])
+def test_dependency_expressions(expression: str, expected: bool) -> None:
+    values = {"CONFIG_WGET": "y", "CONFIG_TAR": "n", "CONFIG_PS": "y", "CONFIG_DESKTOP": "y", "CONFIG_ASH": "y",
+              "CONFIG_PORT": "80"}
+    assert busybox.holds(expression.split("#")[0], values) is expected
+
+
+def test_an_unreadable_expression_fails_the_build() -> None:
+    with pytest.raises(busybox.BusyboxBuildError, match="cannot read"):
+        busybox.holds("WGET &&& TAR", {})
+    with pytest.raises(busybox.BusyboxBuildError, match="cannot read"):
+        busybox.holds("(WGET", {})
+
+
+KCONFIG = """menu "Networking Utilities"
+
+config WGET
+	bool "wget (41 kb)"
+	default y
+	help
+	wget is a utility for non-interactive download of files from HTTP
+	if FOO is set, nothing happens: help text, not a block
+	depends on NOTHING
+
+config FEATURE_WGET_TIMEOUT
+	bool "Enable timeout option -T SEC"
+	default y
+	depends on WGET
+
+if WGET && !NOMMU # a comment
+config FEATURE_WGET_DEEP
+	bool "Inside an if block"
+	depends on FEATURE_WGET_TIMEOUT
+endif
+
+choice
+	prompt "Choose"
+config SH_IS_ASH
+	bool "ash"
+endchoice
+
+endmenu
+"""
+
+
+def test_kconfig_dependencies_include_if_blocks_but_not_help_text(tmp_path: Path) -> None:
+    (tmp_path / "Config.in").write_text(KCONFIG)
+    depends, choice_members = busybox.kconfig_depends([tmp_path / "Config.in"])
+    assert depends == {"WGET": [], "FEATURE_WGET_TIMEOUT": ["WGET"],
+                       "FEATURE_WGET_DEEP": ["WGET && !NOMMU", "FEATURE_WGET_TIMEOUT"], "SH_IS_ASH": []}
+    assert choice_members == {"SH_IS_ASH"}
+
+
+def test_applets_are_found_by_their_declarations(tmp_path: Path) -> None:
+    (tmp_path / "networking").mkdir()
+    (tmp_path / "networking/wget.c").write_text(
+        "//applet:IF_WGET(APPLET(wget, BB_DIR_USR_BIN, BB_SUID_DROP))\n"
+        "//applet:IF_RMMOD(IF_NOT_MODPROBE_SMALL(APPLET_NOEXEC(rmmod, rmmod, BB_DIR_SBIN, BB_SUID_DROP, rmmod)))\n"
+        "//applet:IF_PS(  APPLET_NOEXEC(ps, ps, BB_DIR_BIN, BB_SUID_DROP, ps))\n"
+        "//applet:#if ENABLE_FEATURE_TFTP_GET\n"
+        "int x; // IF_NOT_AN_APPLET(\n")
+    assert busybox.applet_symbols(tmp_path) == {"WGET", "RMMOD", "PS"}
+
+
+def test_the_rule_turns_on_upstreams_options_of_the_applets_debian_ships() -> None:
+    depends = {
+        "WGET": [], "NC": [], "FTPD": [],
+        "FEATURE_WGET_TIMEOUT": ["WGET"],                   # defconfig on, Debian off: on
+        "FEATURE_WGET_DEEP": ["FEATURE_WGET_TIMEOUT"],      # belongs to wget through another option: on
+        "FEATURE_WGET_OFF_UPSTREAM": ["WGET"],              # defconfig off too: off
+        "NC_110_COMPAT": ["NC || NETCAT"],                  # not named FEATURE_: on
+        "FEATURE_FTPD_WRITE": ["FTPD"],                     # an applet Debian leaves out: off
+        "FEATURE_NC_NEEDS": ["NC && MODPROBE_SMALL"],       # a dependency Debian leaves off: off
+        "FEATURE_WGET_UNFIT": ["WGET"],                     # excluded: off
+        "FEATURE_EDITING": [],                              # no applet's: off
+    }
+    debian_values = {"CONFIG_WGET": "y", "CONFIG_NC": "y", "CONFIG_FTPD": "n"}
+    defconfig = {f"CONFIG_{name}": "y" for name in depends} | {"CONFIG_FEATURE_WGET_OFF_UPSTREAM": "n"}
+    chosen = busybox.applet_features(debian_values, defconfig, depends, {"WGET", "NC", "FTPD", "NETCAT"},
+                                     exclude=["CONFIG_FEATURE_WGET_UNFIT"])
+    assert chosen == ["CONFIG_FEATURE_WGET_DEEP", "CONFIG_FEATURE_WGET_TIMEOUT", "CONFIG_NC_110_COMPAT"]
+
+
+def test_derived_configuration_is_debians_with_the_changes_and_the_features(tmp_path: Path) -> None:
+    source, tree = tmp_path / "source", tmp_path / "defconfig"
+    (source / "networking").mkdir(parents=True)
+    (source / "networking/wget.c").write_text("//applet:IF_WGET(APPLET(wget, BB_DIR_USR_BIN, BB_SUID_DROP))\n")
+    (source / "Config.in").write_text("config STATIC\n\tbool \"static\"\n")
+    (tree / "networking").mkdir(parents=True)
+    (tree / "networking/Config.in").write_text(KCONFIG)
+    (tree / ".config").write_text("CONFIG_WGET=y\nCONFIG_FEATURE_WGET_TIMEOUT=y\nCONFIG_FEATURE_WGET_DEEP=y\n")
+    debian_config = DEBIAN_STATIC + "CONFIG_WGET=y\n# CONFIG_FEATURE_WGET_TIMEOUT is not set\n" \
+                                    "# CONFIG_FEATURE_WGET_DEEP is not set\n"
+    config, features = busybox.derive_config(debian_config, tree, source)
+    assert features == ["CONFIG_FEATURE_WGET_DEEP", "CONFIG_FEATURE_WGET_TIMEOUT"]
+    assert busybox.parse_config(config) == {**busybox.parse_config(debian_config), "CONFIG_FEATURE_DI_ENV_HACK": "y",
+                                            "CONFIG_FEATURE_WGET_TIMEOUT": "y", "CONFIG_FEATURE_WGET_DEEP": "y"}
+    with pytest.raises(busybox.BusyboxBuildError, match="no applet declarations"):
+        busybox.derive_config(debian_config, tree, tmp_path / "empty")
+
+
+# --- the build recipe and key ----------------------------------------------------------
 
 
 def test_build_steps_follow_debian_rules() -> None:
-    configure, compile_ = conformance.busybox_build_steps(Path("/s"), Path("/b"), "1:1.37.0-6")
+    configure, compile_ = busybox.build_steps(Path("/s"), Path("/b"), "1:1.37.0-6")
     assert configure[:3] == ["sh", "-c", 'yes "" | exec "$@"'] and configure[-2:] == ["KBUILD_SRC=/s", "silentoldconfig"]
     assert compile_[:4] == ["make", "-C", "/b", "all"]
-    assert "BB_EXTRA_VERSION=Debian 1:1.37.0-6, FEATURE_DI_ENV_HACK" in compile_
-    assert f"CONFIG_EXTRA_CFLAGS={conformance.BUSYBOX_CFLAGS} -ffile-prefix-map=/s=." in compile_
-    assert conformance.BUSYBOX_DEBIAN_CONFIG[-1] == "debian/config/pkg/static"
+    assert "BB_EXTRA_VERSION=Debian 1:1.37.0-6, pytest-smalltown" in compile_
+    assert f"CONFIG_EXTRA_CFLAGS={busybox.CFLAGS} -ffile-prefix-map=/s=." in compile_
+    assert busybox.DEBIAN_CONFIG[-1] == "debian/config/pkg/static"
+    assert busybox.make_argv(Path("/s"), Path("/d"), "defconfig")[-2:] == ["KBUILD_SRC=/s", "defconfig"]
 
 
-def test_busybox_key_covers_version_config_recipe_and_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = conformance.busybox_key("1:1.37.0-6", "gcc 12")
-    assert base == conformance.busybox_key("1:1.37.0-6", "gcc 12")
-    assert base != conformance.busybox_key("1:1.37.0-7", "gcc 12")
-    assert base != conformance.busybox_key("1:1.37.0-6", "gcc 14")
-    monkeypatch.setattr(conformance, "BUSYBOX_CONFIG_CHANGES", {"CONFIG_FEATURE_DI_ENV_HACK": "n"})
-    assert base != conformance.busybox_key("1:1.37.0-6", "gcc 12")
-    monkeypatch.undo()
-    monkeypatch.setattr(conformance, "BUSYBOX_SOURCE", "busybox-other")
-    assert base != conformance.busybox_key("1:1.37.0-6", "gcc 12")
-    monkeypatch.undo()
-    monkeypatch.setattr(conformance, "BUSYBOX_CFLAGS", "-O0")
-    assert base != conformance.busybox_key("1:1.37.0-6", "gcc 12")
-    monkeypatch.undo()
-    monkeypatch.setattr(conformance, "BUSYBOX_RECIPE", "conformance-busybox-v0")
-    assert base != conformance.busybox_key("1:1.37.0-6", "gcc 12")
-
-
-def test_the_archive_key_follows_the_busybox_source_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = {conformance.archive_key("go1", "gcc1", ["curl=1"], "deb x", conformance.busybox_key(version, "gcc1"))
-            for version in ("1:1.37.0-6", "1:1.37.0-7")}
-    assert len(keys) == 2
-    assert not any(v.startswith("busybox-static=") for v in conformance.TOOLS_PACKAGES)
+def test_busybox_key_covers_version_compiler_and_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = busybox.busybox_key("1:1.37.0-6", "gcc 12")
+    assert base == busybox.busybox_key("1:1.37.0-6", "gcc 12")
+    assert base != busybox.busybox_key("1:1.37.0-7", "gcc 12")
+    assert base != busybox.busybox_key("1:1.37.0-6", "gcc 14")
+    recipe = tmp_path / "busybox.py"
+    recipe.write_text(Path(busybox.__file__).read_text().replace('"CONFIG_FEATURE_DI_ENV_HACK": "y"',
+                                                                 '"CONFIG_FEATURE_DI_ENV_HACK": "n"'))
+    monkeypatch.setattr(busybox, "__file__", str(recipe))
+    assert base != busybox.busybox_key("1:1.37.0-6", "gcc 12")
 
 
 def test_busybox_comes_from_trixie_on_the_hosts_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,11 +366,30 @@ def test_busybox_comes_from_trixie_on_the_hosts_mirror(monkeypatch: pytest.Monke
         return "1:9"
 
     monkeypatch.setattr(debian, "source_version", source_version)
-    assert conformance.busybox_source_version() == "1:9"
+    assert busybox.source_version() == "1:9"
     assert asked == [(debian.Suite("trixie", "http://mirror-for-bookworm.example/debian"), "busybox")]
 
 
-# --- the build-time check -----------------------------------------------------------------
+# --- the build-time checks -----------------------------------------------------------------
+
+
+def _elf(program_header_types: list[int]) -> bytes:
+    """A 64-bit ELF header and its program headers, of the given types (3 is PT_INTERP)."""
+    header = bytearray(64)
+    header[:5] = b"\x7fELF\x02"
+    struct.pack_into("<Q", header, 0x20, 64)
+    struct.pack_into("<HH", header, 0x36, 56, len(program_header_types))
+    return bytes(header) + b"".join(struct.pack("<I", kind) + bytes(52) for kind in program_header_types)
+
+
+def test_a_binary_with_an_interpreter_is_not_static(tmp_path: Path) -> None:
+    (tmp_path / "static").write_bytes(_elf([1, 1, 4]))
+    (tmp_path / "dynamic").write_bytes(_elf([6, 3, 1]))
+    (tmp_path / "script").write_bytes(b"#!/bin/sh\n")
+    assert busybox.is_static(tmp_path / "static")
+    assert not busybox.is_static(tmp_path / "dynamic")
+    assert not busybox.is_static(tmp_path / "script")
+    assert not busybox.is_static(Path(sys.executable).resolve())
 
 
 def _fake_busybox(tmp_path: Path, keep: str) -> Path:
@@ -287,16 +405,23 @@ def _fake_busybox(tmp_path: Path, keep: str) -> Path:
 
 
 def test_a_shell_that_keeps_every_name_passes(tmp_path: Path) -> None:
-    conformance.check_env_passthrough(_fake_busybox(tmp_path, ".*"))
+    busybox.check_env_passthrough(_fake_busybox(tmp_path, ".*"))
 
 
 def test_a_shell_that_drops_invalid_names_fails_the_build(tmp_path: Path) -> None:
-    with pytest.raises(conformance.ConformanceImageError, match=r"drops .*data-1.*CONFIG_FEATURE_DI_ENV_HACK"):
-        conformance.check_env_passthrough(_fake_busybox(tmp_path, "[A-Za-z_][A-Za-z0-9_]*"))
+    with pytest.raises(busybox.BusyboxBuildError, match=r"drops .*data-1.*CONFIG_FEATURE_DI_ENV_HACK"):
+        busybox.check_env_passthrough(_fake_busybox(tmp_path, "[A-Za-z_][A-Za-z0-9_]*"))
 
 
 @pytest.mark.skipif(not Path("/bin/busybox").is_file(), reason="needs Debian's busybox(-static)")
 def test_debians_own_busybox_is_what_the_check_catches() -> None:
     """The host's Debian busybox was built without the option: the check must reject it."""
-    with pytest.raises(conformance.ConformanceImageError, match="drops"):
-        conformance.check_env_passthrough(Path("/bin/busybox"))
+    with pytest.raises(busybox.BusyboxBuildError, match="drops"):
+        busybox.check_env_passthrough(Path("/bin/busybox"))
+
+
+def test_kconfig_changing_our_configuration_fails_the_build(tmp_path: Path) -> None:
+    (tmp_path / ".config").write_text("CONFIG_WGET=y\n# CONFIG_FEATURE_WGET_TIMEOUT is not set\n")
+    busybox._check_config_kept(tmp_path, "CONFIG_WGET=y\n# CONFIG_FEATURE_WGET_TIMEOUT is not set\n")
+    with pytest.raises(busybox.BusyboxBuildError, match="FEATURE_WGET_TIMEOUT y->n"):
+        busybox._check_config_kept(tmp_path, "CONFIG_WGET=y\nCONFIG_FEATURE_WGET_TIMEOUT=y\n")

@@ -9,14 +9,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.images import cache, conformance, gobuild, oci
+from pytest_smalltown.images import busybox, cache, conformance, gobuild, oci
 from pytest_smalltown.images.oci import Image, ImageLayer, Layer
 
 MANIFEST_GO = Path(f"/root/go/pkg/mod/k8s.io/kubernetes@{gobuild.KUBERNETES_VERSION}/test/utils/image/manifest.go")
@@ -33,7 +32,7 @@ def _tiny_layer(**files: bytes) -> Layer:
 
 
 def _images() -> list[Image]:
-    busybox = Layer.of(oci.busybox_layer(b"BB", ("sh", "tar", "wget"), wget_timeout_shim=True))
+    busybox = Layer.of(oci.busybox_layer(b"BB", ("sh", "tar", "wget")))
     debian_base = _tiny_layer(etc_passwd=b"debian")
     agnhost = Layer.of(conformance.agnhost_layer(b"AGN", b"COREDNS", FAKE_FILES, "root:x:0:0::/root:/bin/sh\n",
                                                  "root:x:0:\n"))
@@ -225,59 +224,32 @@ def test_web_stand_ins_serve_the_paths_tests_use() -> None:
 
 def test_busybox_layer_links_every_applet_it_is_given() -> None:
     applets = ("sh", "tar", "wget", "[", "nslookup", "zcat")
-    members = _tar_members(oci.busybox_layer(b"BB", applets, wget_timeout_shim=True).to_tar())
+    members = _tar_members(oci.busybox_layer(b"BB", applets).to_tar())
     for applet in applets:
         assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
     assert members["usr/bin"].linkname == "../bin" and members["sbin"].linkname == "bin"
     # A binary that lists itself as an applet must not become a link to itself.
     itself = _tar_members(oci.busybox_layer(b"BB", ("sh", "busybox")).to_tar())["bin/busybox"]
     assert itself.isfile() and itself.size == 2
-    assert members["usr/local/bin/wget"].isfile() and members["usr/local/bin/wget"].mode == 0o755
+    # No wrapper anywhere: ash runs its own applets before any PATH lookup, so one would never run.
+    assert not [name for name in members if name.startswith("usr/local/bin/") and name != "usr/local/bin"]
     with tarfile.open(fileobj=io.BytesIO(oci.busybox_layer(b"BB", applets).to_tar())) as tar:
         nsswitch = tar.extractfile("etc/nsswitch.conf").read().decode()  # type: ignore[union-attr]
-        assert "usr/local/bin/wget" not in tar.getnames()
     assert re.search(r"^hosts:\s+files dns$", nsswitch, re.M)
 
 
-def _fake_busybox(tmp_path: Path, wget_help: str) -> Path:
+def _fake_busybox(tmp_path: Path, applets: list[str]) -> Path:
     script = tmp_path / "busybox"
-    script.write_text("#!/bin/sh\n"
-                      'if [ "$1" = --list ]; then printf "sh\\ntar\\nwget\\n"; exit 0; fi\n'
-                      f'if [ "$1 $2" = "wget --help" ]; then echo "{wget_help}" >&2; exit 1; fi\n')
+    script.write_text("#!/bin/sh\n" f'[ "$1" = --list ] && printf "%s\\n" {" ".join(applets)}\n')
     script.chmod(0o755)
     return script
 
 
 def test_applets_come_from_the_binary(tmp_path: Path) -> None:
     with pytest.raises(oci.ImageBuildError, match="lacks applets"):
-        oci.busybox_applets(_fake_busybox(tmp_path, ""))
-
-
-def test_wget_timeout_support_is_read_from_the_help(tmp_path: Path) -> None:
-    assert oci.wget_lacks_timeout(_fake_busybox(tmp_path, "Usage: wget [-cqS] [-O FILE] URL"))
-    assert not oci.wget_lacks_timeout(_fake_busybox(tmp_path, "Usage: wget [-cqS] [-T SEC] URL"))
-
-
-@pytest.mark.parametrize(("args", "expected"), [
-    (["-T", "5", "-q", "-O", "-", "http://x/"], ["timeout", "5", "BB", "wget", "-q", "-O", "-", "http://x/"]),
-    (["-qT5", "-O-", "http://x"], ["timeout", "5", "BB", "wget", "-q", "-O-", "http://x"]),
-    (["-qO", "-", "-T", "1", "http://x"], ["timeout", "1", "BB", "wget", "-qO", "-", "http://x"]),
-    (["--timeout=3", "http://x"], ["timeout", "3", "BB", "wget", "http://x"]),
-    (["--header", "-T", "http://x"], ["wget", "--header", "-T", "http://x"]),
-    (["-O", "-T", "http://x"], ["wget", "-O", "-T", "http://x"]),
-    (["-q", "--", "-T", "5"], ["wget", "-q", "--", "-T", "5"]),
-    (["-T", "0", "http://x"], ["wget", "http://x"]),
-    (["http://x"], ["wget", "http://x"]),
-])
-def test_wget_shim_moves_the_timeout_to_the_timeout_applet(tmp_path: Path, args: list[str],
-                                                          expected: list[str]) -> None:
-    fake = tmp_path / "busybox"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
-    fake.chmod(0o755)
-    shim = tmp_path / "wget"
-    shim.write_text((oci.FILES_DIR / "wget-timeout.sh").read_text().replace("/bin/busybox", str(fake)))
-    out = subprocess.run(["sh", str(shim), *args], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == [str(fake) if word == "BB" else word for word in expected]
+        oci.busybox_applets(_fake_busybox(tmp_path, ["sh", "tar", "wget"]))
+    everything = [*oci.BUSYBOX_APPLETS, "zcat"]
+    assert oci.busybox_applets(_fake_busybox(tmp_path, everything)) == everything
 
 
 # --- Debian layer helpers ------------------------------------------------------
@@ -339,14 +311,14 @@ def test_key_follows_inputs() -> None:
 def test_warm_archive_is_found_without_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     # busybox's source version is asked of Debian once a day; no network here.
-    monkeypatch.setattr(conformance, "busybox_source_version", lambda progress=None: "1:1.37.0-6")
+    monkeypatch.setattr(busybox, "source_version", lambda progress=None: "1:1.37.0-6")
     go_version = gobuild.go_version()
     gcc = oci.gcc_version()
     from pytest_smalltown.images import rootfs
     sources = rootfs.host_debian_sources()
     key = conformance.archive_key(go_version, gcc, conformance.resolved_versions(),
                                   "".join(Path(s).read_text() for s in sources),
-                                  conformance.busybox_key("1:1.37.0-6", gcc))
+                                  busybox.busybox_key("1:1.37.0-6", gcc))
     done = tmp_path / f"conformance-images-{key}"
     done.mkdir()
     (done / conformance.ARCHIVE_NAME).write_bytes(b"archive")

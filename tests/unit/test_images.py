@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown import contract
-from pytest_smalltown.images import debian, gobuild, node, oci, rootfs, userns
+from pytest_smalltown.images import applets, busybox, debian, gobuild, node, oci, rootfs, userns
+from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel
+from pytest_smalltown.images.tools import BuildError
 
 
 # --- gobuild -------------------------------------------------------------------
@@ -366,3 +369,76 @@ def test_a_damaged_package_is_a_package_error_with_the_tools_own_words(tmp_path:
     with pytest.raises(debian.PackageError, match=r"unpacking broken_1\.0_amd64\.deb failed \(exit \d+\)") as caught:
         debian.extract(deb, tmp_path / "out")
     assert "dpkg-deb" in str(caught.value) and "run the build again" in str(caught.value)
+
+
+# --- the test image's busybox ---------------------------------------------------
+
+def test_busybox_layer_has_no_wrapper_in_front_of_its_applets() -> None:
+    """ash runs its own applets before it searches PATH: a wrapper in /usr/local/bin would never run."""
+    with tarfile.open(fileobj=io.BytesIO(oci.busybox_layer(b"BB", ("sh", "wget")).to_tar())) as tar:
+        assert [m.name for m in tar.getmembers() if m.name.startswith("usr/local/")] == ["usr/local/bin"]
+
+
+def test_images_key_follows_the_busybox_build() -> None:
+    assert oci.images_key("gcc 12", "bb1") == oci.images_key("gcc 12", "bb1")
+    assert oci.images_key("gcc 12", "bb1") != oci.images_key("gcc 12", "bb2")
+    assert oci.images_key("gcc 12", "bb1") != oci.images_key("gcc 14", "bb1")
+
+
+def _framed(name: str, rc: int, output: str) -> str:
+    return f"@@row {name} rc={rc}\n{output}\n@@end\n"
+
+
+def test_the_table_judge_reports_every_failing_row_and_why() -> None:
+    rows = [applets.Invocation(name, "cmd", expect) for name, expect in
+            (("ok", "hello"), ("crash", ""), ("refused", ""), ("usage", ""), ("wrong", r"\d+"), ("exit", "x"),
+             ("missing", ""), ("not found", ""))]
+    output = "".join([
+        _framed("ok", 0, "hello"), _framed("crash", 139, "Segmentation fault"),
+        _framed("refused", 1, "nc: invalid option -- 'z'"), _framed("usage", 0, "Usage: tar c|x|t"),
+        _framed("wrong", 0, "twelve"), _framed("exit", 2, "x"), _framed("not found", 127, "sh: frobnicate: not found"),
+    ])
+    failures = applets.judge(rows, output)
+    assert [line.split(":", 1)[0] for line in failures] == ["crash", "refused", "usage", "wrong", "exit", "missing",
+                                                           "not found"]
+    assert "signal 11" in failures[0] and "no result" in failures[5]
+    assert applets.parse_results(_framed("multi line", 0, "a\nb\n")) == {"multi line": (0, "a\nb")}
+
+
+def test_table_rows_are_named_once_and_quoted_safely() -> None:
+    names = [row.name for row in applets.APPLET_TABLE]
+    assert len(names) == len(set(names))
+    assert all(row.needs <= {"loopback", "web", "cluster"} for row in applets.APPLET_TABLE)
+    script = applets.table_script([applets.Invocation("it's", "echo 'quoted' \"$HOME\"", "")])
+    assert "row 'it'\\''s' 'echo '\\''quoted'\\'' \"$HOME\"'\n" in script
+
+
+@pytest.fixture(scope="module")
+def built_busybox() -> Path:
+    """The busybox of the current recipe, if it is built: a unit test does not build it (minutes, network)."""
+    try:
+        version = busybox.source_version(progress=lambda _: None)
+    except BuildError as error:
+        pytest.skip(f"busybox's source version is unknown here (no memo, no mirror): {error}")
+    path = cache_root() / f"{busybox.CACHE_NAME}-{busybox.busybox_key(version, oci.gcc_version())}" / "busybox"
+    if not path.is_file():
+        pytest.skip(f"busybox is not built for this recipe ({path}); `smalltown image build` builds it")
+    return path
+
+
+def test_the_applet_table_passes_on_the_built_busybox(built_busybox: Path, tmp_path: Path) -> None:
+    """Every row a host can run (all but cluster DNS), through sh -c, against the binary's own httpd."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([built_busybox, "sh", "-c", applets.web_server_script(str(tmp_path / "www"),
+                                                                                   f"127.0.0.1:{port}")])
+    try:
+        rows = [row for row in applets.APPLET_TABLE if "cluster" not in row.needs]
+        failures = applets.run_on_host(built_busybox, tmp_path / "table", rows,
+                                       {"WEB_HOST": "127.0.0.1", "WEB_IP": "127.0.0.1", "WEB_PORT": str(port)})
+    finally:
+        server.kill()
+        server.wait()
+    assert not failures, "\n".join(failures)
+    assert busybox.is_static(built_busybox)
