@@ -802,7 +802,7 @@ def _restore(
     verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="snapshot-verify")
     verification = verifier.submit(snapshot.verify)
     try:
-        with store.reading(), phases.phase("restore"):
+        with store.reading(progress), phases.phase("restore"):
             phases.switch = launch_switch(
                 spec.nodes, SWITCH_FORWARDED_PORTS, workdir=workdir, accel=accel, image=parts.switch_image,
                 progress=progress, qemu=settings.qemu,

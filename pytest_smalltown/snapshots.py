@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import cache_root, hash_inputs, prune
+from pytest_smalltown.images.cache import Progress, cache_root, flock_announced, hash_inputs, prune, stderr_progress
 from pytest_smalltown.launch.reaper import reaper
 from pytest_smalltown.spec import ClusterSpec
 
@@ -273,11 +273,15 @@ class SnapshotStore:
         return f"no {self.spec} cluster has been saved yet"
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
-        """Hold off pruning while a restore opens the snapshot's files (shared with other readers)."""
+    def reading(self, progress: Progress = stderr_progress) -> Iterator[None]:
+        """Hold off pruning while a restore opens the snapshot's files (shared with other readers).
+
+        A session pruning or discarding it holds the lock alone, briefly; a
+        longer wait is said, with who holds it (:func:`flock_announced`).
+        """
         fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            flock_announced(fd, self.lock_path, f"the saved {self.spec} cluster", progress, shared=True)
             yield
         finally:
             os.close(fd)

@@ -164,3 +164,36 @@ def test_a_wrongly_shaped_manifest_is_a_refusal_not_a_crash(tmp_path: Path, mani
     # Another snapshot's manifest is only read to say what changed: a bad one is passed over.
     with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
         SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096)).lookup()
+
+
+def test_a_restore_waiting_for_the_snapshots_lock_says_who_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session discarding the snapshot holds it alone; a restore that must wait says so once, then goes on."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from pytest_smalltown.images import cache
+
+    monkeypatch.setattr(cache, "LOCK_PATIENCE", 0.2)
+    store = SnapshotStore(ClusterSpec(1), inputs(tmp_path))
+    store.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = os.open(store.lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    said: list[str] = []
+    entered = threading.Event()
+
+    def restore() -> None:
+        with store.reading(said.append):
+            entered.set()
+
+    reader = threading.Thread(target=restore)
+    reader.start()
+    time.sleep(1.0)
+    assert not entered.is_set(), "the restore went on while the snapshot was held alone"
+    os.close(holder)
+    reader.join(5)
+    assert entered.is_set()
+    assert len(said) == 1 and "the saved 1-node cluster" in said[0], said
