@@ -88,7 +88,7 @@ CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
 #: Container images preloaded into containerd's k8s.io namespace at boot.
 #: Tags are not "latest", so the default pull policy IfNotPresent never pulls.
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
-TEST_IMAGE = "smalltown.local/busybox:1.35"
+TEST_IMAGE = "smalltown.local/busybox:1.37"  # the tag is the busybox version it carries (images/busybox.py)
 
 #: How long importing an image archive may take per MiB of archive, under
 #: emulation: the 108 MiB conformance image set took about 6 minutes to import

@@ -33,7 +33,7 @@ def _tool(name: str) -> str:
 
 def test_every_package_script_is_found() -> None:
     names = {path.name for path in SHELL_SCRIPTS}
-    assert {"node-init.sh", "smalltown-agent.sh", "tinyvm-init.sh", "udhcpc.sh", "wget-timeout.sh"} <= names
+    assert {"node-init.sh", "smalltown-agent.sh", "tinyvm-init.sh", "udhcpc.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: str(path.relative_to(REPO)))
