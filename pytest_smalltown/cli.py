@@ -361,7 +361,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def _conformance_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags of ``smalltown conformance``, before anything is built or started."""
-    from pytest_smalltown.conformance import PLAN_NAME
+    from pytest_smalltown.conformance.files import PLAN_NAME
     from pytest_smalltown.contract import MAX_NODES
 
     if args.resume is not None:
@@ -394,7 +394,8 @@ def _kept_conformance_kubeconfig() -> Path | None:
 
 def _interrupted_line(error: BaseException, report_dir: Path, launched: bool) -> str:
     """The one line an interrupted run ends with: what it has recorded so far and how to go on."""
-    from pytest_smalltown.conformance import ConformanceError, load_report
+    from pytest_smalltown.conformance.collect import load_report
+    from pytest_smalltown.conformance.errors import ConformanceError
 
     what = "SIGTERM" if isinstance(error, _Terminated) else "Ctrl-C"
     stopped = "the suite and the cluster were stopped" if launched else "the suite was stopped"
@@ -413,7 +414,8 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
     A launched cluster is closed afterwards, however the run ends; when a spec
     failed, its VMs' consoles are kept in the report directory first.
     """
-    from pytest_smalltown.conformance import build_suite, resume_conformance, run_conformance
+    from pytest_smalltown.conformance.command import build_suite
+    from pytest_smalltown.conformance.runner import resume_conformance, run_conformance
 
     # Build first: a cold e2e.test build takes long, and a cluster would idle meanwhile.
     binaries = build_suite(procs, stderr_progress)
@@ -448,7 +450,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     ``--resume DIR`` runs the specs of DIR's run that have no result yet. SIGTERM
     and Ctrl-C stop the suite and the cluster in order and exit 130 with one line.
     """
-    from pytest_smalltown.conformance import ConformanceError, RunPlan, smoke_focus
+    from pytest_smalltown.conformance.errors import ConformanceError
+    from pytest_smalltown.conformance.plan import RunPlan
+    from pytest_smalltown.conformance.smoke import smoke_focus
     from pytest_smalltown.images.gobuild import GoBuildError
 
     problem = _conformance_usage_error(args)
@@ -561,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(conformance, nodes=2, why=": the suite needs two schedulable nodes")
     conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
     conformance.add_argument("--skip", help="Ginkgo skip regexp")
-    conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.SMOKE_TESTS)")
+    conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.smoke.SMOKE_TESTS)")
     conformance.add_argument(
         "--procs", type=int, help="parallel e2e.test processes via the Ginkgo CLI (default 1, or the resumed run's); "
         "[Serial] specs run on one process after the others",

@@ -41,29 +41,24 @@ from typing import Any
 
 import pytest
 
-from pytest_smalltown import conformance
 from pytest_smalltown.cli import main
-from pytest_smalltown.conformance import (
-    ConformanceError,
-    ConformanceReport,
-    RunOptions,
+from pytest_smalltown.conformance import collect, command, smoke
+from pytest_smalltown.conformance.command import RunOptions, SuiteBinaries, build_command
+from pytest_smalltown.conformance.errors import ConformanceError
+from pytest_smalltown.conformance.junit import parse_junit
+from pytest_smalltown.conformance.plan import (
+    ChunkRecord,
     RunPlan,
     SelectedSpec,
-    SpecResult,
-    SpecStream,
-    SuiteBinaries,
-    build_command,
-    failure_text,
     go_regexp_quote,
-    guess_name,
     parse_dry_run,
-    parse_junit,
     plan_chunks,
-    resume_conformance,
-    run_conformance,
-    run_suite,
-    smoke_focus,
 )
+from pytest_smalltown.conformance.report import ConformanceReport
+from pytest_smalltown.conformance.results import SpecResult
+from pytest_smalltown.conformance.runner import resume_conformance, run_conformance, run_suite
+from pytest_smalltown.conformance.smoke import smoke_focus
+from pytest_smalltown.conformance.stream import SpecStream, failure_text, guess_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -694,14 +689,14 @@ def test_smoke_focus_matches_exactly_the_listed_specs() -> None:
 def test_cli_smoke_with_an_empty_list_is_a_clear_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(conformance, "SMOKE_TESTS", ())
+    monkeypatch.setattr(smoke, "SMOKE_TESTS", ())
     assert main(["conformance", "--smoke", "--kubeconfig", "/nonexistent"]) == 2
     assert "smoke subset is empty" in capsys.readouterr().err
     assert main(["conformance", "--smoke", "--focus", "x"]) == 2
 
 
 def _plan(specs: tuple[SelectedSpec, ...], focus: str = r"\[Conformance\]", chunks: int = 0) -> RunPlan:
-    records = tuple(conformance.ChunkRecord(i, f"junit_{i}.xml", 2, 1, "t") for i in range(1, chunks + 1))
+    records = tuple(ChunkRecord(i, f"junit_{i}.xml", 2, 1, "t") for i in range(1, chunks + 1))
     return RunPlan(focus, "Flaky", 2, specs, records)
 
 
@@ -1074,7 +1069,7 @@ def test_a_chunk_that_wrote_no_junit_is_judged_by_its_streamed_results(tmp_path:
     with pytest.raises(KeyboardInterrupt):
         run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=_interrupt_after(2), binaries=binaries)
     (out / "junit_01.xml").unlink()
-    report = conformance.load_report(out)
+    report = collect.load_report(out)
     assert (report.passed, report.not_run) == (2, 4)
     assert {r.source for r in report.judged} == {"results.jsonl"}
     assert "note: chunk 1 wrote no JUnit; its results come from results.jsonl" in report.render()
@@ -1104,7 +1099,7 @@ def test_cli_exit_status_follows_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     binaries = _fake_suite(tmp_path, SPECS[:2])
-    monkeypatch.setattr(conformance, "build_suite", lambda procs, progress: binaries)
+    monkeypatch.setattr(command, "build_suite", lambda procs, progress: binaries)
     argv = ["conformance", "--kubeconfig", str(tmp_path / "kubeconfig"), "--report-dir", str(tmp_path / "out")]
     assert main(argv) == 0
     assert "conformance PASSED: 2 passed, 0 failed, 0 skipped, 0 not run of 2 specs" in capsys.readouterr().out
@@ -1119,7 +1114,7 @@ def test_cli_resume_runs_the_rest_and_fails_while_specs_are_not_run(
 ) -> None:
     out = tmp_path / "out"
     binaries = _fake_suite(tmp_path, SPECS, {SPECS[1].name: "hang"})
-    monkeypatch.setattr(conformance, "build_suite", lambda procs, progress: binaries)
+    monkeypatch.setattr(command, "build_suite", lambda procs, progress: binaries)
     with pytest.raises(KeyboardInterrupt):
         run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=_interrupt_after(1), binaries=binaries)
     assert main(["conformance", "--resume", str(out), "--focus", "x"]) == 2
@@ -1193,7 +1188,7 @@ def test_suite_dies_with_a_sigkilled_runner(tmp_path: Path) -> None:
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from pytest_smalltown.conformance import start_suite
+            from pytest_smalltown.conformance.process import start_suite
             process = start_suite(['sleep', '300'], Path({str(tmp_path)!r}), watch=False)
             print(process.popen.pid, flush=True)
             time.sleep(300)
@@ -1217,7 +1212,8 @@ def test_suite_dies_with_a_sigkilled_runner(tmp_path: Path) -> None:
 SIGTERM_DRIVER = r"""
 import sys, time
 from pathlib import Path
-from pytest_smalltown import cli, cluster, conformance
+from pytest_smalltown import cli, cluster
+from pytest_smalltown.conformance import command
 
 how, work = sys.argv[1], Path(sys.argv[2])
 
@@ -1245,7 +1241,7 @@ def launch(spec, settings, progress=None):
             raise RuntimeError("launch phase failed") from error
     return FakeCluster()
 
-conformance.build_suite = lambda procs, progress: conformance.SuiteBinaries(work / "e2e.test", work / "kube")
+command.build_suite = lambda procs, progress: command.SuiteBinaries(work / "e2e.test", work / "kube")
 cluster.launch_cluster = launch
 sys.exit(cli.main(["conformance", "--report-dir", str(work / "out")]))
 """
@@ -1316,7 +1312,7 @@ def test_the_smoke_reports_of_two_sessions_do_not_mix(tmp_path: Path, monkeypatc
 
     def fake_run(kubeconfig: Path, **kwargs: Any) -> Any:
         used.append(kwargs["report_dir"])
-        return SimpleNamespace(ok=True, passed=len(conformance.SMOKE_TESTS), render=lambda: "ok")
+        return SimpleNamespace(ok=True, passed=len(smoke.SMOKE_TESTS), render=lambda: "ok")
 
     monkeypatch.setattr(module, "run_conformance", fake_run)
     for run_id in ("20261207-114400-101", "20261207-114400-202"):
