@@ -369,6 +369,8 @@ def _conformance_usage_error(args: argparse.Namespace) -> str | None:
                                           ("--report-dir", args.report_dir)) if value]  # fmt: skip
         if given:
             return f"--resume continues a run with its own specs and report directory; {given[0]} cannot change them"
+    elif args.rerun_failed:
+        return "--rerun-failed runs the failed specs of a run again; give the run with --resume DIR"
     elif args.report_dir is not None and (args.report_dir / PLAN_NAME).exists():
         return f"{args.report_dir} holds a run already; continue it with --resume {args.report_dir}, or give another"
     if args.smoke and args.focus:
@@ -433,7 +435,7 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         options: dict[str, Any] = dict(report_dir=report_dir, procs=procs, progress=stderr_progress,
                                        binaries=binaries)  # fmt: skip
         if args.resume is not None:
-            report = resume_conformance(kubeconfig, **options)
+            report = resume_conformance(kubeconfig, rerun_failed=args.rerun_failed, **options)
         else:
             report = run_conformance(kubeconfig, focus=focus, skip=args.skip, **options)
         if cluster is not None and not report.ok:
@@ -565,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(conformance, nodes=2, why=": the suite needs two schedulable nodes")
     conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
     conformance.add_argument("--skip", help="Ginkgo skip regexp")
-    conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.smoke.SMOKE_TESTS)")
+    conformance.add_argument(
+        "--smoke", action="store_true", help="run only the smoke subset (conformance.smoke.SMOKE_TESTS)"
+    )
     conformance.add_argument(
         "--procs", type=int, help="parallel e2e.test processes via the Ginkgo CLI (default 1, or the resumed run's); "
         "[Serial] specs run on one process after the others",
@@ -577,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument(
         "--resume", type=Path, metavar="DIR",
         help="run only the specs of DIR's run that have no result yet (same focus and skip), adding to its report",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--rerun-failed", action="store_true",
+        help="with --resume: also run again the specs whose result is failed (their latest result counts)",
     )  # fmt: skip
     conformance.add_argument(
         "--kubeconfig", type=Path, help="run against this existing cluster instead of launching one"

@@ -43,6 +43,8 @@ class ConformanceReport:
     planned: tuple[str, ...] | None = None
     #: Things the counts alone do not say (a chunk that wrote no JUnit, an interruption).
     notes: tuple[str, ...] = ()
+    #: Full names of the specs that had failed and ran again (``--rerun-failed``); their latest result counts.
+    rerun: tuple[str, ...] = ()
 
     @property
     def specs(self) -> list[SpecResult]:
@@ -83,6 +85,12 @@ class ConformanceReport:
         return len(set(self.planned) - {r.title for r in self.judged})
 
     @property
+    def rerun_passed(self) -> int:
+        """How many of the re-run specs passed when they ran again."""
+        rerun = set(self.rerun)
+        return sum(r.verdict == "passed" for r in self.judged if r.title in rerun)
+
+    @property
     def ok(self) -> bool:
         """True only if the suite exited cleanly, every selected spec has a result, none failed, one passed."""
         return self.returncode == 0 and not self.failures and self.passed > 0 and self.not_run == 0
@@ -97,6 +105,9 @@ class ConformanceReport:
             f"report: {self.report_dir}  (results: {RESULTS_NAME}, JUnit: {MERGED_JUNIT_NAME}, log: {LOG_NAME})",
         ]
         lines += [clip(note, width) for note in self.notes]
+        if self.rerun:
+            lines.append(f"re-run: {len(self.rerun)} specs that had failed ran again; {self.rerun_passed} of them "
+                         f"passed then (each spec's latest result counts; {RESULTS_NAME} keeps every one)")
         if not self.results and self.total:
             lines.append(f"no spec finished; see {LOG_NAME}")
         elif not self.total and not self.failures:

@@ -40,6 +40,9 @@ class SpecResult:
     detail: str = ""
     #: The file it was read from (a chunk's JUnit, or results.jsonl).
     source: str = ""
+    #: When ``source`` (a chunk's JUnit) is gone: the file its test case was kept in,
+    #: the ``junit_merged.xml`` that merged it (:func:`junit.kept_results`).
+    kept_in: str = ""
 
     @property
     def is_spec(self) -> bool:

@@ -27,7 +27,7 @@ from pytest_smalltown.conformance.command import (
 from pytest_smalltown.conformance.errors import ConformanceError
 from pytest_smalltown.conformance.files import LOG_NAME, PLAN_NAME, RESULTS_NAME, SUMMARY_NAME
 from pytest_smalltown.conformance.junit import write_merged_junit
-from pytest_smalltown.conformance.plan import Chunk, ChunkRecord, RunPlan, list_specs, plan_chunks
+from pytest_smalltown.conformance.plan import Chunk, ChunkRecord, RunPlan, SelectedSpec, list_specs, plan_chunks
 from pytest_smalltown.conformance.process import INTERRUPT_GRACE, start_suite
 from pytest_smalltown.conformance.report import ConformanceReport, clip
 from pytest_smalltown.conformance.results import ResultsFile, SpecResult, now
@@ -122,7 +122,7 @@ def run_conformance(
     plan.save(report_dir)
     progress(f"conformance: {len(specs)} specs selected by focus {clip(focus, 60)!r}"
              f"{f' and skip {clip(skip, 40)!r}' if skip else ''}; the list: {report_dir / PLAN_NAME}")
-    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress)
+    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, rerun_failed=False)
 
 
 def resume_conformance(
@@ -130,33 +130,52 @@ def resume_conformance(
     *,
     report_dir: Path,
     procs: int | None = None,
+    rerun_failed: bool = False,
     progress: Progress = stderr_progress,
     binaries: SuiteBinaries | None = None,
 ) -> ConformanceReport:
     """Run the specs of ``report_dir``'s run that have no result yet (never run, or interrupted).
 
-    Same focus and skip as the run it continues (from ``run.json``), same
-    process count unless ``procs`` is given; the results go to the same files,
-    the JUnit to a new chunk's file, and the report covers every chunk.
+    With ``rerun_failed``, also those whose result is failed: their new
+    result is appended (``results.jsonl`` keeps every one) and the latest
+    counts. Same focus and skip as the run it continues (from ``run.json``),
+    same process count unless ``procs`` is given; the results go to the same
+    files, the JUnit to a new chunk's file, and the report covers every chunk.
     """
     report_dir = report_dir.absolute()
     plan = RunPlan.load(report_dir)
     procs = procs or plan.procs
     _check_run(kubeconfig, procs)
     suite = binaries or build_suite(procs, progress)
-    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress)
+    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, rerun_failed=rerun_failed)
+
+
+def _pending_specs(plan: RunPlan, report_dir: Path, rerun_failed: bool, progress: Progress) -> list[SelectedSpec]:
+    """The planned specs to run now: those without a result, and with ``rerun_failed`` the failed ones."""
+    latest = {result.title: result.verdict for result in collect_results(report_dir, plan).results if result.is_spec}
+    again = {name for name, verdict in latest.items() if rerun_failed and verdict == "failed"}
+    pending = [spec for spec in plan.specs if spec.name not in latest or spec.name in again]
+    if plan.specs and not pending:
+        failed = " and none failed" if rerun_failed else ""
+        progress(f"conformance: every one of the {len(plan.specs)} selected specs has a result{failed}; nothing to run")
+    elif again:
+        progress(f"conformance: {len(again)} specs whose result is failed run again (--rerun-failed)")
+    return pending
 
 
 def _run_plan(
-    kubeconfig: Path, plan: RunPlan, report_dir: Path, procs: int, suite: SuiteBinaries, progress: Progress
+    kubeconfig: Path,
+    plan: RunPlan,
+    report_dir: Path,
+    procs: int,
+    suite: SuiteBinaries,
+    progress: Progress,
+    *,
+    rerun_failed: bool,
 ) -> ConformanceReport:
-    """Run the planned specs that have no result, chunk by chunk; write the report whatever happens."""
+    """Run the planned specs without a result (or a failed one), chunk by chunk; write the report whatever happens."""
     started = time.monotonic()
-    have, _ = collect_results(report_dir, plan)
-    done = {result.title for result in have if result.is_spec}
-    pending = [spec for spec in plan.specs if spec.name not in done]
-    if plan.specs and not pending:
-        progress(f"conformance: every one of the {len(plan.specs)} selected specs has a result; nothing to run")
+    pending = _pending_specs(plan, report_dir, rerun_failed, progress)
     returncode = 0
     command: tuple[str, ...] = ()
     own: list[int] = []

@@ -1069,10 +1069,119 @@ def test_a_chunk_that_wrote_no_junit_is_judged_by_its_streamed_results(tmp_path:
     with pytest.raises(KeyboardInterrupt):
         run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=_interrupt_after(2), binaries=binaries)
     (out / "junit_01.xml").unlink()
+    (out / "junit_merged.xml").unlink()  # a SIGKILLed runner merges nothing either
     report = collect.load_report(out)
     assert (report.passed, report.not_run) == (2, 4)
     assert {r.source for r in report.judged} == {"results.jsonl"}
     assert "note: chunk 1 wrote no JUnit; its results come from results.jsonl" in report.render()
+
+
+def _merged_cases(out: Path) -> dict[str | None, str | None]:
+    return {case.get("name"): case.get("status") for case in ET.parse(out / "junit_merged.xml").iter("testcase")}
+
+
+def _merged_properties(out: Path) -> dict[str | None, str | None]:
+    return {p.get("name"): p.get("value") for p in ET.parse(out / "junit_merged.xml").iter("property")}
+
+
+def test_a_merge_keeps_the_cases_of_a_chunk_whose_junit_is_gone(tmp_path: Path) -> None:
+    """A report directory committed without its chunks' JUnit (.gitignore): junit_merged.xml holds their cases."""
+    out = tmp_path / "out"
+    binaries = _fake_suite(tmp_path, SPECS, {SPECS[1].name: "failed", SPECS[3].name: "hang"})
+    with pytest.raises(KeyboardInterrupt):
+        run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=_interrupt_after(3), binaries=binaries)
+    first = _merged_cases(out)
+    assert len(first) == 4 and first["[It] " + SPECS[1].name] == "failed"
+    (out / "junit_01.xml").unlink()  # left out of git
+
+    _fake_suite(tmp_path, SPECS)
+    report = resume_conformance(tmp_path / "kubeconfig", report_dir=out, progress=lambda m: None, binaries=binaries)
+    cases = _merged_cases(out)
+    specs_of_chunk_1 = {name: status for name, status in first.items() if name and name.startswith("[It] ")}
+    assert {name: cases[name] for name in specs_of_chunk_1 if name in cases} == specs_of_chunk_1, "chunk 1's are kept"
+    assert len([name for name in cases if name and name.startswith("[It] ")]) == 6, "and chunk 2's are added"
+    assert _merged_properties(out)["SmalltownMergedFrom"] == "junit_01.xml junit_chunk02_01.xml"
+    assert _merged_properties(out)["SmalltownResultsOnlyInResultsJsonl"] == "0"
+    assert "junit_01.xml [gone: its cases as the previous junit_merged.xml kept them]" in (
+        out / "junit_merged.xml").read_text()
+    assert (report.passed, report.failed, report.not_run) == (5, 1, 0)
+    assert {r.source for r in report.judged} == {"junit_01.xml", "junit_chunk02_01.xml"}
+    text = report.render()
+    assert "note: chunk 1's JUnit is gone; junit_merged.xml kept 3 of its results, results.jsonl has 0 more" in text
+    assert "[FAILED] it went wrong" in text, "a kept case's failure text is the JUnit's"
+
+    # Merging again (the next resume, or one more commit) keeps them still.
+    again = resume_conformance(tmp_path / "kubeconfig", report_dir=out, progress=lambda m: None, binaries=binaries)
+    assert {name: status for name, status in _merged_cases(out).items() if name != "[SynchronizedBeforeSuite]"} == {
+        name: status for name, status in cases.items() if name != "[SynchronizedBeforeSuite]"}  # fmt: skip
+    assert "note: chunk 1's JUnit is gone; junit_merged.xml kept 3 of its results" in again.render()
+
+
+def test_a_merge_without_the_chunks_junit_or_a_merged_file_that_names_it_keeps_no_case(tmp_path: Path) -> None:
+    """A merged file that did not merge the chunk's JUnit holds none of its cases: results.jsonl alone counts."""
+    out = tmp_path / "out"
+    binaries = _fake_suite(tmp_path, SPECS)
+    run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=lambda m: None, binaries=binaries)
+    merged = (out / "junit_merged.xml").read_text()
+    (out / "junit_merged.xml").write_text(merged.replace('value="junit_01.xml"', 'value=""'))
+    (out / "junit_01.xml").unlink()
+    report = collect.load_report(out)
+    assert {r.source for r in report.judged} == {"results.jsonl"} and report.passed == 6
+    assert "note: chunk 1 wrote no JUnit; its results come from results.jsonl" in report.render()
+
+
+def test_rerun_failed_runs_the_failed_specs_again_and_the_latest_result_counts(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    binaries = _fake_suite(tmp_path, SPECS, {SPECS[1].name: "failed", SPECS[4].name: "failed"})
+    assert not run_conformance(tmp_path / "kubeconfig", report_dir=out, progress=lambda m: None,
+                               binaries=binaries).ok  # fmt: skip
+    messages: list[str] = []
+    resume_conformance(tmp_path / "kubeconfig", report_dir=out, progress=messages.append, binaries=binaries)
+    assert messages == ["conformance: every one of the 6 selected specs has a result; nothing to run"]
+
+    _fake_suite(tmp_path, SPECS, {SPECS[4].name: "failed"})  # SPECS[1] passes now, SPECS[4] fails again
+    messages.clear()
+    report = resume_conformance(tmp_path / "kubeconfig", report_dir=out, rerun_failed=True, progress=messages.append,
+                                binaries=binaries)  # fmt: skip
+    assert "conformance: 2 specs whose result is failed run again (--rerun-failed)" in messages
+    argv = json.loads((out / "argv-chunk02_.json").read_text())
+    focus = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--ginkgo.focus="))
+    assert [s.name for s in SPECS if re.search(focus, f"Kubernetes e2e suite {s.name}")] == [SPECS[1].name,
+                                                                                          SPECS[4].name]
+    history = [(r["name"], r["state"], r["chunk"]) for r in _lines(out / "results.jsonl")]
+    assert history[6:] == [(SPECS[1].name, "passed", 2), (SPECS[4].name, "failed", 2)], "appended: history stays"
+    assert history[1] == (SPECS[1].name, "failed", 1)
+    assert (report.passed, report.failed, report.not_run, report.rerun) == (5, 1, 0, (SPECS[1].name, SPECS[4].name))
+    assert report.rerun_passed == 1
+    text = (out / "summary.txt").read_text()
+    assert "re-run: 2 specs that had failed ran again; 1 of them passed then" in text
+    assert _merged_cases(out)["[It] " + SPECS[1].name] == "passed", "the merged JUnit takes the latest result"
+
+    _fake_suite(tmp_path, SPECS)
+    report = resume_conformance(tmp_path / "kubeconfig", report_dir=out, rerun_failed=True, progress=lambda m: None,
+                                binaries=binaries)  # fmt: skip
+    assert report.ok and report.rerun_passed == 2 and report.passed == 6
+    messages.clear()
+    resume_conformance(tmp_path / "kubeconfig", report_dir=out, rerun_failed=True, progress=messages.append,
+                       binaries=binaries)  # fmt: skip
+    assert messages == ["conformance: every one of the 6 selected specs has a result and none failed; nothing to run"]
+
+
+def test_cli_rerun_failed_goes_with_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    binaries = _fake_suite(tmp_path, SPECS[:2], {SPECS[1].name: "failed"})
+    monkeypatch.setattr(command, "build_suite", lambda procs, progress: binaries)
+    kubeconfig = ["--kubeconfig", str(tmp_path / "kubeconfig")]
+    assert main(["conformance", "--rerun-failed", "--report-dir", str(out), *kubeconfig]) == 2
+    assert "--rerun-failed runs the failed specs of a run again; give the run with --resume DIR" in capsys.readouterr().err
+    assert main(["conformance", "--report-dir", str(out), *kubeconfig]) == 1
+    _fake_suite(tmp_path, SPECS[:2])
+    assert main(["conformance", "--resume", str(out), *kubeconfig]) == 1, "without it, the failure stands"
+    capsys.readouterr()
+    assert main(["conformance", "--resume", str(out), "--rerun-failed", *kubeconfig]) == 0
+    assert "re-run: 1 specs that had failed ran again; 1 of them passed then" in capsys.readouterr().out
 
 
 def test_resuming_a_finished_run_runs_nothing(tmp_path: Path) -> None:
