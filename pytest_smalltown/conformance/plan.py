@@ -189,10 +189,12 @@ class Chunk:
 
     @property
     def report_prefix(self) -> str:
+        """Its ``e2e.test --report-prefix``, which names its JUnit file (:func:`files.chunk_report_prefix`)."""
         return chunk_report_prefix(self.index)
 
     @property
     def junit(self) -> str:
+        """The JUnit file ``e2e.test`` writes for it."""
         return chunk_junit_name(self.index)
 
 

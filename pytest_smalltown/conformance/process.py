@@ -25,6 +25,7 @@ INTERRUPT_GRACE = 15.0
 
 
 def _killpg(pid: int, sig: int) -> None:
+    """Signal a process group that may be gone already (or, after a PID reuse, not ours to signal)."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):

@@ -2,7 +2,7 @@
 
 What Ginkgo v2 (v2.21.0, as e2e.test v1.34 links it) prints with -v, --no-color
 and --force-newlines, from reporters/default_reporter.go and checked against
-the output of a stand-in suite (tests/unit/test_conformance_stream.py):
+the output of a stand-in suite (tests/unit/conformance/test_stream.py):
 
   serial (e2e.test alone): before a spec, a delimiter and its name; its
   timeline streams (indented); when it ends, a header ("• [12.3 seconds]",
