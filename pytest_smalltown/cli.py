@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import cache_root, stderr_progress
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.progress import stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import KeptClusterError, Owner, claim, read_state, state_path, write_state
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve

@@ -64,7 +64,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_smalltown.images.cache import Progress, stderr_progress
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.progress import Progress, stderr_progress
 
 #: Default focus: every spec that is part of the conformance profile.
 CONFORMANCE_FOCUS = r"\[Conformance\]"
@@ -146,7 +147,7 @@ RESULTS_NAME = "results.jsonl"
 FAILURE_LINES = 5
 
 
-class ConformanceError(RuntimeError):
+class ConformanceError(SmalltownError, RuntimeError):
     """The suite could not be run at all (as opposed to: it ran and specs failed)."""
 
 
@@ -1066,7 +1067,7 @@ class SuiteProcess:
         _killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
         if self.watched:
-            from pytest_smalltown.launch.reaper import reaper
+            from pytest_smalltown.base.processes import reaper
 
             reaper().forget_process_group(self.popen.pid)
             self.watched = False
@@ -1079,7 +1080,7 @@ def start_suite(argv: list[str], cwd: Path, watch: bool = True) -> SuiteProcess:
     the suite in order; ``watch`` registers the group with the reaper, which
     kills it if we die without doing so.
     """
-    from pytest_smalltown.launch.reaper import die_with_parent, supervised_popen
+    from pytest_smalltown.base.processes import die_with_parent, supervised_popen
 
     options: dict[str, Any] = dict(cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if watch:

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stat_signature, stderr_progress
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs, stat_signature
 from pytest_smalltown.images.tools import BuildError, run_tool
 
 GO_DIR = Path(__file__).parent / "go"

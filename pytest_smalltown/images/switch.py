@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
 from pytest_smalltown.images.gobuild import GO_ENV, GoProgram, compile_program, go_version
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel

@@ -762,7 +762,7 @@ def test_a_cluster_that_dies_while_a_test_waits_fails_the_wait_at_once(pytester:
         r"""
         import time
         import pytest
-        from pytest_smalltown.kube import wait_for
+        from pytest_smalltown.base.waits import wait_for
 
         @pytest.mark.smalltown(nodes=1)
         def test_waits(smalltown_cluster):
