@@ -144,12 +144,11 @@ def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text
     rootfs); a dependency that changes alone does not rebuild the archive.
     ``busybox_key`` is the key of the busybox build (:func:`busybox.busybox_key`).
     """
-    env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
     return hash_inputs([
         Path(__file__), Path(oci.__file__), oci.FILES_DIR, AGNHOST_MODULE, SAMPLE_APISERVER_MODULE,
         gobuild.program_key(gobuild.PROGRAMS["etcd"], go_version),
         gobuild.program_key(gobuild.PROGRAMS["coredns"], go_version),
-        go_version, env, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
+        go_version, gobuild.GO_ENV_KEY, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
         repr(CONFORMANCE_IMAGES), busybox_key, "conformance-v2",
     ])
 
@@ -172,8 +171,7 @@ def go_build(name: str, module_dir: Path, package: str, progress: Progress = std
     build (heartbeat and bound included).
     """
     version = gobuild.go_version()
-    env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
-    key = hash_inputs([module_dir, package, GO_LDFLAGS, env, version, "conformance-go-v1"])
+    key = hash_inputs([module_dir, package, GO_LDFLAGS, gobuild.GO_ENV_KEY, version, "conformance-go-v1"])
     program = gobuild.GoProgram(name, GO_LDFLAGS, module=module_dir.relative_to(GO_DIR).as_posix(), package=package)
 
     def build(out: Path) -> None:

@@ -561,7 +561,7 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
 
 
 def wait_listening(vm: VM, host_ports: Iterable[int], timeout: float) -> None:
-    """Wait until the VM's QEMU process listens on every one of ``host_ports``; a :class:`LaunchError` if it does not."""
+    """Wait until the VM's QEMU process listens on every one of ``host_ports`` (else a :class:`LaunchError`)."""
     wanted = set(host_ports)
     missing = wanted
 
@@ -611,5 +611,6 @@ def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
         wait_for(f"swtpm to create {sock}", socket_made, SWTPM_START_TIMEOUT, interval=0.02, fatal=(LaunchError,))
     except WaitTimeoutError:
         process.stop()
-        raise LaunchError(f"swtpm did not create {sock} within {SWTPM_START_TIMEOUT:.0f}s: {process.stderr()}") from None
+        raise LaunchError(f"swtpm did not create {sock} within {SWTPM_START_TIMEOUT:.0f}s: "
+                          f"{process.stderr()}") from None
     return process, sock

@@ -88,7 +88,8 @@ class Monitor:
         try:
             wait_for(f"VM {self.name!r}'s QMP socket", socket_made, timeout, interval=0.01, fatal=(LaunchError,))
         except WaitTimeoutError:
-            raise VMStateError(f"VM {self.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s") from None
+            raise VMStateError(f"VM {self.name!r}: QMP socket {socket_path} did not appear within "
+                               f"{timeout:.0f}s") from None
         # A connection made while QEMU is still setting up (seen under load, restoring two
         # sessions at once) can fail the greeting; a fresh connection a moment later works.
         for attempt in range(CONNECT_ATTEMPTS):

@@ -111,7 +111,8 @@ def test_a_missing_program_names_what_else_the_user_can_do(monkeypatch: pytest.M
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProgramNotFoundError, match=r"\(apt-get install swtpm swtpm-tools, or run scripts/setup-host, "
                                                    r"or drop --smalltown-tpm\)$"):
-        find_program("swtpm", "each node's TPM is emulated by it", "swtpm swtpm-tools", otherwise="drop --smalltown-tpm")
+        find_program("swtpm", "each node's TPM is emulated by it", "swtpm swtpm-tools",
+                     otherwise="drop --smalltown-tpm")
 
 
 def test_a_program_given_by_path_that_is_not_there_is_named_as_a_path(tmp_path: Path) -> None:
