@@ -193,7 +193,7 @@ class DebugClient:
         return reply.ok
 
     def wait_condition(self, name: str, timeout: float, interval: float = 0.5) -> None:
-        """Poll until ``name`` holds; :class:`~pytest_smalltown.kube.WaitTimeoutError` naming the condition otherwise.
+        """Poll until ``name`` holds; :class:`~pytest_smalltown.base.waits.WaitTimeoutError` naming the condition otherwise.
 
         A node that cannot be reached counts as "not yet", like a false answer;
         any other error (an unknown condition: NOT_FOUND) is raised at once.

@@ -6,7 +6,7 @@ Every VM process:
   terminal reaches pytest, which then tears the cluster down in order, rather
   than killing VMs mid-test behind its back;
 * gets ``PR_SET_PDEATHSIG=SIGKILL``, so the kernel kills it if its parent
-  dies without cleaning up, and is registered with the :mod:`reaper`
+  dies without cleaning up, and is registered with the :mod:`~pytest_smalltown.base.processes`
   watchdog, which also removes the temporary directories;
 * has its serial console captured to a log file and an in-memory tail that
   :meth:`VM.wait_for_console` watches without polling.
