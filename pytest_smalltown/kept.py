@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown.base.errors import SmalltownError
-from pytest_smalltown.contract import NodePort
 from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.contract import NodePort
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.vm import check_console_not_hung
 from pytest_smalltown.spec import ClusterSpec

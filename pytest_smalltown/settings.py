@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown import contract
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.launch.accel import ACCEL_MODES
 from pytest_smalltown.shard import Shard, parse_shard
 from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES

@@ -42,9 +42,9 @@ from typing import Any
 
 from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.processes import reaper
 from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images.cache import flock_announced, hash_inputs, prune
-from pytest_smalltown.base.processes import reaper
 from pytest_smalltown.spec import ClusterSpec
 
 #: Bump when the layout or the meaning of a snapshot changes.
