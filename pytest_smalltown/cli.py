@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import cache_root, stderr_progress
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.progress import stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import KeptClusterError, Owner, claim, read_state, state_path, write_state
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
@@ -598,8 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``smalltown`` command; its exit status.
+
+    An error of ours (a :class:`SmalltownError`: a build step that failed, a
+    launch that did not finish, a missing program) is a message for the user,
+    not a bug: it ends the command with ``smalltown: <message>`` on stderr
+    and exit status 1, without a traceback. Anything else still shows one.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SmalltownError as error:
+        print(f"smalltown: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -57,14 +57,15 @@ from pytest_smalltown.debug import (
     read_debug_token,
     write_debug_token,
 )
-from pytest_smalltown.images.cache import Progress, stderr_progress
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.kube import (
     api_client,
     node_addresses,
     node_ready_since,
     serving_certificate_not_after,
     server_time,
-    wait_for,
     wait_nodes_ready,
     write_kubeconfig,
 )
@@ -77,7 +78,6 @@ from pytest_smalltown.launch.vm import (
     GuestHungError,
     LaunchError,
     Process,
-    find_binary,
     make_workdir,
     remove_workdir,
     start_swtpm,
@@ -328,9 +328,10 @@ def check_host_inputs(settings: Settings) -> None:
     checked before the accelerator probe and any image build (minutes when
     cold), so a typo costs nothing.
     """
-    find_binary(settings.qemu, "install QEMU (Debian: apt-get install qemu-system-x86) or set --smalltown-qemu")
+    find_program(settings.qemu, "the cluster's VMs run in it", "qemu-system-x86", otherwise="set --smalltown-qemu")
     if settings.tpm:
-        find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or drop --smalltown-tpm")
+        find_program("swtpm", "--smalltown-tpm gives each node a TPM it emulates", "swtpm swtpm-tools",
+                     otherwise="drop --smalltown-tpm")
     if settings.image == "reference":
         return
     path = Path(settings.image).expanduser()

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.contract import NodePort
-from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.vm import check_console_not_hung
 from pytest_smalltown.spec import ClusterSpec
@@ -35,7 +36,7 @@ from pytest_smalltown.spec import ClusterSpec
 KEPT_REBOOT_TIMEOUT = 600.0
 
 
-class KeptClusterError(RuntimeError):
+class KeptClusterError(SmalltownError, RuntimeError):
     """No usable kept cluster; the message says how to get one."""
 
 

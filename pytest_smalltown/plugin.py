@@ -374,7 +374,7 @@ def _wait_while_kept(config: pytest.Config, kept: dict[ClusterSpec, Any]) -> Non
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """What every run's log should say first: which image, which accelerator, which cache."""
-    from pytest_smalltown.images.cache import cache_root
+    from pytest_smalltown.base.paths import cache_root
     from pytest_smalltown.launch.accel import cached_verdict
 
     if SESSION_KEY not in config.stash:
@@ -484,7 +484,7 @@ def terminal_progress(config: pytest.Config) -> Callable[[str], None]:
     Image builds and cluster boots take minutes; a silent terminal during
     that time looks like a hang.
     """
-    from pytest_smalltown.images.cache import stderr_progress
+    from pytest_smalltown.base.progress import stderr_progress
 
     capture = config.pluginmanager.getplugin("capturemanager")
     reporter = config.pluginmanager.getplugin("terminalreporter")

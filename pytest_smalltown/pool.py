@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.spec import ClusterSpec
 
 if TYPE_CHECKING:
@@ -90,11 +91,11 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
         """
 
 
-class ClusterLaunchFailed(RuntimeError):
+class ClusterLaunchFailed(SmalltownError, RuntimeError):
     """The cluster for a spec failed to launch, or died, earlier in this session."""
 
 
-class ClusterDied(RuntimeError):
+class ClusterDied(SmalltownError, RuntimeError):
     """A cluster that had launched lost a VM; the message carries the VM's exit status and console tail."""
 
 

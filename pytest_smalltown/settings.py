@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown import contract
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.launch.accel import ACCEL_MODES
 from pytest_smalltown.shard import Shard, parse_shard
 from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
 
 
-class SettingsError(ValueError):
+class SettingsError(SmalltownError, ValueError):
     """A setting has a value that cannot work; the message names the setting and its sources."""
 
 

@@ -40,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import Progress, cache_root, flock_announced, hash_inputs, prune, stderr_progress
-from pytest_smalltown.launch.reaper import reaper
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.processes import reaper
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import flock_announced, hash_inputs, prune
 from pytest_smalltown.spec import ClusterSpec
 
 #: Bump when the layout or the meaning of a snapshot changes.
@@ -55,7 +58,7 @@ KEEP_PER_SPEC = 1
 MIN_CERT_VALIDITY_SECONDS = 7 * 24 * 3600
 
 
-class SnapshotRefused(Exception):
+class SnapshotRefused(SmalltownError):
     """This snapshot cannot be used; the message says why (shown in a warning, never a failure)."""
 
 
@@ -63,7 +66,7 @@ class SnapshotMissing(SnapshotRefused):
     """No snapshot of these inputs exists (the first launch after a change); the message says what changed."""
 
 
-class RestoreRequiredError(RuntimeError):
+class RestoreRequiredError(SmalltownError, RuntimeError):
     """``--smalltown-snapshots=require``, and the cluster was not restored; the message says why.
 
     The launch fails instead of booting cold, so every test of the spec fails

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.contract import CONSENSUS_SIZE, MAX_NODES
 from pytest_smalltown.images.preload import PRELOAD_SETS
 
@@ -21,7 +22,7 @@ MARKER_HELP = (
 )
 
 
-class MarkerError(ValueError):
+class MarkerError(SmalltownError, ValueError):
     """A ``smalltown`` marker has arguments that do not describe a cluster."""
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_smalltown.conformance.errors import ConformanceError
-from pytest_smalltown.images.cache import Progress, stderr_progress
+from pytest_smalltown.base.progress import Progress, stderr_progress
 
 #: Default focus: every spec that is part of the conformance profile.
 CONFORMANCE_FOCUS = r"\[Conformance\]"

@@ -84,7 +84,7 @@ class SuiteProcess:
         _killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
         if self.watched:
-            from pytest_smalltown.launch.reaper import reaper
+            from pytest_smalltown.base.processes import reaper
 
             reaper().forget_process_group(self.popen.pid)
             self.watched = False
@@ -97,7 +97,7 @@ def start_suite(argv: list[str], cwd: Path, watch: bool = True) -> SuiteProcess:
     the suite in order; ``watch`` registers the group with the reaper, which
     kills it if we die without doing so.
     """
-    from pytest_smalltown.launch.reaper import die_with_parent, supervised_popen
+    from pytest_smalltown.base.processes import die_with_parent, supervised_popen
 
     options: dict[str, Any] = dict(cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if watch:

@@ -32,7 +32,7 @@ from pytest_smalltown.conformance.process import INTERRUPT_GRACE, start_suite
 from pytest_smalltown.conformance.report import ConformanceReport, clip
 from pytest_smalltown.conformance.results import ResultsFile, SpecResult, now
 from pytest_smalltown.conformance.stream import SpecStream
-from pytest_smalltown.images.cache import Progress, stderr_progress
+from pytest_smalltown.base.progress import Progress, stderr_progress
 
 
 def run_suite(

@@ -46,12 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import debian, gobuild, oci, userns
-from pytest_smalltown.images.cache import Progress, cached_build, file_digest, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, file_digest, hash_inputs
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel, add_modules, get_kernel
 from pytest_smalltown.images.rootfs import build_rootfs
-from pytest_smalltown.images.tools import require_tool, run_tool
+from pytest_smalltown.images.tools import run_tool
 from pytest_smalltown.template import render
 
 #: Modules the initramfs loads before switching root. Beyond booting (virtio,
@@ -195,7 +197,7 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
     (containerd's database then failed to open at every start). The kernel
     replays the journal at mount; the initramfs has no fsck.
     """
-    mke2fs = require_tool("mke2fs", "the node disk is made with it", "e2fsprogs")
+    mke2fs = find_program("mke2fs", "the node disk is made with it", "e2fsprogs")
     used = int(run_tool(userns.as_root(["du", "-s", "--block-size=1", str(root)]), "du").stdout.split()[0])
     size_mib = (used * 13 // 10 + free_bytes) >> 20
     disk.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pytest_smalltown import contract
-from pytest_smalltown.images.cache import cache_root
+from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, VMConfig
 
 ACCEL_MODES: tuple[str, ...] = ("auto", "kvm", "tcg")

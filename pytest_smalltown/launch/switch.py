@@ -44,8 +44,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.contract import MAX_NODES, NODE_DEBUG_PORT_BASE, NODE_PORT_RANGE, SWITCH_FORWARDED_PORTS, NodePort
-from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
 from pytest_smalltown.launch.ports import PortMap, allocate_free_port
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, SocketNic, UserNic, VMConfig
@@ -85,7 +86,7 @@ READY_TIMEOUT = 120.0
 READY_PATTERN = r"nanoswitch: (forwarding .*|fatal: .*)"
 
 
-class SwitchError(RuntimeError):
+class SwitchError(SmalltownError, RuntimeError):
     """The switch failed to start, or was not ready before its deadline."""
 
 

@@ -6,7 +6,7 @@ Every VM process:
   terminal reaches pytest, which then tears the cluster down in order, rather
   than killing VMs mid-test behind its back;
 * gets ``PR_SET_PDEATHSIG=SIGKILL``, so the kernel kills it if its parent
-  dies without cleaning up, and is registered with the :mod:`reaper`
+  dies without cleaning up, and is registered with the :mod:`~pytest_smalltown.base.processes`
   watchdog, which also removes the temporary directories;
 * has its serial console captured to a log file and an in-memory tail that
   :meth:`VM.wait_for_console` watches without polling.
@@ -33,14 +33,17 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.processes import reaper, stop_group, supervised_popen
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
 from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
-from pytest_smalltown.launch.reaper import reaper, stop_group, supervised_popen
 
 CONSOLE_TAIL_LINES = 2000
 
 
-class LaunchError(RuntimeError):
+class LaunchError(SmalltownError, RuntimeError):
     """A VM could not be started or did not reach the state asked for."""
 
 
@@ -249,22 +252,6 @@ def written_file(name: str) -> Path:
     return Path(str(node))
 
 
-class ProgramNotFoundError(LaunchError):
-    """A program the launch runs (QEMU, swtpm, qemu-img, zstd) is not installed."""
-
-
-#: The name this error had when QEMU was the only program it named; kept for code that catches it.
-QemuNotFoundError = ProgramNotFoundError
-
-
-def find_binary(name: str, hint: str) -> str:
-    """Absolute path of ``name`` on PATH, or a :class:`ProgramNotFoundError` saying how to install it."""
-    path = shutil.which(name)
-    if path is None:
-        raise ProgramNotFoundError(f"{name} was not found on PATH; {hint}")
-    return path
-
-
 def make_workdir(prefix: str = "st-") -> Path:
     """A private temporary directory under /tmp with a short path.
 
@@ -341,7 +328,7 @@ class VM(Process):
     def __init__(
         self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
     ) -> None:
-        binary = find_binary(qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
+        binary = find_program(qemu, "the VMs run in it", "qemu-system-x86")
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
@@ -574,17 +561,25 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
 
 
 def wait_listening(vm: VM, host_ports: Iterable[int], timeout: float) -> None:
-    """Wait until the VM's QEMU process listens on every one of ``host_ports``."""
+    """Wait until the VM's QEMU process listens on every one of ``host_ports`` (else a :class:`LaunchError`)."""
     wanted = set(host_ports)
-    deadline = time.monotonic() + timeout
-    while True:
-        vm.check_running()
-        have = {port for _, port in listening_sockets(vm.pid)}
-        if wanted <= have:
-            return
-        if time.monotonic() > deadline:
-            raise LaunchError(f"VM {vm.name!r}: host ports {sorted(wanted - have)} not listening after {timeout:.0f}s")
-        time.sleep(0.05)
+    missing = wanted
+
+    def all_listening() -> bool:
+        nonlocal missing
+        vm.check_running()  # an exit is the answer at once (a LaunchError: fatal)
+        missing = wanted - {port for _, port in listening_sockets(vm.pid)}
+        return not missing
+
+    try:
+        wait_for(f"VM {vm.name!r} to listen on its host ports", all_listening, timeout, interval=0.05,
+                 fatal=(LaunchError,))
+    except WaitTimeoutError:
+        raise LaunchError(f"VM {vm.name!r}: host ports {sorted(missing)} not listening after {timeout:.0f}s") from None
+
+
+#: How long swtpm may take to create its control socket (it takes milliseconds).
+SWTPM_START_TIMEOUT = 10.0
 
 
 def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
@@ -597,19 +592,25 @@ def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
     """
     if "," in str(workdir):
         raise LaunchError(f"swtpm cannot use {workdir}: its options have no escape for the comma in that path")
-    binary = find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or disable the TPM")
+    binary = find_program("swtpm", "a VM's TPM is emulated by it", "swtpm swtpm-tools", otherwise="disable the TPM")
     state = workdir / f"{name}-state"
     state.mkdir(exist_ok=True)
     sock = workdir / f"{name}.sock"
     argv = [binary, "socket", "--tpm2", "--tpmstate", f"dir={state}",
             "--ctrl", f"type=unixio,path={sock}", "--terminate", "--flags", "not-need-init,startup-clear"]  # fmt: skip
     process = Process(name, argv, workdir)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
+
+    def socket_made() -> bool:
+        if sock.exists():
+            return True
         if process.returncode is not None:
             raise LaunchError(f"swtpm exited with status {process.returncode}: {process.stderr()}")
-        if time.monotonic() > deadline:
-            process.stop()
-            raise LaunchError(f"swtpm did not create {sock} within 10s: {process.stderr()}")
-        time.sleep(0.02)
+        return False
+
+    try:
+        wait_for(f"swtpm to create {sock}", socket_made, SWTPM_START_TIMEOUT, interval=0.02, fatal=(LaunchError,))
+    except WaitTimeoutError:
+        process.stop()
+        raise LaunchError(f"swtpm did not create {sock} within {SWTPM_START_TIMEOUT:.0f}s: "
+                          f"{process.stderr()}") from None
     return process, sock

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_smalltown.base.programs import ProgramNotFoundError
 from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
-from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError, ProgramNotFoundError, QemuNotFoundError
+from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -25,7 +26,7 @@ def qemu_processes() -> list[str]:
 def test_missing_qemu_is_reported_before_anything_is_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "empty-cache"))  # a build would show up here
     settings = resolve({"qemu": "qemu-system-nonexistent", "accel": "tcg"}, {}, environ={})
-    with pytest.raises(QemuNotFoundError, match="qemu-system-nonexistent was not found on PATH; install QEMU"):
+    with pytest.raises(ProgramNotFoundError, match="'qemu-system-nonexistent' is not installed; .*apt-get install qemu-system-x86.*--smalltown-qemu"):
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
 

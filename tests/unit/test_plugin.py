@@ -757,12 +757,12 @@ def test_a_cluster_that_dies_during_a_test_fails_that_test_at_once(pytester: pyt
 
 
 def test_a_cluster_that_dies_while_a_test_waits_fails_the_wait_at_once(pytester: pytest.Pytester, events) -> None:
-    """kube.wait_for counts an Exception from its check as "not yet"; the death of the cluster must not be one."""
+    """wait_for counts an Exception from its check as "not yet"; the death of the cluster must not be one."""
     pytester.makepyfile(
         r"""
         import time
         import pytest
-        from pytest_smalltown.kube import wait_for
+        from pytest_smalltown.base.waits import wait_for
 
         @pytest.mark.smalltown(nodes=1)
         def test_waits(smalltown_cluster):

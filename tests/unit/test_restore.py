@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from pytest_smalltown import cluster, snapshots
+from pytest_smalltown.base.programs import ProgramNotFoundError
 from pytest_smalltown.images.switch import SwitchImage
 from pytest_smalltown.launch.accel import ProbeResult
 from pytest_smalltown.launch.qemu import DirectBoot, Disk
-from pytest_smalltown.launch.vm import ProgramNotFoundError, VMExitedError
+from pytest_smalltown.launch.vm import VMExitedError
 from pytest_smalltown.launch.vmstate import VMStateError
 from pytest_smalltown.settings import Settings, resolve
 from pytest_smalltown.snapshots import SnapshotStore, SnapshotWarning, snapshot_inputs
@@ -78,7 +79,7 @@ def launch(**values: str) -> Any:
 @pytest.mark.parametrize(("where", "error"), [
     ("launch_switch", VMStateError("VM 'node0': saved state not loaded within 180s")),  # a restore under load
     ("launch_switch", TimeoutError()),  # no message at all
-    ("incoming_uri", ProgramNotFoundError("zstd was not found on PATH; install zstd")),
+    ("incoming_uri", ProgramNotFoundError("'zstd' is not installed; a saved VM's state is read back through it")),
     ("launch_switch", VMExitedError("node0", -9, "", [])),  # killed (the OOM killer), not refused
 ])  # fmt: skip
 def test_a_restore_that_fails_for_the_hosts_reasons_is_a_launch_error_and_keeps_the_snapshot(

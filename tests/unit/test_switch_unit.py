@@ -101,10 +101,10 @@ def test_launch_switch_rejects_unknown_accelerator_before_starting_anything(monk
 
 def test_launch_switch_starts_the_qemu_it_is_given(tmp_path: Path) -> None:
     """--smalltown-qemu reaches the switch too, not only the nodes."""
-    from pytest_smalltown.launch.vm import QemuNotFoundError
+    from pytest_smalltown.base.programs import ProgramNotFoundError
 
     image = SwitchImage(tmp_path / "vmlinuz", tmp_path / "initramfs")
-    with pytest.raises(QemuNotFoundError, match="/nonexistent/qemu-of-the-user"):
+    with pytest.raises(ProgramNotFoundError, match="/nonexistent/qemu-of-the-user"):
         sw.launch_switch(1, workdir=tmp_path, accel="tcg", image=image, qemu="/nonexistent/qemu-of-the-user")
 
 
