@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_smalltown.conformance import SMOKE_TESTS, run_conformance, smoke_focus
-from pytest_smalltown.plugin import SESSION_KEY
+from pytest_smalltown.features.session import SESSION_KEY
 from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")
