@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.contract import NodePort
+from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, claim, serve, state_path, stop_kept
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
@@ -161,9 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                   pass_fds=(slot,))  # fmt: skip
     os.close(slot)
     print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
-    try:
-        _wait_recorded(server, log_path)
-    except _ServerExited:
+    if not _wait_recorded(server, log_path):
         print(log_path.read_text()[-4000:], file=sys.stderr)
         print(f"the cluster failed to start (exit {server.returncode}); full log: {log_path}", file=sys.stderr)
         return 1
@@ -177,12 +175,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ServerExited(Exception):
-    """``up``'s server exited before it recorded a cluster: the launch failed (its log says why)."""
-
-
-def _wait_recorded(server: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Copy the server's log to stderr until it has recorded the cluster; :class:`_ServerExited` if it exits first.
+def _wait_recorded(server: subprocess.Popen[bytes], log_path: Path) -> bool:
+    """Copy the server's log to stderr until it has recorded the cluster (True) or exited without (False).
 
     No deadline of its own: the launch in the server has its boot timeout.
     """
@@ -190,18 +184,17 @@ def _wait_recorded(server: subprocess.Popen[bytes], log_path: Path) -> None:
 
     offset = 0
 
-    def recorded() -> bool:
+    def recorded_or_exited() -> bool:
         nonlocal offset
-        if state_path().exists():
+        if state_path().exists() or server.poll() is not None:
             return True
-        if server.poll() is not None:
-            raise _ServerExited()
         text = log_path.read_text(errors="replace")
         sys.stderr.write(text[offset:])
         offset = len(text)
         return False
 
-    wait_for("the cluster's state file", recorded, timeout=math.inf, interval=1.0, fatal=(_ServerExited,))
+    wait_for("the cluster's state file", recorded_or_exited, timeout=math.inf, interval=1.0)
+    return state_path().exists()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -359,3 +359,48 @@ def test_sigterm_in_smalltown_conformance_is_not_an_error_anything_may_catch() -
     from pytest_smalltown.cli import _Terminated
 
     assert issubclass(_Terminated, BaseException) and not issubclass(_Terminated, Exception)
+
+
+#: A stand-in for ``smalltown _serve``: says something, then records a cluster kept by itself (or fails).
+FAKE_SERVER = """
+import json, os, sys, time
+from pytest_smalltown.kept import Owner, KeptState, process_identity
+from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.spec import ClusterSpec
+print("booting the switch", flush=True)
+if sys.argv[1] == "fail":
+    sys.exit(3)
+time.sleep(1.5)
+pid = os.getpid()
+KeptState(Owner(pid, process_identity(pid)), ClusterSpec(1), PortMap({7837: 4001, 6443: 4002}), "/x/kubeconfig").write()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["up", "fail"])
+def test_up_shows_the_servers_log_until_the_cluster_is_recorded(
+    outcome: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown import cli
+
+    servers: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def serve(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        servers.append(real_popen([sys.executable, "-c", FAKE_SERVER, outcome], **kwargs))
+        return servers[-1]
+
+    monkeypatch.setattr(cli.subprocess, "Popen", serve)
+    try:
+        code = main(["up"])
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    out, err = capsys.readouterr()
+    assert "booting the switch" in err
+    if outcome == "up":
+        assert code == 0 and f"cluster up (pid {servers[0].pid}), booted:" in out
+        assert "https://127.0.0.1:4002" in out and "KUBECONFIG=/x/kubeconfig" in out
+    else:
+        assert code == 1 and "the cluster failed to start (exit 3)" in err
