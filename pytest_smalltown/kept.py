@@ -7,6 +7,12 @@ console logs. The CLI's ``status``/``dbg``/``down`` read it, and
 ``pytest --smalltown-attach`` runs a session against that cluster instead of
 booting one: fresh namespaces per test as always, nothing torn down at the
 end.
+
+The whole protocol lives here, so its two keepers (``up``'s server and a
+pytest session) and its readers agree on it: :func:`claim` (one kept cluster
+per cache), :class:`KeptState` (the state file, read and written only
+through it), :func:`serve` and :func:`wait_while_kept` (keeping),
+:func:`stop_kept` (``down``) and :func:`attach` (a session's clients).
 """
 
 from __future__ import annotations
