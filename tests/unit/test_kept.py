@@ -126,3 +126,32 @@ def test_waiting_while_kept_ends_when_asked_to_stop() -> None:
     said: list[str] = []
     wait_while_kept([cluster], said.append, stop)
     assert said == [] and cluster.checks == 1, "checked once, then stopped"
+
+
+def test_serving_records_the_cluster_until_stopped_then_forgets_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``smalltown up``'s server: the state names this process while it serves, and is gone once it stops."""
+    import threading
+    from types import SimpleNamespace
+
+    from pytest_smalltown.kept import serve, state_path
+
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+    node = SimpleNamespace(name="node0", console_log=tmp_path / "node0.console.log", address="10.1.0.2",
+                           qmp_socket=tmp_path / "node0.qmp")  # fmt: skip
+    cluster = SimpleNamespace(spec=ClusterSpec(1), ports=PortMap({7837: 4001}), kubeconfig_path=tmp_path / "kubeconfig",
+                              debug_token_path=tmp_path / "debug-token", nodes=[node], switch_qmp_socket=None,
+                              phase_seconds={"nodes": 2.0}, how="booted", check_alive=lambda: None)  # fmt: skip
+    stop = threading.Event()
+    server = threading.Thread(target=serve, args=(cluster, stop, print))
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not state_path().exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = KeptState.read()
+        assert state.owner.pid == os.getpid() and state.consoles == {"node0": tmp_path / "node0.console.log"}
+        assert state.qmp_sockets == [tmp_path / "node0.qmp"] and state.phases == {"nodes": 2.0}
+    finally:
+        stop.set()
+        server.join(timeout=10)
+    assert not server.is_alive() and not state_path().exists()
