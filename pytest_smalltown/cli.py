@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -35,7 +34,7 @@ from typing import Any
 from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.cache import cache_root, stderr_progress
 from pytest_smalltown.images.preload import PRELOAD_SETS
-from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, claim, serve, state_path, stop_kept
+from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
@@ -136,36 +135,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
         return EXIT_USAGE
     _settings(args)  # a bad value is an error here, not in the background process's log
-    if state_path().exists():
-        try:
-            running = KeptState.read()
-            print(f"a {running.spec.nodes}-node cluster is already running (pid {running.owner.pid}); stop it with: "
-                  "smalltown down")
-            return 1
-        except KeptClusterError:
-            pass
-    slot = claim()
-    if slot is None:
-        print("another cluster is being started or kept right now (smalltown status shows it once it is up); "
-              "stop it with: smalltown down", file=sys.stderr)
+    running = KeptState.running()
+    if running is not None:
+        print(f"a {running.spec.nodes}-node cluster is already running (pid {running.owner.pid}); stop it with: "
+              "smalltown down")
         return 1
-    log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
     for option in CLUSTER_OPTIONS:
         if getattr(args, option.name, None) is not None:
             argv += [option.cli_flag, str(getattr(args, option.name))]
-    with open(log_path, "wb") as log:
-        # The slot's lock goes with the server: it holds it for as long as it owns the cluster.
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                  pass_fds=(slot,))  # fmt: skip
-    os.close(slot)
-    print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
-    if not _wait_recorded(server, log_path):
-        print(log_path.read_text()[-4000:], file=sys.stderr)
-        print(f"the cluster failed to start (exit {server.returncode}); full log: {log_path}", file=sys.stderr)
+    try:
+        server, log_path = start_keeper(argv)
+        print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
+        state = wait_recorded(server, log_path, sys.stderr.write)
+    except KeptClusterError as error:
+        print(error, file=sys.stderr)
         return 1
-    state = _read_state()
     print(f"cluster up (pid {state.owner.pid}), {state.how}:")
     print(f"  Kubernetes API   https://127.0.0.1:{state.ports[NodePort.KUBERNETES_API]}")
     print(f"  debug service    127.0.0.1:{state.ports[NodePort.DEBUG_SERVICE]}")
@@ -173,28 +159,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  try:             KUBECONFIG={state.kubeconfig} kubectl get nodes   or   smalltown dbg kubectl get nodes")
     print("  stop with:       smalltown down")
     return 0
-
-
-def _wait_recorded(server: subprocess.Popen[bytes], log_path: Path) -> bool:
-    """Copy the server's log to stderr until it has recorded the cluster (True) or exited without (False).
-
-    No deadline of its own: the launch in the server has its boot timeout.
-    """
-    from pytest_smalltown.kube import wait_for  # at the merge with BASE: pytest_smalltown.base.waits
-
-    offset = 0
-
-    def recorded_or_exited() -> bool:
-        nonlocal offset
-        if state_path().exists() or server.poll() is not None:
-            return True
-        text = log_path.read_text(errors="replace")
-        sys.stderr.write(text[offset:])
-        offset = len(text)
-        return False
-
-    wait_for("the cluster's state file", recorded_or_exited, timeout=math.inf, interval=1.0)
-    return state_path().exists()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -314,7 +278,7 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    from pytest_smalltown.kept import attach
+    from pytest_smalltown.attached import attach
     from pytest_smalltown.lifecycle import RebootError
 
     cluster = attach(_read_state().spec)

@@ -143,7 +143,7 @@ def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config
     ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.cluster.launch_cluster`.
     """
     from pytest_smalltown.cluster import launch_cluster
-    from pytest_smalltown.kept import attach
+    from pytest_smalltown.attached import attach
 
     if smalltown_settings.attach:
         return attach

@@ -47,7 +47,8 @@ def test_a_corrupt_state_file_is_a_clear_error_not_a_traceback(content: str) -> 
 
 
 def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
-    from pytest_smalltown.kept import AttachedCluster, KeptClusterError, KeptState
+    from pytest_smalltown.attached import AttachedCluster
+    from pytest_smalltown.kept import KeptClusterError, KeptState
 
     # What a state file of an older smalltown records: no QMP sockets.
     state = KeptState.from_json({"pid": 1, "nodes": 2, "ports": {}, "kubeconfig": "/x"}, Path("cluster.json"))

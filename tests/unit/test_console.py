@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.kept import KeptNodeConsole
+from pytest_smalltown.attached import KeptNodeConsole
 from pytest_smalltown.launch.console import ConsoleLog, ConsoleTail
 from pytest_smalltown.launch.vm import GuestHungError, check_console_not_hung
 

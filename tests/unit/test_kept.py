@@ -1,4 +1,4 @@
-"""The kept cluster seen from a session attached to it (the VMs belong to another process)."""
+"""The kept cluster: its state file, its keepers, and the cluster as a session attached to it sees it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.kept import AttachedCluster, KeptState, Owner, process_identity
+from pytest_smalltown.attached import AttachedCluster
+from pytest_smalltown.kept import KeptState, Owner, process_identity
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.vmstate import Monitor
 from pytest_smalltown.spec import ClusterSpec

@@ -667,7 +667,7 @@ def test_attach_uses_the_kept_cluster_of_the_same_spec_and_tears_nothing_down(
     pytester.makepyfile(
         f"""
         import pytest
-        from pytest_smalltown.kept import AttachedCluster
+        from pytest_smalltown.attached import AttachedCluster
 
         @pytest.mark.smalltown(nodes=2)
         def test_on_the_kept_cluster(smalltown_cluster, kubeconfig):
