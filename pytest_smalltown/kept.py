@@ -423,7 +423,7 @@ def wait_while_kept(clusters: Iterable[ClusterHandle], say: Callable[[str], None
     except KeyboardInterrupt:
         say("stopping the kept clusters")
     except Exception as error:  # a kept VM died: nothing left to wait for
-        say(f"a kept cluster died: {str(error).splitlines()[0]}")
+        say(f"a kept cluster died: {(str(error).splitlines() or [type(error).__name__])[0]}")
 
 
 def serve(cluster: Any, stop: threading.Event, say: Callable[[str], None]) -> None:
