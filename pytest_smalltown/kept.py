@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown.images.cache import cache_root
+
+# Imported with the module, not when a wait starts: a keeper's state is on disk by then, and a
+# `smalltown down` (SIGTERM) that landed in a slow import would escape the wait's Ctrl-C handling.
+from pytest_smalltown.kube import wait_for  # at the merge with BASE: from pytest_smalltown.base.waits
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.pool import ClusterHandle
 from pytest_smalltown.spec import ClusterSpec
@@ -380,8 +384,6 @@ def wait_recorded(keeper: subprocess.Popen[bytes], log_path: Path, echo: Callabl
     No deadline of its own: the launch in the keeper has its boot timeout.
     Raises :class:`KeptClusterError`, with the log's tail, if it exits first.
     """
-    from pytest_smalltown.kube import wait_for  # at the merge with BASE: pytest_smalltown.base.waits
-
     offset = 0
 
     def recorded_or_exited() -> bool:
@@ -408,8 +410,6 @@ def wait_while_kept(clusters: Iterable[ClusterHandle], say: Callable[[str], None
     session with ``--smalltown-keep-on-failure``: every second it asks each
     cluster's own ``check_alive`` (a VM exited, the switch, a hung guest).
     """
-    from pytest_smalltown.kube import wait_for  # at the merge with BASE: pytest_smalltown.base.waits
-
     clusters = list(clusters)
 
     def stopped() -> bool:

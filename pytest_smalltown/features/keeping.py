@@ -47,17 +47,18 @@ class KeepOnFailure:
         say = terminal_progress(session.config)
         pid = os.getpid()
         first_spec, first = next(iter(kept.items()))
-        if claim() is not None:  # held until this process ends
-            KeptState.of_cluster(first, pid).write()
-            say(f"kept the {first_spec} cluster after a failure; reach it with: smalltown status, smalltown dbg "
-                f"kubectl get pods -A, smalltown dbg logs kube.kubelet (kubeconfig {first.kubeconfig_path})")
-        else:
-            say(f"kept the {first_spec} cluster after a failure, but another cluster is recorded for the smalltown "
-                f"command (smalltown status); reach this one with: KUBECONFIG={first.kubeconfig_path} kubectl ...")
-        for spec, cluster in list(kept.items())[1:]:
-            say(f"also kept the {spec} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
-        say(f"stop with: smalltown down (or Ctrl-C here, or kill {pid})")
         try:
+            if claim() is not None:  # held until this process ends
+                KeptState.of_cluster(first, pid).write()
+                say(f"kept the {first_spec} cluster after a failure; reach it with: smalltown status, smalltown dbg "
+                    f"kubectl get pods -A, smalltown dbg logs kube.kubelet (kubeconfig {first.kubeconfig_path})")
+            else:
+                say(f"kept the {first_spec} cluster after a failure, but another cluster is recorded for the "
+                    f"smalltown command (smalltown status); reach this one with: KUBECONFIG={first.kubeconfig_path} "
+                    "kubectl ...")
+            for spec, cluster in list(kept.items())[1:]:
+                say(f"also kept the {spec} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
+            say(f"stop with: smalltown down (or Ctrl-C here, or kill {pid})")
             wait_while_kept(kept.values(), say)
         finally:
-            KeptState.forget(pid)
+            KeptState.forget(pid)  # however the wait ended: the record names a process about to close its clusters
