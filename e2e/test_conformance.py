@@ -22,7 +22,7 @@ import pytest
 
 from pytest_smalltown.conformance.runner import run_conformance
 from pytest_smalltown.conformance.smoke import SMOKE_TESTS, smoke_focus
-from pytest_smalltown.plugin import SESSION_KEY
+from pytest_smalltown.features.session import SESSION_KEY
 from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")

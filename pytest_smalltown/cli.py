@@ -34,8 +34,9 @@ from typing import Any
 from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.base.progress import stderr_progress
+from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.preload import PRELOAD_SETS
-from pytest_smalltown.kept import KeptClusterError, Owner, claim, read_state, state_path, write_state
+from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
 from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
@@ -54,9 +55,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(EXIT_USAGE) from None
 
 
-def _read_state() -> dict[str, Any]:
+def _read_state() -> KeptState:
+    """The kept cluster's state; exits with the reason if there is none to use."""
     try:
-        return read_state()
+        return KeptState.read()
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
 
@@ -113,7 +115,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The background process behind ``up``: launch, record, wait for a signal, close."""
+    """The background process behind ``up``: launch, then keep the cluster (:func:`kept.serve`) until a signal; close."""
     from pytest_smalltown.cluster import launch_cluster
     from pytest_smalltown.spec import ClusterSpec, preload_sets
 
@@ -122,12 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
     try:
-        write_state(cluster, os.getpid())
-        while not stop.wait(1.0):
-            for node in cluster.nodes:
-                node.vm.check_running()
+        serve(cluster, stop, lambda message: print(message, flush=True))
     finally:
-        state_path().unlink(missing_ok=True)
         cluster.close()
     return 0
 
@@ -139,69 +137,46 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
         return EXIT_USAGE
     _settings(args)  # a bad value is an error here, not in the background process's log
-    if state_path().exists():
-        try:
-            state = _read_state()
-            print(f"a {state['nodes']}-node cluster is already running (pid {state['pid']}); stop it with: smalltown down")
-            return 1
-        except SystemExit:
-            pass
-    slot = claim()
-    if slot is None:
-        print("another cluster is being started or kept right now (smalltown status shows it once it is up); "
-              "stop it with: smalltown down", file=sys.stderr)
+    running = KeptState.running()
+    if running is not None:
+        print(f"a {running.spec.nodes}-node cluster is already running (pid {running.owner.pid}); stop it with: "
+              "smalltown down")
         return 1
-    log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
     for option in CLUSTER_OPTIONS:
         if getattr(args, option.name, None) is not None:
             argv += [option.cli_flag, str(getattr(args, option.name))]
-    with open(log_path, "wb") as log:
-        # The slot's lock goes with the server: it holds it for as long as it owns the cluster.
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                  pass_fds=(slot,))  # fmt: skip
-    os.close(slot)
-    print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
-    offset = 0
-    while not state_path().exists():
-        if server.poll() is not None:
-            print(log_path.read_text()[-4000:], file=sys.stderr)
-            print(f"the cluster failed to start (exit {server.returncode}); full log: {log_path}", file=sys.stderr)
-            return 1
-        text = log_path.read_text(errors="replace")
-        sys.stderr.write(text[offset:])
-        offset = len(text)
-        time.sleep(1)
-    state = json.loads(state_path().read_text())
-    print(f"cluster up (pid {state['pid']}), {state.get('how', 'booted')}:")
-    print(f"  Kubernetes API   https://127.0.0.1:{state['ports']['6443']}")
-    print(f"  debug service    127.0.0.1:{state['ports']['7837']}")
-    print(f"  kubeconfig       {state['kubeconfig']}")
-    print(f"  try:             KUBECONFIG={state['kubeconfig']} kubectl get nodes   or   smalltown dbg kubectl get nodes")
+    try:
+        server, log_path = start_keeper(argv)
+        print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
+        state = wait_recorded(server, log_path, sys.stderr.write)
+    except KeptClusterError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"cluster up (pid {state.owner.pid}), {state.how}:")
+    print(f"  Kubernetes API   https://127.0.0.1:{state.ports[NodePort.KUBERNETES_API]}")
+    print(f"  debug service    127.0.0.1:{state.ports[NodePort.DEBUG_SERVICE]}")
+    print(f"  kubeconfig       {state.kubeconfig}")
+    print(f"  try:             KUBECONFIG={state.kubeconfig} kubectl get nodes   or   smalltown dbg kubectl get nodes")
     print("  stop with:       smalltown down")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(_read_state(), indent=2))
+    print(json.dumps(_read_state().to_json(), indent=2))
     return 0
-
-
-#: Seconds ``down`` gives the kept cluster's process to close it before killing it.
-DOWN_TIMEOUT = 60.0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the process that keeps the cluster (it closes the cluster), and only that process."""
     try:
-        stopped = Owner.of(read_state()).stop(DOWN_TIMEOUT)
+        stopped = stop_kept(DOWN_TIMEOUT)
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
     if stopped:
         print("cluster stopped")
         return 0
-    state_path().unlink(missing_ok=True)
     print(f"cluster did not stop in {DOWN_TIMEOUT:.0f}s; killed it")
     return 1
 
@@ -213,19 +188,18 @@ def _debug_client(args: argparse.Namespace) -> Any:
     from pytest_smalltown.debug import DebugClient
     from pytest_smalltown.launch.ports import dial_grpc
 
-    port = args.debug_port or int(_read_state()["ports"]["7837"])
+    port = args.debug_port or _read_state().ports[NodePort.DEBUG_SERVICE]
     return DebugClient(dial_grpc(port), retry_for=10, token=_debug_token(args))
 
 
 def _debug_token(args: argparse.Namespace) -> str | None:
     """The token to send: ``--debug-token FILE`` with ``--debug-port``, else the kept cluster's."""
     from pytest_smalltown.debug import read_debug_token
-    from pytest_smalltown.kept import debug_token
 
     if args.debug_port:
         return read_debug_token(args.debug_token) if args.debug_token else None
     try:
-        return debug_token(_read_state())
+        return _read_state().debug_token()
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
 
@@ -236,32 +210,14 @@ DEBUG_TOKEN_HELP = ("with --debug-port: the file with that cluster's debug token
 
 
 def _node_debug_ports(args: argparse.Namespace) -> dict[int, int]:
-    """Host port of the debug service of each node the command is for (``--node``, else all of them).
-
-    The kept cluster records every forwarded port; a per-node debug port is
-    guest port ``node_debug_guest_port(i)``. A state file from before those
-    forwards existed has only node 0's debug service (the 7837 forward).
-    """
-    from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT, node_debug_guest_port
-
+    """Host port of the debug service of each node the command is for (``--node``, else all of them)."""
     if args.debug_port:
         return {args.node or 0: args.debug_port}
     state = _read_state()
-    nodes = int(state["nodes"])
-    if args.node is not None and not 0 <= args.node < nodes:
-        raise SystemExit(f"--node {args.node}: the running cluster has nodes 0..{nodes - 1}")
-    ports = {}
-    for i in range(nodes) if args.node is None else [args.node]:
-        port = state["ports"].get(str(node_debug_guest_port(i)))
-        if port is None and i == 0:
-            port = state["ports"][str(DEBUG_SERVICE_PORT)]
-        if port is None:
-            raise SystemExit(
-                f"the running cluster forwards no debug port for node {i} (an older smalltown started it); "
-                "use --node 0, or restart it: smalltown down && smalltown up"
-            )
-        ports[i] = int(port)
-    return ports
+    try:
+        return {i: state.node_debug_port(i) for i in (range(state.spec.nodes) if args.node is None else [args.node])}
+    except KeptClusterError as error:
+        raise SystemExit(str(error)) from None
 
 
 def cmd_dbg_loadimage(args: argparse.Namespace) -> int:
@@ -313,7 +269,7 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
     from pytest_smalltown.kube import write_kubeconfig
 
     debug = _debug_client(args)
-    api_port = int(args.api_port or _read_state()["ports"]["6443"])
+    api_port = args.api_port or _read_state().ports[NodePort.KUBERNETES_API]
     kube = build_program("kube", stderr_progress)
     with tempfile.TemporaryDirectory(prefix="smalltown-kubectl-") as tmp:
         kubeconfig = write_kubeconfig(debug.debug_kubeconfig(), api_port, Path(tmp) / "kubeconfig")
@@ -324,12 +280,10 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    from pytest_smalltown.kept import attach
+    from pytest_smalltown.attached import attach
     from pytest_smalltown.lifecycle import RebootError
-    from pytest_smalltown.spec import ClusterSpec
 
-    state = _read_state()
-    cluster = attach(ClusterSpec(int(state["nodes"]), tuple(state.get("preload", ()))))
+    cluster = attach(_read_state().spec)
     try:
         print(f"node {args.node}: {'hard reset' if args.hard else 'graceful reboot'} ...", flush=True)
         result = cluster.reboot_node(args.node, hard=args.hard, timeout=args.timeout)
@@ -389,11 +343,11 @@ def _conformance_usage_error(args: argparse.Namespace) -> str | None:
 def _kept_conformance_kubeconfig() -> Path | None:
     """The kubeconfig of the cluster ``smalltown up`` keeps, if it has the conformance images (else says so)."""
     state = _read_state()
-    if "conformance" not in state.get("preload", []):
+    if "conformance" not in state.spec.preload:
         print("the running cluster has no conformance images; restart it with: "
               "smalltown down && smalltown up --preload conformance", file=sys.stderr)
         return None
-    return Path(state["kubeconfig"])
+    return state.kubeconfig
 
 
 def _interrupted_line(error: BaseException, report_dir: Path, launched: bool) -> str:

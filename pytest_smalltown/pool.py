@@ -65,7 +65,7 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
     """What a test gets as ``smalltown_cluster``: a launched cluster, or the kept one it attached to.
 
     :class:`~pytest_smalltown.cluster.Cluster` and
-    :class:`~pytest_smalltown.kept.AttachedCluster` both are one.
+    :class:`~pytest_smalltown.attached.AttachedCluster` both are one.
     """
 
     kubeconfig_path: Path

@@ -113,15 +113,24 @@ def cached_verdict(qemu: str = QEMU_BINARY) -> ProbeResult | None:
     return None
 
 
-def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
-    """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
+def known_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult | None:
+    """What :func:`resolve_accel` would answer without probing: the chosen mode, or an earlier probe's verdict.
+
+    None when ``auto`` has not been probed on this host yet; for callers that
+    must start no VM (``pytest --collect-only``).
+    """
     if mode not in ACCEL_MODES:
         raise ValueError(f"accelerator must be one of {', '.join(ACCEL_MODES)}, not {mode!r}")
     if mode != "auto":
         return ProbeResult(mode, "chosen explicitly", 0.0, "")  # type: ignore[arg-type]
-    cached = cached_verdict(qemu)
-    if cached is not None:
-        return cached
+    return cached_verdict(qemu)
+
+
+def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
+    """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
+    known = known_accel(mode, qemu)
+    if known is not None:
+        return known
     result = probe_kvm(qemu)
     with open(_cache_file(), "w") as out:
         json.dump(asdict(result), out)

@@ -18,7 +18,6 @@ bad QEMU option from a kernel panic from a hanging init.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -37,10 +36,15 @@ from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.processes import reaper, stop_group, supervised_popen
 from pytest_smalltown.base.programs import find_program
 from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
+from pytest_smalltown.launch.console import (
+    CONSOLE_TAIL_LINES,
+    RECENT_CONSOLE_LINES,
+    Console,
+    ConsoleTail,
+    longest_soft_lockup,
+)
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
 from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
-
-CONSOLE_TAIL_LINES = 2000
 
 
 class LaunchError(SmalltownError, RuntimeError):
@@ -88,23 +92,16 @@ class GuestHungError(LaunchError):
 #: A soft lockup this long is a hung guest, not a busy host: under TCG on a
 #: loaded host the kernel reports CPUs stuck for 20-60 s and then recovers.
 HUNG_GUEST_SECONDS = 120
-#: How many of the latest console lines the health checks read: a lockup further back has passed.
-#: Each lockup report carries a register dump and call trace (about 45 lines) per stuck CPU.
-RECENT_CONSOLE_LINES = 300
-_SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
 
 
-def check_console_not_hung(name: str, this_boot: Sequence[str], tail: Callable[[], list[str]],
-                           threshold: int = HUNG_GUEST_SECONDS) -> None:
-    """Raise :class:`GuestHungError` if ``this_boot``'s last console lines report a soft lockup of ``threshold`` s.
+def check_console_not_hung(console: Console, threshold: int = HUNG_GUEST_SECONDS) -> None:
+    """Raise :class:`GuestHungError` if ``console``'s lines since its restart report a soft lockup of ``threshold`` s.
 
-    The one rule for a VM's in-memory console and a kept node's log file alike;
-    ``tail`` gives the lines the error shows.
+    The one rule for a VM's in-memory console and a kept node's log file alike.
     """
-    recent = this_boot[-RECENT_CONSOLE_LINES:]
-    stuck = max((int(match.group(1)) for line in recent if (match := _SOFT_LOCKUP.search(line))), default=0)
+    stuck = longest_soft_lockup(console.this_boot(RECENT_CONSOLE_LINES))
     if stuck >= threshold:
-        raise GuestHungError(name, stuck, tail())
+        raise GuestHungError(console.name, stuck, console.console_tail(50))
 
 
 class FirmwareBootError(LaunchError):
@@ -124,6 +121,13 @@ class FirmwareBootError(LaunchError):
 #: on with network boot and then its shell, which would only end at the boot
 #: deadline; the first disk option failing is already the answer.
 _FIRMWARE_GAVE_UP = re.compile(r"BdsDxe: (failed to (?:load|start) Boot[0-9A-F]{4} .*|No bootable option or device was found.*)")
+
+
+def check_firmware_booted(console: Console) -> None:
+    """Raise :class:`FirmwareBootError` if ``console``'s lines since its restart say the firmware could not boot."""
+    for line in console.this_boot(RECENT_CONSOLE_LINES):
+        if match := _FIRMWARE_GAVE_UP.search(line):
+            raise FirmwareBootError(console.name, match.group(0), console.console_tail(50))
 
 
 class DiskFullError(LaunchError):
@@ -332,16 +336,11 @@ class VM(Process):
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
-        self._tail: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL_LINES)
         self._history = list(history)
         if self._history:
             self._history.append(f"[pytest-smalltown: {config.name} restored from a snapshot; its console continues]")
-        self._tail.extend(self._history)
-        self._lines_seen = len(self._history)
-        #: Tail lines printed since the machine last started (see :meth:`note_reset`).
-        self._lines_this_boot = len(self._history)
-        self._cond = threading.Condition()
-        self._eof = False
+        #: The console's last lines, in memory (the full log is :attr:`console_log`).
+        self.console = ConsoleTail(config.name, self._history)
         self._health_socket = health_socket(config)
         self._health_lock = threading.Lock()
         self._next_health_check = 0.0
@@ -377,45 +376,23 @@ class VM(Process):
                         with contextlib.suppress(OSError):
                             log.close()
                         log = None
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                with self._cond:
-                    self._tail.append(line)
-                    self._lines_seen += 1
-                    self._lines_this_boot += 1
-                    self._cond.notify_all()
+                self.console.append(raw.decode(errors="replace").rstrip("\r\n"))
         finally:
             if log is not None:
                 with contextlib.suppress(OSError):
                     log.close()
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            self.console.end()
 
     def _note_log_error(self, error: OSError) -> None:
-        with self._cond:
-            self._tail.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
-            self._lines_this_boot += 1
-            self._cond.notify_all()
+        self.console.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
 
     def console_tail(self, lines: int = 50) -> list[str]:
         """The last ``lines`` console lines (from memory; the full log is :attr:`console_log`)."""
-        with self._cond:
-            return list(self._tail)[-lines:]
+        return self.console.console_tail(lines)
 
     def note_reset(self) -> None:
-        """Mark that the machine restarts now (a reset or a reboot), so that health checks read only the new boot.
-
-        The console is one stream across reboots: without this, a soft
-        lockup of a boot that was reset away would still read as a hung guest.
-        """
-        with self._cond:
-            self._tail.append(f"[pytest-smalltown: {self.name} restarts]")
-            self._lines_this_boot = 1
-
-    def _this_boot_tail(self, lines: int) -> list[str]:
-        with self._cond:
-            count = min(lines, self._lines_this_boot)
-            return list(self._tail)[-count:] if count else []
+        """Mark that the machine restarts now (a reset or a reboot), so that health checks read only the new boot."""
+        self.console.note_reset()
 
     def exited_error(self) -> VMExitedError:
         returncode = self._popen.wait()
@@ -448,13 +425,11 @@ class VM(Process):
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
         """Raise :class:`GuestHungError` if this boot's last console lines report a long soft lockup."""
-        check_console_not_hung(self.name, self._this_boot_tail(RECENT_CONSOLE_LINES), self.console_tail, threshold)
+        check_console_not_hung(self.console, threshold)
 
     def check_firmware_booted(self) -> None:
         """Raise :class:`FirmwareBootError` if the UEFI firmware reported that it could not boot the disk."""
-        for line in self._this_boot_tail(RECENT_CONSOLE_LINES):
-            if match := _FIRMWARE_GAVE_UP.search(line):
-                raise FirmwareBootError(self.name, match.group(0), self.console_tail(50))
+        check_firmware_booted(self.console)
 
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, what: str | None = None) -> re.Match[str]:
         """Block until a console line (seen at any time since boot) matches ``pattern``.
@@ -463,25 +438,13 @@ class VM(Process):
         :class:`ConsoleTimeoutError` (with the console tail) on the deadline.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        checked = 0
-        with self._cond:
-            while True:
-                lines = list(self._tail)
-                # Only look at lines added since the last pass (all of them the first time).
-                fresh = lines[max(0, len(lines) - (self._lines_seen - checked)) :] if checked else lines
-                for line in fresh:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                checked = self._lines_seen
-                if self._eof:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConsoleTimeoutError(self.name, what or f"/{regex.pattern}/", timeout, list(self._tail))
-                self._cond.wait(min(remaining, 1.0))
-        raise self.exited_error()
+        match = self.console.search(regex, timeout)
+        if match is not None:
+            return match
+        if self.console.ended:
+            raise self.exited_error()
+        raise ConsoleTimeoutError(self.name, what or f"/{regex.pattern}/", timeout,
+                                  self.console.console_tail(CONSOLE_TAIL_LINES))
 
 
 def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()) -> VM:

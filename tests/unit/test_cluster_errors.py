@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +11,8 @@ import pytest
 
 from pytest_smalltown.base.programs import ProgramNotFoundError
 from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
-from pytest_smalltown.launch.vm import VM, FirmwareBootError, GuestHungError
+from pytest_smalltown.launch.console import ConsoleTail
+from pytest_smalltown.launch.vm import FirmwareBootError, GuestHungError, check_console_not_hung, check_firmware_booted
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -61,45 +60,6 @@ def test_missing_firmware_and_swtpm_are_named_before_anything_starts(
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
 
 
-def _console(lines: list[str]) -> VM:
-    """A VM object with only a console tail (no QEMU): what the hang check reads."""
-    vm = VM.__new__(VM)
-    vm.name = "node0"
-    vm._cond = threading.Condition()
-    vm._tail = collections.deque(lines)
-    vm._lines_this_boot = len(lines)
-    return vm
-
-
-def test_a_long_soft_lockup_is_a_hung_guest_a_short_one_is_load() -> None:
-    busy = _console(["[  60.1] watchdog: BUG: soft lockup - CPU#1 stuck for 48s! [kube:279]"])
-    busy.check_not_hung()
-    hung = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]", "[ 171.0] rcu: ..."])
-    with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
-        hung.check_not_hung()
-
-
-def test_a_hang_reads_as_one_behind_the_register_dumps_and_traces_of_its_reports() -> None:
-    def report(cpu: int, seconds: int) -> list[str]:
-        return [f"[ 164.4] watchdog: BUG: soft lockup - CPU#{cpu} stuck for {seconds}s! [iptables:28{cpu}]",
-                *(f"[ 164.4]  trace line {n}" for n in range(45))]  # fmt: skip
-
-    stalls = [f"[ 170.8] rcu: stall detail {n}" for n in range(20)]
-    with pytest.raises(GuestHungError, match="stuck for 131s"):
-        _console([*report(0, 131), *report(1, 131), *stalls]).check_not_hung()
-
-
-def test_after_a_reset_only_the_new_boot_can_read_as_hung() -> None:
-    vm = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
-    vm.note_reset()
-    vm.check_not_hung()  # the lockup was the boot before the reset
-    assert vm.console_tail()[0].endswith("stuck for 131s! [iptables:293]"), "the history stays for error messages"
-    vm._tail.append("[ 150.0] watchdog: BUG: soft lockup - CPU#1 stuck for 124s! [kubelet:301]")
-    vm._lines_this_boot += 1
-    with pytest.raises(GuestHungError, match="stuck for 124s"):
-        vm.check_not_hung()
-
-
 def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_smalltown import cluster as cluster_module
 
@@ -128,13 +88,14 @@ def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.Mo
 
 
 def test_the_firmware_giving_up_on_the_disk_is_a_boot_error_booting_is_not() -> None:
-    booting = _console(['\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)',
-                        'BdsDxe: starting Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)'])
-    booting.check_firmware_booted()
-    failed = _console(['\x1b[2J\x1b[01;01HBdsDxe: failed to load Boot0001 "UEFI Misc Device" from '
-                       'PciRoot(0x0)/Pci(0x1,0x0): Not Found', ">>Start PXE over IPv4."])
+    booting = ConsoleTail("node0", ['\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 "UEFI Misc Device" from '
+                                    'PciRoot(0x0)/Pci(0x1,0x0)',
+                                    'BdsDxe: starting Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)'])
+    check_firmware_booted(booting)
+    failed = ConsoleTail("node0", ['\x1b[2J\x1b[01;01HBdsDxe: failed to load Boot0001 "UEFI Misc Device" from '
+                                   'PciRoot(0x0)/Pci(0x1,0x0): Not Found', ">>Start PXE over IPv4."])
     with pytest.raises(FirmwareBootError, match=r"node0.*could not boot its disk: BdsDxe: failed to load Boot0001") as info:
-        failed.check_firmware_booted()
+        check_firmware_booted(failed)
     assert "EFI/BOOT/BOOTX64.EFI" in str(info.value), "the message says what a bootable disk needs"
     assert ">>Start PXE over IPv4." in str(info.value), "the console tail is part of the message"
 
@@ -142,13 +103,22 @@ def test_the_firmware_giving_up_on_the_disk_is_a_boot_error_booting_is_not() -> 
 def test_the_health_check_leaves_a_rebooting_nodes_hang_to_the_reboot() -> None:
     from pytest_smalltown.cluster import ClusterNode, _check_vms
 
-    class Running:
-        def poll(self) -> None:
-            return None
+    class RunningVM:
+        """A VM whose QEMU runs, with only a console: what the health check reads."""
 
-    vm = _console(["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
-    vm._popen = Running()  # type: ignore[assignment]
-    node = ClusterNode(index=1, address="10.1.0.3", vm=vm, rebooting=True)
+        name = "node0"
+        console = ConsoleTail("node0", ["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
+
+        def check_running(self) -> None:
+            pass
+
+        def check_firmware_booted(self) -> None:
+            check_firmware_booted(self.console)
+
+        def check_not_hung(self) -> None:
+            check_console_not_hung(self.console)
+
+    node = ClusterNode(index=1, address="10.1.0.3", vm=RunningVM(), rebooting=True)  # type: ignore[arg-type]
     _check_vms(None, [node])  # the reboot resets it and judges the next boot
     node.rebooting = False
     with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):

@@ -296,7 +296,7 @@ def _e2e_module() -> Any:
 
 def test_the_smoke_reports_of_two_sessions_do_not_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each session writes its smoke report under its own run's artifacts directory."""
-    from pytest_smalltown.plugin import SESSION_KEY
+    from pytest_smalltown.features.session import SESSION_KEY
 
     module = _e2e_module()
     used: list[Path] = []
