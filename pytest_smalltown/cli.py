@@ -112,7 +112,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The background process behind ``up``: launch, record, wait for a signal, close."""
-    from pytest_smalltown.cluster import launch_cluster
+    from pytest_smalltown.launcher import launch_cluster
     from pytest_smalltown.spec import ClusterSpec, preload_sets
 
     stop = threading.Event()
@@ -240,7 +240,8 @@ def _node_debug_ports(args: argparse.Namespace) -> dict[int, int]:
     guest port ``node_debug_guest_port(i)``. A state file from before those
     forwards existed has only node 0's debug service (the 7837 forward).
     """
-    from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT, node_debug_guest_port
+    from pytest_smalltown.contract import node_debug_guest_port
+    from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT
 
     if args.debug_port:
         return {args.node or 0: args.debug_port}
@@ -422,7 +423,7 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         if args.kubeconfig is not None:
             kubeconfig = args.kubeconfig
         else:
-            from pytest_smalltown.cluster import launch_cluster
+            from pytest_smalltown.launcher import launch_cluster
             from pytest_smalltown.spec import ClusterSpec
 
             spec = ClusterSpec(nodes=args.nodes, preload=("conformance",))

@@ -514,9 +514,9 @@ def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config
     """How clusters are launched; override this fixture to launch differently.
 
     The default boots the configured image (the reference cluster unless
-    ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.cluster.launch_cluster`.
+    ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.launcher.launch_cluster`.
     """
-    from pytest_smalltown.cluster import launch_cluster
+    from pytest_smalltown.launcher import launch_cluster
     from pytest_smalltown.kept import attach
 
     if smalltown_settings.attach:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
-from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
+from pytest_smalltown.launch.qemu import VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
 from pytest_smalltown.launch.reaper import reaper, stop_group, supervised_popen
 
 CONSOLE_TAIL_LINES = 2000
@@ -338,10 +339,8 @@ class VM(Process):
     #: QMP socket of the liveness checks (:func:`~pytest_smalltown.launch.qemu.health_socket`); None: not asked.
     _health_socket: Path | None = None
 
-    def __init__(
-        self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
-    ) -> None:
-        binary = find_binary(qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
+    def __init__(self, config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> None:
+        binary = find_binary(config.qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
@@ -358,7 +357,7 @@ class VM(Process):
         self._health_socket = health_socket(config)
         self._health_lock = threading.Lock()
         self._next_health_check = 0.0
-        argv = qemu_argv(config, binary)
+        argv = qemu_argv(dataclasses.replace(config, qemu=binary))
         super().__init__(config.name, argv, workdir, pass_fds=inherited_fds(config), capture_stdout=True)
         self._reader = threading.Thread(target=self._read_console, name=f"console-{config.name}", daemon=True)
         self._reader.start()
@@ -497,9 +496,9 @@ class VM(Process):
         raise self.exited_error()
 
 
-def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()) -> VM:
-    """Start ``config`` as a supervised QEMU process whose files live in ``workdir``."""
-    return VM(config, workdir, qemu, history)
+def start_vm(config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> VM:
+    """Start ``config`` as a supervised QEMU process (``config.qemu``) whose files live in ``workdir``."""
+    return VM(config, workdir, history)
 
 
 PORT_RETRIES = 3
@@ -509,7 +508,6 @@ def start_vm_with_ports(
     make_config: Callable[[PortMap], VMConfig],
     guest_ports: Iterable[int],
     workdir: Path,
-    qemu: str = QEMU_BINARY,
     settle: float = 5.0,
     history: Sequence[str] = (),
 ) -> tuple[VM, PortMap]:
@@ -525,7 +523,7 @@ def start_vm_with_ports(
     last_error: VMExitedError | None = None
     for _ in range(PORT_RETRIES):
         port_map = conflict_free_port_map(ports)
-        vm = start_vm(make_config(port_map), workdir, qemu, history)
+        vm = start_vm(make_config(port_map), workdir, history)
         try:
             wait_listening(vm, port_map.values(), settle)
             return vm, port_map

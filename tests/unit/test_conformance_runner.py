@@ -1217,7 +1217,7 @@ def test_suite_dies_with_a_sigkilled_runner(tmp_path: Path) -> None:
 SIGTERM_DRIVER = r"""
 import sys, time
 from pathlib import Path
-from pytest_smalltown import cli, cluster, conformance
+from pytest_smalltown import cli, conformance, launcher
 
 how, work = sys.argv[1], Path(sys.argv[2])
 
@@ -1246,7 +1246,7 @@ def launch(spec, settings, progress=None):
     return FakeCluster()
 
 conformance.build_suite = lambda procs, progress: conformance.SuiteBinaries(work / "e2e.test", work / "kube")
-cluster.launch_cluster = launch
+launcher.launch_cluster = launch
 sys.exit(cli.main(["conformance", "--report-dir", str(work / "out")]))
 """
 
