@@ -46,16 +46,16 @@ NODE_DEBUG_PORT_BASE = 27837
 MAX_NODES = 8
 
 
-def check_node_count(nodes: object) -> int:
+def check_node_count(nodes: object, what: str = "node count") -> int:
     """Return ``nodes`` if it is a node count a cluster can have (an int in 1..MAX_NODES), else raise ValueError.
 
-    The one check of the limit; callers put their own context (a marker, a
-    flag) in front of the message.
+    The one check of the limit. ``what`` names the value in the message
+    where the caller got it (``smalltown(nodes=9)``, ``--nodes``).
     """
     if isinstance(nodes, bool) or not isinstance(nodes, int):
-        raise ValueError(f"node count must be an int, got {nodes!r} ({type(nodes).__name__})")
+        raise ValueError(f"{what} must be an integer, got {nodes!r} ({type(nodes).__name__})")
     if not 1 <= nodes <= MAX_NODES:
-        raise ValueError(f"a cluster has 1 to {MAX_NODES} nodes, got {nodes}")
+        raise ValueError(f"{what} is out of range: a cluster has 1 to {MAX_NODES} nodes, got {nodes}")
     return nodes
 
 
@@ -129,6 +129,13 @@ COMPONENTS: tuple[str, ...] = (
 CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
 
 # --- Reference image only -------------------------------------------------
+
+#: Where the reference image keeps kube (and its kubelet, kubectl... links), etcd and
+#: CoreDNS: ``images/node.py`` puts them there, the agent (``node/config.py``) runs them from there.
+IMAGE_BIN_DIR = "/usr/local/bin"
+#: Where the reference image keeps its preloaded image archives (``docker save``, ``*.tar``)
+#: and their index ``images.json``, which the agent imports into containerd at boot.
+IMAGE_ARCHIVE_DIR = "/opt/smalltown/images"
 
 #: Container images preloaded into containerd's k8s.io namespace at boot.
 #: Tags are not "latest", so the default pull policy IfNotPresent never pulls.

@@ -28,11 +28,8 @@ from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.vm import check_console_not_hung
+from pytest_smalltown.settings import DEFAULT_BOOT_TIMEOUT
 from pytest_smalltown.spec import ClusterSpec
-
-
-#: Default deadline of a kept cluster's reboot (its boot timeout is not recorded): the default boot timeout.
-KEPT_REBOOT_TIMEOUT = 600.0
 
 
 class KeptClusterError(RuntimeError):
@@ -328,7 +325,7 @@ class AttachedCluster:
         debug = node_debug_client(self.ports, index, self.debug_token)
         try:
             return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,
-                               timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
+                               timeout=DEFAULT_BOOT_TIMEOUT if timeout is None else timeout,
                                guest=ConsoleLogFile(name, self.console_paths.get(name)))
         finally:
             debug.close()

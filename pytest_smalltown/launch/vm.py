@@ -204,7 +204,7 @@ def check_not_stopped_on_full_disk(name: str, socket_path: Path, tail: Callable[
 
     QEMU's default ``werror=enospc`` pauses a VM whose disk write fails with
     ENOSPC, silently: nothing on its stderr or console, and it never exits,
-    so only the boot deadline (600 s) ended such a launch or test. We keep
+    so only the boot deadline (``--smalltown-boot-timeout``) ended such a launch or test. We keep
     that policy and ask QEMU (``query-status``: ``io-error``;
     ``query-block``: the drive whose ``io-status`` is ``nospace``) instead of
     switching to ``werror=report``, which would hand the error to the guest:
