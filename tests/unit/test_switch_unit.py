@@ -384,3 +384,39 @@ def test_go_program_unit_tests_pass() -> None:
         ["nice", "go", "test", "./..."], cwd=image.GO_DIR, env=image.go_build_env(), capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_planned_switch_gets_its_cables_and_ports_at_start() -> None:
+    """switch_config is what a cluster plan holds; cabled adds what exists only once it starts."""
+    port_map = PortMap({7836: 41000, 7837: 41001, 6443: 41002, 27837: 41003, 27838: 41004})
+    planned = sw.switch_config(FAKE_IMAGE, 2, sw.DEFAULT_PORTS, "tcg", qemu="/opt/qemu/qemu-system-x86_64")
+    assert planned.nics == () and planned.qmp_socket is None
+    started = sw.cabled(planned, [11, 12], port_map, qmp_socket=Path("/w/nanoswitch.qmp"))
+    assert started.qemu == "/opt/qemu/qemu-system-x86_64"
+    assert qemu_argv(started)[1:] == qemu_argv(
+        sw.switch_vm_config(FAKE_IMAGE, 2, [11, 12], port_map, "tcg", qmp_socket=Path("/w/nanoswitch.qmp"))
+    )[1:]
+
+
+def test_launch_switch_probes_the_accelerator_with_the_qemu_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_smalltown.launch.accel import ProbeResult
+
+    probed: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def probe(mode: str, qemu: str) -> ProbeResult:
+        probed.append(qemu)
+        return ProbeResult("tcg", "probed", 0.0, "")
+
+    def fake_start(make_config, ports, workdir, history=()):  # type: ignore[no-untyped-def]
+        raise Stop
+
+    monkeypatch.setattr(sw, "resolve_accel", probe)
+    monkeypatch.setattr(sw, "start_vm_with_ports", fake_start)
+    with pytest.raises(Stop):
+        sw.launch_switch(1, workdir=tmp_path, accel="auto", image=FAKE_IMAGE, qemu="/opt/qemu/qemu-system-x86_64")
+    assert probed == ["/opt/qemu/qemu-system-x86_64"]
