@@ -18,10 +18,8 @@ from pytest_smalltown.kept import KeptClusterError, KeptState
 from pytest_smalltown.launch.console import ConsoleLog
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.vm import check_console_not_hung
+from pytest_smalltown.settings import DEFAULT_BOOT_TIMEOUT
 from pytest_smalltown.spec import ClusterSpec
-
-#: Default deadline of a kept cluster's reboot (its boot timeout is not recorded): the default boot timeout.
-KEPT_REBOOT_TIMEOUT = 600.0
 
 
 class AttachedCluster:
@@ -119,7 +117,7 @@ class AttachedCluster:
         debug = node_debug_client(self.ports, index, self.debug_token)
         try:
             return reboot_node(monitor, debug, self.kube, self.state.addresses[index], hard=hard,
-                               timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
+                               timeout=DEFAULT_BOOT_TIMEOUT if timeout is None else timeout,
                                guest=KeptNodeConsole(name, self.state.consoles.get(name)))
         finally:
             debug.close()

@@ -37,7 +37,8 @@ from pytest_smalltown.base.progress import stderr_progress
 from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
-from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
+from pytest_smalltown.launch.accel import ACCEL_MODES
+from pytest_smalltown.settings import DEFAULT_BOOT_TIMEOUT, OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
 #: The launch settings the cluster commands take as flags (the rest come from $SMALLTOWN_* or defaults).
@@ -116,7 +117,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The background process behind ``up``: launch, then keep the cluster (:func:`kept.serve`) until a signal; close."""
-    from pytest_smalltown.cluster import launch_cluster
+    from pytest_smalltown.launcher import launch_cluster
     from pytest_smalltown.spec import ClusterSpec, preload_sets
 
     stop = threading.Event()
@@ -131,10 +132,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from pytest_smalltown.contract import MAX_NODES
+    from pytest_smalltown.contract import check_node_count
 
-    if not 1 <= args.nodes <= MAX_NODES:
-        print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
+    try:
+        check_node_count(args.nodes, "--nodes")
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return EXIT_USAGE
     _settings(args)  # a bad value is an error here, not in the background process's log
     running = KeptState.running()
@@ -318,7 +321,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def _conformance_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags of ``smalltown conformance``, before anything is built or started."""
     from pytest_smalltown.conformance.files import PLAN_NAME
-    from pytest_smalltown.contract import MAX_NODES
+    from pytest_smalltown.contract import check_node_count
 
     if args.resume is not None:
         given = [flag for flag, value in (("--focus", args.focus), ("--skip", args.skip), ("--smoke", args.smoke),
@@ -331,8 +334,11 @@ def _conformance_usage_error(args: argparse.Namespace) -> str | None:
         return f"{args.report_dir} holds a run already; continue it with --resume {args.report_dir}, or give another"
     if args.smoke and args.focus:
         return "--smoke and --focus both choose the specs; give one of them"
-    if args.kubeconfig is None and not args.running and not 1 <= args.nodes <= MAX_NODES:
-        return f"--nodes must be between 1 and {MAX_NODES}"
+    if args.kubeconfig is None and not args.running:
+        try:
+            check_node_count(args.nodes, "--nodes")
+        except ValueError as error:
+            return str(error)
     if args.procs is not None and args.procs < 1:
         return "--procs must be at least 1"
     if args.running and args.kubeconfig is not None:
@@ -382,7 +388,7 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         if args.kubeconfig is not None:
             kubeconfig = args.kubeconfig
         else:
-            from pytest_smalltown.cluster import launch_cluster
+            from pytest_smalltown.launcher import launch_cluster
             from pytest_smalltown.spec import ClusterSpec
 
             spec = ClusterSpec(nodes=args.nodes, preload=("conformance",))
@@ -467,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     path.set_defaults(func=cmd_image_path)
 
     accel = commands.add_parser("accel", help="probe which accelerator this host can use")
-    accel.add_argument("mode", nargs="?", default="auto", choices=("auto", "kvm", "tcg"))
+    accel.add_argument("mode", nargs="?", default="auto", choices=ACCEL_MODES)
     accel.set_defaults(func=cmd_accel)
 
     up = commands.add_parser("up", help="start a cluster in the background and print how to reach it")
@@ -488,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     reboot.add_argument("node", type=int, help="node index (0 runs the control plane)")
     reboot.add_argument("--hard", action="store_true", help="reset the VM instead of a clean shutdown (node 0: "
                         "etcd may lose its last writes)")
-    reboot.add_argument("--timeout", type=float, help="seconds to wait for it (default 600: the default boot timeout)")
+    reboot.add_argument("--timeout", type=float,
+                        help=f"seconds to wait for it (default {DEFAULT_BOOT_TIMEOUT:g}: the default boot timeout)")
     reboot.set_defaults(func=cmd_reboot)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")

@@ -31,9 +31,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
 from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.waits import wait_for
-from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_TOKEN_METADATA_KEY, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
+from pytest_smalltown.contract import (
+    DEBUG_GROUPS,
+    DEBUG_TOKEN_METADATA_KEY,
+    DEBUG_USER,
+    IMAGE_IMPORT_SECONDS_PER_MIB,
+    node_debug_guest_port,
+)
 from pytest_smalltown.launch.ports import PortMap
-from pytest_smalltown.launch.switch import node_debug_guest_port
 from pytest_smalltown.secretfile import write_private
 
 T = TypeVar("T")

@@ -329,7 +329,8 @@ class KeptState:
         state file from before those forwards existed has only node 0's
         debug service (the 7837 forward).
         """
-        from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT, node_debug_guest_port
+        from pytest_smalltown.contract import node_debug_guest_port
+        from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT
 
         if not 0 <= index < self.spec.nodes:
             raise KeptClusterError(f"--node {index}: the running cluster has nodes 0..{self.spec.nodes - 1}")

@@ -140,10 +140,10 @@ def smalltown_launcher(smalltown_settings: Settings, pytestconfig: pytest.Config
     """How clusters are launched; override this fixture to launch differently.
 
     The default boots the configured image (the reference cluster unless
-    ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.cluster.launch_cluster`.
+    ``--smalltown-image`` says otherwise) with :func:`pytest_smalltown.launcher.launch_cluster`.
     """
-    from pytest_smalltown.cluster import launch_cluster
     from pytest_smalltown.attached import attach
+    from pytest_smalltown.launcher import launch_cluster
 
     if smalltown_settings.attach:
         return attach

@@ -62,12 +62,13 @@ def probe_kvm(qemu: str = QEMU_BINARY, deadline: float = PROBE_DEADLINE) -> Prob
     config = VMConfig(
         name="accel-probe",
         boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline("tiny.poweroff=1")),
+        qemu=qemu,
         accel="kvm",
         memory_mib=256,
         rng=False,
     )
     workdir = make_workdir("st-probe-")
-    vm = start_vm(config, workdir, qemu)
+    vm = start_vm(config, workdir)
     try:
         vm.wait_for_console(HELLO_LINE, deadline, what="init under KVM")
         return ProbeResult("kvm", "tiny VM reached init under KVM", time.monotonic() - started, host)

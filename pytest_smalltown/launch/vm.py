@@ -19,6 +19,7 @@ bad QEMU option from a kernel panic from a hanging init.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -44,7 +45,7 @@ from pytest_smalltown.launch.console import (
     longest_soft_lockup,
 )
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
-from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
+from pytest_smalltown.launch.qemu import VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
 
 
 class LaunchError(SmalltownError, RuntimeError):
@@ -210,7 +211,7 @@ def check_not_stopped_on_full_disk(name: str, socket_path: Path, tail: Callable[
 
     QEMU's default ``werror=enospc`` pauses a VM whose disk write fails with
     ENOSPC, silently: nothing on its stderr or console, and it never exits,
-    so only the boot deadline (600 s) ended such a launch or test. We keep
+    so only the boot deadline (``--smalltown-boot-timeout``) ended such a launch or test. We keep
     that policy and ask QEMU (``query-status``: ``io-error``;
     ``query-block``: the drive whose ``io-status`` is ``nospace``) instead of
     switching to ``werror=report``, which would hand the error to the guest:
@@ -329,10 +330,8 @@ class VM(Process):
     #: QMP socket of the liveness checks (:func:`~pytest_smalltown.launch.qemu.health_socket`); None: not asked.
     _health_socket: Path | None = None
 
-    def __init__(
-        self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
-    ) -> None:
-        binary = find_program(qemu, "the VMs run in it", "qemu-system-x86")
+    def __init__(self, config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> None:
+        binary = find_program(config.qemu, "the VMs run in it", "qemu-system-x86")
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
@@ -344,7 +343,7 @@ class VM(Process):
         self._health_socket = health_socket(config)
         self._health_lock = threading.Lock()
         self._next_health_check = 0.0
-        argv = qemu_argv(config, binary)
+        argv = qemu_argv(dataclasses.replace(config, qemu=binary))
         super().__init__(config.name, argv, workdir, pass_fds=inherited_fds(config), capture_stdout=True)
         self._reader = threading.Thread(target=self._read_console, name=f"console-{config.name}", daemon=True)
         self._reader.start()
@@ -447,9 +446,9 @@ class VM(Process):
                                   self.console.console_tail(CONSOLE_TAIL_LINES))
 
 
-def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()) -> VM:
-    """Start ``config`` as a supervised QEMU process whose files live in ``workdir``."""
-    return VM(config, workdir, qemu, history)
+def start_vm(config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> VM:
+    """Start ``config`` as a supervised QEMU process (``config.qemu``) whose files live in ``workdir``."""
+    return VM(config, workdir, history)
 
 
 PORT_RETRIES = 3
@@ -459,7 +458,6 @@ def start_vm_with_ports(
     make_config: Callable[[PortMap], VMConfig],
     guest_ports: Iterable[int],
     workdir: Path,
-    qemu: str = QEMU_BINARY,
     settle: float = 5.0,
     history: Sequence[str] = (),
 ) -> tuple[VM, PortMap]:
@@ -475,7 +473,7 @@ def start_vm_with_ports(
     last_error: VMExitedError | None = None
     for _ in range(PORT_RETRIES):
         port_map = conflict_free_port_map(ports)
-        vm = start_vm(make_config(port_map), workdir, qemu, history)
+        vm = start_vm(make_config(port_map), workdir, history)
         try:
             wait_listening(vm, port_map.values(), settle)
             return vm, port_map

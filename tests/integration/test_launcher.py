@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 from pathlib import Path
@@ -207,7 +208,7 @@ def test_kernel_panic_is_reported_with_console_tail(tiny_image: TinyImage, accel
 
 def test_missing_qemu_is_a_clear_error(tiny_image: TinyImage, workdir: Path) -> None:
     with pytest.raises(ProgramNotFoundError, match="'qemu-system-nonexistent' is not installed; .*qemu-system-x86"):
-        start_vm(tiny_config(tiny_image, "x", "tcg"), workdir, qemu="qemu-system-nonexistent")
+        start_vm(dataclasses.replace(tiny_config(tiny_image, "x", "tcg"), qemu="qemu-system-nonexistent"), workdir)
 
 
 def test_accelerator_probe_gives_a_verdict_that_boots(tiny_image: TinyImage, workdir: Path) -> None:

@@ -61,7 +61,7 @@ def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
 
 def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["up", "--nodes", "0"]) == 2
-    assert "--nodes must be between 1 and 8" in capsys.readouterr().err
+    assert "--nodes is out of range: a cluster has 1 to 8 nodes, got 0" in capsys.readouterr().err
 
 
 def test_console_script_is_installed() -> None:

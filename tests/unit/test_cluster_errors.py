@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.base.programs import ProgramNotFoundError
-from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
 from pytest_smalltown.launch.console import ConsoleTail
 from pytest_smalltown.launch.vm import FirmwareBootError, GuestHungError, check_console_not_hung, check_firmware_booted
+from pytest_smalltown.launcher import launch_cluster
+from pytest_smalltown.phases import ClusterLaunchError
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 
@@ -38,7 +39,7 @@ def test_missing_image_names_the_option_before_the_accelerator_probe(
     def no_probe(*args: object, **kwargs: object) -> None:
         raise AssertionError("the accelerator probe ran before the image path was checked")
 
-    monkeypatch.setattr("pytest_smalltown.cluster.resolve_accel", no_probe)
+    monkeypatch.setattr("pytest_smalltown.plan.resolve_accel", no_probe)
     settings = resolve({"image": str(tmp_path / "smalltown.qcow2"), "accel": "auto"}, {}, environ={})
     with pytest.raises(FileNotFoundError, match="--smalltown-image .*smalltown.qcow2 does not exist"):
         launch_cluster(ClusterSpec(1), settings, progress=lambda _: None)
@@ -61,7 +62,7 @@ def test_missing_firmware_and_swtpm_are_named_before_anything_starts(
 
 
 def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_smalltown import cluster as cluster_module
+    from pytest_smalltown import launcher
 
     attempts: list[int] = []
 
@@ -78,10 +79,10 @@ def test_a_hung_guest_is_launched_once_more_and_only_once(monkeypatch: pytest.Mo
     class Launched:
         phase_seconds = {"switch": 1.0}
 
-    monkeypatch.setattr(cluster_module, "_launch_once", hang_then(["hang", Launched()]))
+    monkeypatch.setattr(launcher, "_launch_once", hang_then(["hang", Launched()]))
     relaunched = launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), progress=lambda _: None)
     assert len(attempts) == 2 and list(relaunched.phase_seconds) == ["hung-relaunch", "switch"]  # type: ignore[attr-defined]
-    monkeypatch.setattr(cluster_module, "_launch_once", hang_then(["hang", "hang"]))
+    monkeypatch.setattr(launcher, "_launch_once", hang_then(["hang", "hang"]))
     with pytest.raises(ClusterLaunchError, match="stuck for 131s"):
         launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), progress=lambda _: None)
     assert len(attempts) == 4
@@ -101,7 +102,9 @@ def test_the_firmware_giving_up_on_the_disk_is_a_boot_error_booting_is_not() -> 
 
 
 def test_the_health_check_leaves_a_rebooting_nodes_hang_to_the_reboot() -> None:
-    from pytest_smalltown.cluster import ClusterNode, _check_vms
+    from pytest_smalltown.cluster import Cluster, ClusterNode
+    from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
+    from pytest_smalltown.plan import ClusterPlan
 
     class RunningVM:
         """A VM whose QEMU runs, with only a console: what the health check reads."""
@@ -118,8 +121,16 @@ def test_the_health_check_leaves_a_rebooting_nodes_hang_to_the_reboot() -> None:
         def check_not_hung(self) -> None:
             check_console_not_hung(self.console)
 
-    node = ClusterNode(index=1, address="10.1.0.3", vm=RunningVM(), rebooting=True)  # type: ignore[arg-type]
-    _check_vms(None, [node])  # the reboot resets it and judges the next boot
-    node.rebooting = False
-    with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
-        _check_vms(None, [node])
+    config = VMConfig(name="node0", boot=DirectBoot(Path("/k")))
+    plan = ClusterPlan(spec=ClusterSpec(1), switch=config, nodes=(config,), tpm=False, qemu_version="QEMU 7.2",
+                       boot_timeout=600.0, snapshots="off", snapshots_source="default", images_seconds=0.0)
+    cluster = Cluster(plan)  # no switch started: only its nodes are checked
+    try:
+        node = ClusterNode(index=1, address="10.1.0.3", vm=RunningVM(), rebooting=True)  # type: ignore[arg-type]
+        cluster.nodes.append(node)
+        cluster.check_alive()  # the reboot resets it and judges the next boot
+        node.rebooting = False
+        with pytest.raises(GuestHungError, match="node0.*stuck for 131s"):
+            cluster.check_alive()
+    finally:
+        cluster.close()
