@@ -266,11 +266,12 @@ class Cluster:
         """Raise (with the console tail) if the switch or a node VM exited, a node's firmware could not boot it, or its kernel hangs."""
         if self._switch is not None:
             self._switch.vm.check_running()
-        for node in self.nodes:
-            if node.stopped:
-                continue
+        running = [node for node in self.nodes if not node.stopped]
+        for node in running:
             node.vm.check_running()
             node.vm.check_firmware_booted()
+        # Last, so that a GuestHungError means every process still runs (a keeper reports the hang and keeps the cluster).
+        for node in running:
             if not node.rebooting:  # a reboot resets a hung boot itself
                 node.vm.check_not_hung()
 

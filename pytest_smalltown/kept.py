@@ -40,6 +40,7 @@ from pytest_smalltown.base.paths import cache_root
 # `smalltown down` (SIGTERM) that landed in a slow import would escape the wait's Ctrl-C handling.
 from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.launch.vm import GuestHungError
 from pytest_smalltown.pool import ClusterHandle
 from pytest_smalltown.spec import ClusterSpec
 
@@ -410,13 +411,23 @@ def wait_while_kept(clusters: Iterable[ClusterHandle], say: Callable[[str], None
 
     The one wait of both keepers, ``smalltown up``'s server and a pytest
     session with ``--smalltown-keep-on-failure``: every second it asks each
-    cluster's own ``check_alive`` (a VM exited, the switch, a hung guest).
+    cluster's own ``check_alive``: a VM or the switch that exited ends the
+    wait; a hung guest is said once and the cluster kept as it is.
     """
     clusters = list(clusters)
+    hangs_told: set[str] = set()
 
     def stopped() -> bool:
         for cluster in clusters:
-            cluster.check_alive()
+            try:
+                cluster.check_alive()
+            except GuestHungError as hung:
+                # A kept cluster is there to be looked at: a hung guest is news, not a reason to destroy the
+                # evidence. (Another process may also be rebooting that node, and resets a hung boot itself.)
+                if hung.name not in hangs_told:
+                    hangs_told.add(hung.name)
+                    say(f"{hung.name}'s kernel reports a CPU stuck for {hung.seconds}s (soft lockup); the cluster "
+                        "stays up as it is: its console log and `smalltown dbg` show what it does")
         return stop is not None and stop.is_set()
 
     try:

@@ -134,3 +134,38 @@ def test_the_health_check_leaves_a_rebooting_nodes_hang_to_the_reboot() -> None:
             cluster.check_alive()
     finally:
         cluster.close()
+
+
+def test_a_node_that_exited_is_reported_before_another_nodes_hang() -> None:
+    """``check_alive`` looks at every process before any console: a hang it raises means all of them still run."""
+    from pytest_smalltown.cluster import Cluster, ClusterNode
+    from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
+    from pytest_smalltown.launch.vm import VMExitedError
+    from pytest_smalltown.plan import ClusterPlan
+
+    class VMStandIn:
+        def __init__(self, name: str, exited: bool, console: list[str]) -> None:
+            self.name, self.exited, self.console = name, exited, ConsoleTail(name, console)
+
+        def check_running(self) -> None:
+            if self.exited:
+                raise VMExitedError(self.name, 137, "", [])
+
+        def check_firmware_booted(self) -> None:
+            check_firmware_booted(self.console)
+
+        def check_not_hung(self) -> None:
+            check_console_not_hung(self.console)
+
+    config = VMConfig(name="node0", boot=DirectBoot(Path("/k")))
+    plan = ClusterPlan(spec=ClusterSpec(2), switch=config, nodes=(config, config), tpm=False, qemu_version="QEMU 7.2",
+                       boot_timeout=600.0, snapshots="off", snapshots_source="default", images_seconds=0.0)
+    cluster = Cluster(plan)
+    try:
+        hung = VMStandIn("node0", False, ["[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]"])
+        cluster.nodes.append(ClusterNode(index=0, address="10.1.0.2", vm=hung))  # type: ignore[arg-type]
+        cluster.nodes.append(ClusterNode(index=1, address="10.1.0.3", vm=VMStandIn("node1", True, [])))  # type: ignore[arg-type]
+        with pytest.raises(VMExitedError, match="node1"):
+            cluster.check_alive()
+    finally:
+        cluster.close()

@@ -116,6 +116,37 @@ def test_waiting_while_kept_ends_when_a_cluster_dies_and_says_so() -> None:
     assert said == ["a kept cluster died: VM 'node0' exited with status 137"]
 
 
+class _HungCluster:
+    """Its node0 hangs from the second check on; on the fifth, its switch exits."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def check_alive(self) -> None:
+        from pytest_smalltown.launch.vm import GuestHungError
+
+        self.checks += 1
+        if self.checks >= 5:
+            raise RuntimeError("VM 'nanoswitch' exited with status 1")
+        if self.checks >= 2:
+            raise GuestHungError("node0", 131, ["watchdog: BUG: soft lockup - CPU#0 stuck for 131s!"])
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_hung_guest_in_a_kept_cluster_is_said_once_and_the_cluster_kept() -> None:
+    """A kept cluster is for looking at: a hang is reported, not a reason to tear down the evidence."""
+    from pytest_smalltown.kept import wait_while_kept
+
+    cluster = _HungCluster()
+    said: list[str] = []
+    wait_while_kept([cluster], said.append)
+    assert cluster.checks == 5, "the wait went on after the hang, until the switch exited"
+    assert len(said) == 2 and said[0].startswith("node0's kernel reports a CPU stuck for 131s"), said
+    assert said[1] == "a kept cluster died: VM 'nanoswitch' exited with status 1"
+
+
 def test_waiting_while_kept_ends_when_asked_to_stop() -> None:
     import threading
 

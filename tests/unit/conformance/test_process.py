@@ -104,7 +104,7 @@ def test_suite_dies_with_a_sigkilled_runner(tmp_path: Path) -> None:
 SIGTERM_DRIVER = r"""
 import sys, time
 from pathlib import Path
-from pytest_smalltown import cli, cluster
+from pytest_smalltown import cli, launcher
 from pytest_smalltown.conformance import command
 
 how, work = sys.argv[1], Path(sys.argv[2])
@@ -134,7 +134,7 @@ def launch(spec, settings, progress=None):
     return FakeCluster()
 
 command.build_suite = lambda procs, progress: command.SuiteBinaries(work / "e2e.test", work / "kube")
-cluster.launch_cluster = launch
+launcher.launch_cluster = launch
 sys.exit(cli.main(["conformance", "--report-dir", str(work / "out")]))
 """
 
