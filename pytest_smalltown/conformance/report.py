@@ -90,6 +90,21 @@ class ConformanceReport:
         rerun = set(self.rerun)
         return sum(r.verdict == "passed" for r in self.judged if r.title in rerun)
 
+    def sources_text(self) -> str:
+        """Where the passed and the failed results come from, in one line: e2e.test's JUnit or results.jsonl only.
+
+        Only a result in the JUnit that ``e2e.test`` wrote is evidence a
+        certification counts; one read from its verbose output alone (a chunk
+        cut short wrote no JUnit) is shown apart, so the gap stays visible.
+        """
+        passed = [r for r in self.judged if r.verdict == "passed"]
+
+        def counts(in_junit: bool) -> str:
+            return (f"{sum(r.from_junit == in_junit for r in passed)} passed, "
+                    f"{sum(r.from_junit == in_junit for r in self.failures)} failed")
+
+        return f"counted from e2e.test's JUnit: {counts(True)}; from {RESULTS_NAME} only: {counts(False)}"
+
     @property
     def ok(self) -> bool:
         """True only if the suite exited cleanly, every selected spec has a result, none failed, one passed."""
@@ -104,6 +119,8 @@ class ConformanceReport:
             f"(exit status {self.returncode})",
             f"report: {self.report_dir}  (results: {RESULTS_NAME}, JUnit: {MERGED_JUNIT_NAME}, log: {LOG_NAME})",
         ]
+        if self.passed or self.failures:
+            lines.append(self.sources_text())
         lines += [clip(note, width) for note in self.notes]
         if self.rerun:
             lines.append(f"re-run: {len(self.rerun)} specs that had failed ran again; {self.rerun_passed} of them "

@@ -69,6 +69,16 @@ class SpecResult:
         return self.status in FAILED_STATUSES
 
     @property
+    def from_junit(self) -> bool:
+        """Whether ``e2e.test``'s own JUnit holds this result (a chunk's, or its case kept in ``junit_merged.xml``).
+
+        False when it was read only from Ginkgo's verbose output (``results.jsonl``):
+        issue 22 counts a spec from the JUnit that ``e2e.test`` wrote, so the report
+        says how many results lack one and ``--rerun-without-junit`` runs them again.
+        """
+        return self.source != RESULTS_NAME
+
+    @property
     def verdict(self) -> str | None:
         """passed, failed or skipped; None when the spec was interrupted or not selected: no result."""
         if not self.selected or self.status == "interrupted":

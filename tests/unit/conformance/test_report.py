@@ -103,3 +103,20 @@ def test_a_partial_run_counts_the_selected_specs_without_a_result_as_not_run(tmp
     assert "Interrupted by User" not in text, "an interrupted spec is not a failure of the cluster"
     assert ConformanceReport(results[:2], 0, tmp_path, 1.0, planned=("a", "b")).ok
 
+
+
+def test_the_summary_says_how_many_results_only_results_jsonl_holds() -> None:
+    """Issue 22 counts from e2e.test's JUnit: results read only from the verbose output are told apart."""
+    results = (
+        SpecResult("[It] a", "passed", 1.0, source="junit_01.xml"),
+        SpecResult("[It] b", "passed", 1.0, source="junit_01.xml", kept_in="junit_merged.xml"),
+        SpecResult("[It] c", "passed", 1.0, source="results.jsonl"),
+        SpecResult("[It] d", "failed", 1.0, "[FAILED] no", source="results.jsonl"),
+        SpecResult("[It] e", "skipped", 1.0, "not here", source="results.jsonl"),
+    )
+    report = ConformanceReport(results, 1, Path("/r"), 5.0, planned=("a", "b", "c", "d", "e"))
+    assert [r.from_junit for r in results] == [True, True, False, False, False]
+    line = "counted from e2e.test's JUnit: 2 passed, 0 failed; from results.jsonl only: 1 passed, 1 failed"
+    assert report.sources_text() == line
+    assert report.render().splitlines()[2] == line
+    assert line not in ConformanceReport((), 0, Path("/r"), 0.0, planned=("a",)).render(), "nothing to tell apart"
