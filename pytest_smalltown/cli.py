@@ -330,6 +330,9 @@ def _conformance_usage_error(args: argparse.Namespace) -> str | None:
             return f"--resume continues a run with its own specs and report directory; {given[0]} cannot change them"
     elif args.rerun_failed:
         return "--rerun-failed runs the failed specs of a run again; give the run with --resume DIR"
+    elif args.rerun_without_junit:
+        return ("--rerun-without-junit runs again the specs of a run whose result is only in results.jsonl; "
+                "give the run with --resume DIR")
     elif args.report_dir is not None and (args.report_dir / PLAN_NAME).exists():
         return f"{args.report_dir} holds a run already; continue it with --resume {args.report_dir}, or give another"
     if args.smoke and args.focus:
@@ -397,7 +400,8 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         options: dict[str, Any] = dict(report_dir=report_dir, procs=procs, progress=stderr_progress,
                                        binaries=binaries)  # fmt: skip
         if args.resume is not None:
-            report = resume_conformance(kubeconfig, rerun_failed=args.rerun_failed, **options)
+            report = resume_conformance(kubeconfig, rerun_failed=args.rerun_failed,
+                                        rerun_without_junit=args.rerun_without_junit, **options)  # fmt: skip
         else:
             report = run_conformance(kubeconfig, focus=focus, skip=args.skip, **options)
         if cluster is not None and not report.ok:
@@ -548,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument(
         "--rerun-failed", action="store_true",
         help="with --resume: also run again the specs whose result is failed (their latest result counts)",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--rerun-without-junit", action="store_true",
+        help="with --resume: also run again the specs whose result is only in results.jsonl, in no JUnit that "
+        "e2e.test wrote (their latest result counts), so that the run's JUnit is whole",
     )  # fmt: skip
     conformance.add_argument(
         "--kubeconfig", type=Path, help="run against this existing cluster instead of launching one"

@@ -5,7 +5,8 @@ full run under emulation takes hours, so a run keeps what it learned: the plan
 first (``run.json``, :mod:`plan`), every finished spec as it finishes
 (``results.jsonl``, :mod:`results`), and whatever happens, the merged JUnit and
 ``summary.txt`` at the end. :func:`resume_conformance` runs only the planned
-specs with no result yet, as a new chunk whose JUnit gets its own name.
+specs with no result yet (and on request the failed ones, or those whose result
+no JUnit of ``e2e.test`` holds), as a new chunk whose JUnit gets its own name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_smalltown.conformance.collect import build_report, collect_results
@@ -122,7 +124,7 @@ def run_conformance(
     plan.save(report_dir)
     progress(f"conformance: {len(specs)} specs selected by focus {clip(focus, 60)!r}"
              f"{f' and skip {clip(skip, 40)!r}' if skip else ''}; the list: {report_dir / PLAN_NAME}")
-    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, rerun_failed=False)
+    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, Rerun())
 
 
 def resume_conformance(
@@ -131,14 +133,17 @@ def resume_conformance(
     report_dir: Path,
     procs: int | None = None,
     rerun_failed: bool = False,
+    rerun_without_junit: bool = False,
     progress: Progress = stderr_progress,
     binaries: SuiteBinaries | None = None,
 ) -> ConformanceReport:
     """Run the specs of ``report_dir``'s run that have no result yet (never run, or interrupted).
 
-    With ``rerun_failed``, also those whose result is failed: their new
-    result is appended (``results.jsonl`` keeps every one) and the latest
-    counts. Same focus and skip as the run it continues (from ``run.json``),
+    With ``rerun_failed``, also those whose result is failed; with
+    ``rerun_without_junit``, also those whose result is only in
+    ``results.jsonl`` (their chunk wrote no JUnit), so that the run's JUnit
+    can be made whole. A new result is appended (``results.jsonl`` keeps every
+    one) and the latest counts. Same focus and skip as the run it continues (from ``run.json``),
     same process count unless ``procs`` is given; the results go to the same
     files, the JUnit to a new chunk's file, and the report covers every chunk.
     """
@@ -147,19 +152,37 @@ def resume_conformance(
     procs = procs or plan.procs
     _check_run(kubeconfig, procs)
     suite = binaries or build_suite(procs, progress)
-    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, rerun_failed=rerun_failed)
+    rerun = Rerun(failed=rerun_failed, without_junit=rerun_without_junit)
+    return _run_plan(kubeconfig, plan, report_dir, procs, suite, progress, rerun)
 
 
-def _pending_specs(plan: RunPlan, report_dir: Path, rerun_failed: bool, progress: Progress) -> list[SelectedSpec]:
-    """The planned specs to run now: those without a result, and with ``rerun_failed`` the failed ones."""
-    latest = {result.title: result.verdict for result in collect_results(report_dir, plan).results if result.is_spec}
-    again = {name for name, verdict in latest.items() if rerun_failed and verdict == "failed"}
-    pending = [spec for spec in plan.specs if spec.name not in latest or spec.name in again]
+@dataclass(frozen=True)
+class Rerun:
+    """Which specs that have a result a resumed run runs again; a spec's latest result counts."""
+
+    #: Those whose result is failed (``--rerun-failed``).
+    failed: bool = False
+    #: Those whose result is only in ``results.jsonl``, in no JUnit of ``e2e.test`` (``--rerun-without-junit``).
+    without_junit: bool = False
+
+
+def _pending_specs(plan: RunPlan, report_dir: Path, rerun: Rerun, progress: Progress) -> list[SelectedSpec]:
+    """The planned specs to run now: those without a result, and those ``rerun`` asks for."""
+    latest = {result.title: result for result in collect_results(report_dir, plan).results if result.is_spec}
+    failed = {name for name, result in latest.items() if rerun.failed and result.verdict == "failed"}
+    unproven = {name for name, result in latest.items() if rerun.without_junit and not result.from_junit}
+    pending = [spec for spec in plan.specs if spec.name not in latest or spec.name in failed | unproven]
     if plan.specs and not pending:
-        failed = " and none failed" if rerun_failed else ""
-        progress(f"conformance: every one of the {len(plan.specs)} selected specs has a result{failed}; nothing to run")
-    elif again:
-        progress(f"conformance: {len(again)} specs whose result is failed run again (--rerun-failed)")
+        conditions = (" and none failed" if rerun.failed else "") + (
+            " and each is in e2e.test's JUnit" if rerun.without_junit else "")
+        progress(f"conformance: every one of the {len(plan.specs)} selected specs has a result{conditions}; "
+                 "nothing to run")
+        return pending
+    if failed:
+        progress(f"conformance: {len(failed)} specs whose result is failed run again (--rerun-failed)")
+    if unproven:
+        progress(f"conformance: {len(unproven)} specs whose result is only in {RESULTS_NAME}, in no JUnit of "
+                 "e2e.test, run again (--rerun-without-junit)")
     return pending
 
 
@@ -170,12 +193,11 @@ def _run_plan(
     procs: int,
     suite: SuiteBinaries,
     progress: Progress,
-    *,
-    rerun_failed: bool,
+    rerun: Rerun,
 ) -> ConformanceReport:
-    """Run the planned specs without a result (or a failed one), chunk by chunk; write the report whatever happens."""
+    """Run the planned specs without a result and those ``rerun`` asks for, chunk by chunk; always write the report."""
     started = time.monotonic()
-    pending = _pending_specs(plan, report_dir, rerun_failed, progress)
+    pending = _pending_specs(plan, report_dir, rerun, progress)
     returncode = 0
     command: tuple[str, ...] = ()
     own: list[int] = []

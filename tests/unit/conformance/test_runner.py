@@ -235,6 +235,68 @@ def test_cli_rerun_failed_goes_with_resume(
     assert "re-run: 1 specs that had failed ran again; 1 of them passed then" in capsys.readouterr().out
 
 
+def test_rerun_without_junit_runs_again_the_specs_only_results_jsonl_holds(fake: FakeSuite) -> None:
+    """A chunk that wrote no JUnit leaves results only in results.jsonl; the summary says so and a resume mends it."""
+    out = fake.out
+    fake.will({SPECS[1].name: "hang"})
+    with pytest.raises(KeyboardInterrupt):
+        fake.run(_interrupt_after(1))
+    (out / "junit_01.xml").unlink()
+    report = collect.load_report(out)
+    assert [r.from_junit for r in report.judged] == [True], "junit_merged.xml kept chunk 1's case: it counts as JUnit"
+    (out / "junit_merged.xml").unlink()  # now chunk 1 is as if it wrote no JUnit: SPECS[0] is in results.jsonl only
+    fake.will({SPECS[2].name: "failed"})
+    report = fake.resume()
+    line = "counted from e2e.test's JUnit: 4 passed, 1 failed; from results.jsonl only: 1 passed, 0 failed"
+    assert line in report.render().splitlines() and line in (out / "summary.txt").read_text()
+    messages: list[str] = []
+    fake.resume(messages.append)
+    assert messages == ["conformance: every one of the 6 selected specs has a result; nothing to run"]
+
+    fake.will()
+    messages.clear()
+    report = fake.resume(messages.append, rerun_without_junit=True, rerun_failed=True)
+    assert messages[:2] == [
+        "conformance: 1 specs whose result is failed run again (--rerun-failed)",
+        "conformance: 1 specs whose result is only in results.jsonl, in no JUnit of e2e.test, run again "
+        "(--rerun-without-junit)",
+    ]  # fmt: skip
+    argv = json.loads((out / "argv-chunk03_.json").read_text())
+    focus = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--ginkgo.focus="))
+    assert [s.name for s in SPECS if re.search(focus, f"Kubernetes e2e suite {s.name}")] == [
+        SPECS[0].name, SPECS[2].name]  # fmt: skip
+    assert [(r["name"], r["chunk"]) for r in fake.results()].count((SPECS[0].name, 1)) == 1, "history stays"
+    assert report.ok and report.passed == 6 and all(r.from_junit for r in report.judged)
+    assert "counted from e2e.test's JUnit: 6 passed, 0 failed; from results.jsonl only: 0 passed, 0 failed" in \
+        report.render()
+    assert fake.merged_properties()["SmalltownResultsOnlyInResultsJsonl"] == "0"
+    assert "[It] " + SPECS[0].name in fake.merged_cases(), "the merged JUnit is whole"
+    messages.clear()
+    fake.resume(messages.append, rerun_without_junit=True)
+    assert messages == ["conformance: every one of the 6 selected specs has a result and each is in e2e.test's "
+                        "JUnit; nothing to run"]  # fmt: skip
+
+
+def test_cli_rerun_without_junit_goes_with_resume(
+    fake: FakeSuite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fake.out
+    fake.will(specs=SPECS[:2])
+    monkeypatch.setattr(command, "build_suite", lambda procs, progress: fake.binaries)
+    kubeconfig = ["--kubeconfig", str(fake.kubeconfig)]
+    assert main(["conformance", "--rerun-without-junit", "--report-dir", str(out), *kubeconfig]) == 2
+    assert ("--rerun-without-junit runs again the specs of a run whose result is only in results.jsonl; give the run "
+            "with --resume DIR") in capsys.readouterr().err  # fmt: skip
+    assert main(["conformance", "--report-dir", str(out), *kubeconfig]) == 0
+    (out / "junit_01.xml").unlink()
+    (out / "junit_merged.xml").unlink()
+    capsys.readouterr()
+    assert main(["conformance", "--resume", str(out), *kubeconfig]) == 0
+    assert "counted from e2e.test's JUnit: 0 passed, 0 failed; from results.jsonl only: 2 passed" in capsys.readouterr().out
+    assert main(["conformance", "--resume", str(out), "--rerun-without-junit", *kubeconfig]) == 0
+    assert "counted from e2e.test's JUnit: 2 passed, 0 failed; from results.jsonl only: 0 passed" in capsys.readouterr().out
+
+
 def test_resuming_a_finished_run_runs_nothing(fake: FakeSuite) -> None:
     out = fake.out
     assert fake.run().ok
