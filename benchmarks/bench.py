@@ -29,13 +29,14 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from pytest_smalltown.cluster import Cluster, launch_cluster
+from pytest_smalltown.cluster import Cluster
 from pytest_smalltown.images.tinyvm import HELLO_LINE, TinyImage, build_tiny_image
 from pytest_smalltown.kube import create_namespace, delete_namespace, exec_in_pod, busybox_pod, wait_pod_phase
 from pytest_smalltown.launch.accel import probe_kvm, resolve_accel
 from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
 from pytest_smalltown.launch.switch import launch_switch
 from pytest_smalltown.launch.vm import make_workdir, remove_workdir, start_vm
+from pytest_smalltown.launcher import launch_cluster
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.snapshots import SNAPSHOT_DIR_ENV, describe_size
 from pytest_smalltown.spec import ClusterSpec

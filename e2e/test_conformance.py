@@ -1,7 +1,7 @@
 """The upstream Kubernetes conformance suite, as an outside judge of the reference cluster.
 
 Everything else in ``e2e/`` was written by this project; these specs were not.
-The smoke subset (:data:`pytest_smalltown.conformance.SMOKE_TESTS`) takes at
+The smoke subset (:data:`pytest_smalltown.conformance.smoke.SMOKE_TESTS`) takes at
 least one spec per SIG and per conformance image, so a cluster that cannot
 run webhooks, the aggregator, DNS, Services, hostPorts, exec or volumes fails
 here. The whole suite is ``smalltown conformance`` (docs/conformance.md).
@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from pytest_smalltown.conformance import SMOKE_TESTS, run_conformance, smoke_focus
-from pytest_smalltown.plugin import SESSION_KEY
+from pytest_smalltown.conformance.runner import run_conformance
+from pytest_smalltown.conformance.smoke import SMOKE_TESTS, smoke_focus
+from pytest_smalltown.features.session import SESSION_KEY
 from pytest_smalltown.settings import Settings
 
 pytestmark = pytest.mark.smalltown(nodes=2, preload="conformance")

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from pytest_smalltown.kube import node_addresses, node_ready, wait_for
-from pytest_smalltown.launch.switch import node_address
+from pytest_smalltown.base.waits import wait_for
+from pytest_smalltown.contract import node_address
+from pytest_smalltown.kube import node_addresses, node_ready
 
 pytestmark = pytest.mark.smalltown(nodes=3)
 

@@ -13,9 +13,8 @@ import grpc
 import pytest
 
 from pytest_smalltown.api import debug_pb2
-from pytest_smalltown.contract import NodePort
+from pytest_smalltown.contract import NodePort, node_debug_guest_port
 from pytest_smalltown.debug import DebugClient
-from pytest_smalltown.launch.switch import node_debug_guest_port
 from pytest_smalltown.pool import SmalltownCluster
 from pytest_smalltown.settings import Settings
 

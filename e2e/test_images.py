@@ -12,9 +12,11 @@ import grpc
 import pytest
 from kubernetes import client as k8s
 
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.debug import ImageLoadError
-from pytest_smalltown.kube import node_addresses, pod_logs, wait_for, wait_pod_phase
-from pytest_smalltown.launch.switch import node_address
+from pytest_smalltown.base.waits import wait_for
+from pytest_smalltown.contract import node_address
+from pytest_smalltown.kube import node_addresses, pod_logs, wait_pod_phase
 from pytest_smalltown.userimages import image_with_files
 
 pytestmark = pytest.mark.smalltown(nodes=2)

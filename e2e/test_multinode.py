@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.contract import TEST_IMAGE
-from pytest_smalltown.kube import exec_in_pod, node_addresses, node_ready, pod_logs, wait_for
+from pytest_smalltown.kube import exec_in_pod, node_addresses, node_ready, pod_logs
 
 pytestmark = pytest.mark.smalltown(nodes=2)
 

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.contract import CLUSTER_DOMAIN, NODE_PORT_RANGE
-from pytest_smalltown.kube import exec_in_pod, node_addresses, wait_for
+from pytest_smalltown.kube import exec_in_pod, node_addresses
 
 pytestmark = pytest.mark.smalltown(nodes=2)
 

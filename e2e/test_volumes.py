@@ -15,8 +15,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.contract import PROVISIONER, STORAGE_CLASS, TEST_IMAGE
-from pytest_smalltown.kube import busybox_pod, exec_in_pod, pod_logs, wait_for, wait_pod_phase
+from pytest_smalltown.kube import busybox_pod, exec_in_pod, pod_logs, wait_pod_phase
 
 pytestmark = pytest.mark.smalltown(nodes=2)
 

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from pytest_smalltown.contract import TEST_IMAGE
-from pytest_smalltown.kube import wait_for
-from pytest_smalltown.launch.switch import node_address
+from pytest_smalltown.base.waits import wait_for
+from pytest_smalltown.contract import TEST_IMAGE, node_address
 from pytest_smalltown.lifecycle import find_node
 
 pytestmark = pytest.mark.smalltown(nodes=2)

@@ -31,10 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import cache_root, stderr_progress
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.progress import stderr_progress
+from pytest_smalltown.contract import NodePort
 from pytest_smalltown.images.preload import PRELOAD_SETS
-from pytest_smalltown.kept import KeptClusterError, Owner, claim, read_state, state_path, write_state
-from pytest_smalltown.settings import OPTIONS, Settings, SettingsError, resolve
+from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
+from pytest_smalltown.launch.accel import ACCEL_MODES
+from pytest_smalltown.settings import DEFAULT_BOOT_TIMEOUT, OPTIONS, Settings, SettingsError, resolve
 
 EXIT_USAGE = 2
 #: The launch settings the cluster commands take as flags (the rest come from $SMALLTOWN_* or defaults).
@@ -52,9 +56,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(EXIT_USAGE) from None
 
 
-def _read_state() -> dict[str, Any]:
+def _read_state() -> KeptState:
+    """The kept cluster's state; exits with the reason if there is none to use."""
     try:
-        return read_state()
+        return KeptState.read()
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
 
@@ -111,8 +116,8 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The background process behind ``up``: launch, record, wait for a signal, close."""
-    from pytest_smalltown.cluster import launch_cluster
+    """The background process behind ``up``: launch, then keep the cluster (:func:`kept.serve`) until a signal; close."""
+    from pytest_smalltown.launcher import launch_cluster
     from pytest_smalltown.spec import ClusterSpec, preload_sets
 
     stop = threading.Event()
@@ -120,86 +125,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
     try:
-        write_state(cluster, os.getpid())
-        while not stop.wait(1.0):
-            for node in cluster.nodes:
-                node.vm.check_running()
+        serve(cluster, stop, lambda message: print(message, flush=True))
     finally:
-        state_path().unlink(missing_ok=True)
         cluster.close()
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from pytest_smalltown.contract import MAX_NODES
+    from pytest_smalltown.contract import check_node_count
 
-    if not 1 <= args.nodes <= MAX_NODES:
-        print(f"--nodes must be between 1 and {MAX_NODES}", file=sys.stderr)
+    try:
+        check_node_count(args.nodes, "--nodes")
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return EXIT_USAGE
     _settings(args)  # a bad value is an error here, not in the background process's log
-    if state_path().exists():
-        try:
-            state = _read_state()
-            print(f"a {state['nodes']}-node cluster is already running (pid {state['pid']}); stop it with: smalltown down")
-            return 1
-        except SystemExit:
-            pass
-    slot = claim()
-    if slot is None:
-        print("another cluster is being started or kept right now (smalltown status shows it once it is up); "
-              "stop it with: smalltown down", file=sys.stderr)
+    running = KeptState.running()
+    if running is not None:
+        print(f"a {running.spec.nodes}-node cluster is already running (pid {running.owner.pid}); stop it with: "
+              "smalltown down")
         return 1
-    log_path = state_path().parent / "up.log"
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
     for option in CLUSTER_OPTIONS:
         if getattr(args, option.name, None) is not None:
             argv += [option.cli_flag, str(getattr(args, option.name))]
-    with open(log_path, "wb") as log:
-        # The slot's lock goes with the server: it holds it for as long as it owns the cluster.
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                  pass_fds=(slot,))  # fmt: skip
-    os.close(slot)
-    print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
-    offset = 0
-    while not state_path().exists():
-        if server.poll() is not None:
-            print(log_path.read_text()[-4000:], file=sys.stderr)
-            print(f"the cluster failed to start (exit {server.returncode}); full log: {log_path}", file=sys.stderr)
-            return 1
-        text = log_path.read_text(errors="replace")
-        sys.stderr.write(text[offset:])
-        offset = len(text)
-        time.sleep(1)
-    state = json.loads(state_path().read_text())
-    print(f"cluster up (pid {state['pid']}), {state.get('how', 'booted')}:")
-    print(f"  Kubernetes API   https://127.0.0.1:{state['ports']['6443']}")
-    print(f"  debug service    127.0.0.1:{state['ports']['7837']}")
-    print(f"  kubeconfig       {state['kubeconfig']}")
-    print(f"  try:             KUBECONFIG={state['kubeconfig']} kubectl get nodes   or   smalltown dbg kubectl get nodes")
+    try:
+        server, log_path = start_keeper(argv)
+        print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
+        state = wait_recorded(server, log_path, sys.stderr.write)
+    except KeptClusterError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"cluster up (pid {state.owner.pid}), {state.how}:")
+    print(f"  Kubernetes API   https://127.0.0.1:{state.ports[NodePort.KUBERNETES_API]}")
+    print(f"  debug service    127.0.0.1:{state.ports[NodePort.DEBUG_SERVICE]}")
+    print(f"  kubeconfig       {state.kubeconfig}")
+    print(f"  try:             KUBECONFIG={state.kubeconfig} kubectl get nodes   or   smalltown dbg kubectl get nodes")
     print("  stop with:       smalltown down")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(_read_state(), indent=2))
+    print(json.dumps(_read_state().to_json(), indent=2))
     return 0
-
-
-#: Seconds ``down`` gives the kept cluster's process to close it before killing it.
-DOWN_TIMEOUT = 60.0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the process that keeps the cluster (it closes the cluster), and only that process."""
     try:
-        stopped = Owner.of(read_state()).stop(DOWN_TIMEOUT)
+        stopped = stop_kept(DOWN_TIMEOUT)
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
     if stopped:
         print("cluster stopped")
         return 0
-    state_path().unlink(missing_ok=True)
     print(f"cluster did not stop in {DOWN_TIMEOUT:.0f}s; killed it")
     return 1
 
@@ -211,19 +191,18 @@ def _debug_client(args: argparse.Namespace) -> Any:
     from pytest_smalltown.debug import DebugClient
     from pytest_smalltown.launch.ports import dial_grpc
 
-    port = args.debug_port or int(_read_state()["ports"]["7837"])
+    port = args.debug_port or _read_state().ports[NodePort.DEBUG_SERVICE]
     return DebugClient(dial_grpc(port), retry_for=10, token=_debug_token(args))
 
 
 def _debug_token(args: argparse.Namespace) -> str | None:
     """The token to send: ``--debug-token FILE`` with ``--debug-port``, else the kept cluster's."""
     from pytest_smalltown.debug import read_debug_token
-    from pytest_smalltown.kept import debug_token
 
     if args.debug_port:
         return read_debug_token(args.debug_token) if args.debug_token else None
     try:
-        return debug_token(_read_state())
+        return _read_state().debug_token()
     except KeptClusterError as error:
         raise SystemExit(str(error)) from None
 
@@ -234,32 +213,14 @@ DEBUG_TOKEN_HELP = ("with --debug-port: the file with that cluster's debug token
 
 
 def _node_debug_ports(args: argparse.Namespace) -> dict[int, int]:
-    """Host port of the debug service of each node the command is for (``--node``, else all of them).
-
-    The kept cluster records every forwarded port; a per-node debug port is
-    guest port ``node_debug_guest_port(i)``. A state file from before those
-    forwards existed has only node 0's debug service (the 7837 forward).
-    """
-    from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT, node_debug_guest_port
-
+    """Host port of the debug service of each node the command is for (``--node``, else all of them)."""
     if args.debug_port:
         return {args.node or 0: args.debug_port}
     state = _read_state()
-    nodes = int(state["nodes"])
-    if args.node is not None and not 0 <= args.node < nodes:
-        raise SystemExit(f"--node {args.node}: the running cluster has nodes 0..{nodes - 1}")
-    ports = {}
-    for i in range(nodes) if args.node is None else [args.node]:
-        port = state["ports"].get(str(node_debug_guest_port(i)))
-        if port is None and i == 0:
-            port = state["ports"][str(DEBUG_SERVICE_PORT)]
-        if port is None:
-            raise SystemExit(
-                f"the running cluster forwards no debug port for node {i} (an older smalltown started it); "
-                "use --node 0, or restart it: smalltown down && smalltown up"
-            )
-        ports[i] = int(port)
-    return ports
+    try:
+        return {i: state.node_debug_port(i) for i in (range(state.spec.nodes) if args.node is None else [args.node])}
+    except KeptClusterError as error:
+        raise SystemExit(str(error)) from None
 
 
 def cmd_dbg_loadimage(args: argparse.Namespace) -> int:
@@ -311,7 +272,7 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
     from pytest_smalltown.kube import write_kubeconfig
 
     debug = _debug_client(args)
-    api_port = int(args.api_port or _read_state()["ports"]["6443"])
+    api_port = args.api_port or _read_state().ports[NodePort.KUBERNETES_API]
     kube = build_program("kube", stderr_progress)
     with tempfile.TemporaryDirectory(prefix="smalltown-kubectl-") as tmp:
         kubeconfig = write_kubeconfig(debug.debug_kubeconfig(), api_port, Path(tmp) / "kubeconfig")
@@ -322,12 +283,10 @@ def cmd_dbg_kubectl(args: argparse.Namespace) -> int:
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    from pytest_smalltown.kept import attach
+    from pytest_smalltown.attached import attach
     from pytest_smalltown.lifecycle import RebootError
-    from pytest_smalltown.spec import ClusterSpec
 
-    state = _read_state()
-    cluster = attach(ClusterSpec(int(state["nodes"]), tuple(state.get("preload", ()))))
+    cluster = attach(_read_state().spec)
     try:
         print(f"node {args.node}: {'hard reset' if args.hard else 'graceful reboot'} ...", flush=True)
         result = cluster.reboot_node(args.node, hard=args.hard, timeout=args.timeout)
@@ -361,20 +320,28 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def _conformance_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags of ``smalltown conformance``, before anything is built or started."""
-    from pytest_smalltown.conformance import PLAN_NAME
-    from pytest_smalltown.contract import MAX_NODES
+    from pytest_smalltown.conformance.files import PLAN_NAME
+    from pytest_smalltown.contract import check_node_count
 
     if args.resume is not None:
         given = [flag for flag, value in (("--focus", args.focus), ("--skip", args.skip), ("--smoke", args.smoke),
                                           ("--report-dir", args.report_dir)) if value]  # fmt: skip
         if given:
             return f"--resume continues a run with its own specs and report directory; {given[0]} cannot change them"
+    elif args.rerun_failed:
+        return "--rerun-failed runs the failed specs of a run again; give the run with --resume DIR"
+    elif args.rerun_without_junit:
+        return ("--rerun-without-junit runs again the specs of a run whose result is only in results.jsonl; "
+                "give the run with --resume DIR")
     elif args.report_dir is not None and (args.report_dir / PLAN_NAME).exists():
         return f"{args.report_dir} holds a run already; continue it with --resume {args.report_dir}, or give another"
     if args.smoke and args.focus:
         return "--smoke and --focus both choose the specs; give one of them"
-    if args.kubeconfig is None and not args.running and not 1 <= args.nodes <= MAX_NODES:
-        return f"--nodes must be between 1 and {MAX_NODES}"
+    if args.kubeconfig is None and not args.running:
+        try:
+            check_node_count(args.nodes, "--nodes")
+        except ValueError as error:
+            return str(error)
     if args.procs is not None and args.procs < 1:
         return "--procs must be at least 1"
     if args.running and args.kubeconfig is not None:
@@ -385,16 +352,17 @@ def _conformance_usage_error(args: argparse.Namespace) -> str | None:
 def _kept_conformance_kubeconfig() -> Path | None:
     """The kubeconfig of the cluster ``smalltown up`` keeps, if it has the conformance images (else says so)."""
     state = _read_state()
-    if "conformance" not in state.get("preload", []):
+    if "conformance" not in state.spec.preload:
         print("the running cluster has no conformance images; restart it with: "
               "smalltown down && smalltown up --preload conformance", file=sys.stderr)
         return None
-    return Path(state["kubeconfig"])
+    return state.kubeconfig
 
 
 def _interrupted_line(error: BaseException, report_dir: Path, launched: bool) -> str:
     """The one line an interrupted run ends with: what it has recorded so far and how to go on."""
-    from pytest_smalltown.conformance import ConformanceError, load_report
+    from pytest_smalltown.conformance.collect import load_report
+    from pytest_smalltown.conformance.errors import ConformanceError
 
     what = "SIGTERM" if isinstance(error, _Terminated) else "Ctrl-C"
     stopped = "the suite and the cluster were stopped" if launched else "the suite was stopped"
@@ -413,7 +381,8 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
     A launched cluster is closed afterwards, however the run ends; when a spec
     failed, its VMs' consoles are kept in the report directory first.
     """
-    from pytest_smalltown.conformance import build_suite, resume_conformance, run_conformance
+    from pytest_smalltown.conformance.command import build_suite
+    from pytest_smalltown.conformance.runner import resume_conformance, run_conformance
 
     # Build first: a cold e2e.test build takes long, and a cluster would idle meanwhile.
     binaries = build_suite(procs, stderr_progress)
@@ -422,7 +391,7 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         if args.kubeconfig is not None:
             kubeconfig = args.kubeconfig
         else:
-            from pytest_smalltown.cluster import launch_cluster
+            from pytest_smalltown.launcher import launch_cluster
             from pytest_smalltown.spec import ClusterSpec
 
             spec = ClusterSpec(nodes=args.nodes, preload=("conformance",))
@@ -431,7 +400,8 @@ def _conformance_on_a_cluster(args: argparse.Namespace, focus: str | None, procs
         options: dict[str, Any] = dict(report_dir=report_dir, procs=procs, progress=stderr_progress,
                                        binaries=binaries)  # fmt: skip
         if args.resume is not None:
-            report = resume_conformance(kubeconfig, **options)
+            report = resume_conformance(kubeconfig, rerun_failed=args.rerun_failed,
+                                        rerun_without_junit=args.rerun_without_junit, **options)  # fmt: skip
         else:
             report = run_conformance(kubeconfig, focus=focus, skip=args.skip, **options)
         if cluster is not None and not report.ok:
@@ -448,7 +418,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     ``--resume DIR`` runs the specs of DIR's run that have no result yet. SIGTERM
     and Ctrl-C stop the suite and the cluster in order and exit 130 with one line.
     """
-    from pytest_smalltown.conformance import ConformanceError, RunPlan, smoke_focus
+    from pytest_smalltown.conformance.errors import ConformanceError
+    from pytest_smalltown.conformance.plan import RunPlan
+    from pytest_smalltown.conformance.smoke import smoke_focus
     from pytest_smalltown.images.gobuild import GoBuildError
 
     problem = _conformance_usage_error(args)
@@ -505,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     path.set_defaults(func=cmd_image_path)
 
     accel = commands.add_parser("accel", help="probe which accelerator this host can use")
-    accel.add_argument("mode", nargs="?", default="auto", choices=("auto", "kvm", "tcg"))
+    accel.add_argument("mode", nargs="?", default="auto", choices=ACCEL_MODES)
     accel.set_defaults(func=cmd_accel)
 
     up = commands.add_parser("up", help="start a cluster in the background and print how to reach it")
@@ -526,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     reboot.add_argument("node", type=int, help="node index (0 runs the control plane)")
     reboot.add_argument("--hard", action="store_true", help="reset the VM instead of a clean shutdown (node 0: "
                         "etcd may lose its last writes)")
-    reboot.add_argument("--timeout", type=float, help="seconds to wait for it (default 600: the default boot timeout)")
+    reboot.add_argument("--timeout", type=float,
+                        help=f"seconds to wait for it (default {DEFAULT_BOOT_TIMEOUT:g}: the default boot timeout)")
     reboot.set_defaults(func=cmd_reboot)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
@@ -561,7 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(conformance, nodes=2, why=": the suite needs two schedulable nodes")
     conformance.add_argument("--focus", help=r"Ginkgo focus regexp (default: \[Conformance\])")
     conformance.add_argument("--skip", help="Ginkgo skip regexp")
-    conformance.add_argument("--smoke", action="store_true", help="run only the smoke subset (conformance.SMOKE_TESTS)")
+    conformance.add_argument(
+        "--smoke", action="store_true", help="run only the smoke subset (conformance.smoke.SMOKE_TESTS)"
+    )
     conformance.add_argument(
         "--procs", type=int, help="parallel e2e.test processes via the Ginkgo CLI (default 1, or the resumed run's); "
         "[Serial] specs run on one process after the others",
@@ -575,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only the specs of DIR's run that have no result yet (same focus and skip), adding to its report",
     )  # fmt: skip
     conformance.add_argument(
+        "--rerun-failed", action="store_true",
+        help="with --resume: also run again the specs whose result is failed (their latest result counts)",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--rerun-without-junit", action="store_true",
+        help="with --resume: also run again the specs whose result is only in results.jsonl, in no JUnit that "
+        "e2e.test wrote (their latest result counts), so that the run's JUnit is whole",
+    )  # fmt: skip
+    conformance.add_argument(
         "--kubeconfig", type=Path, help="run against this existing cluster instead of launching one"
     )
     conformance.add_argument(
@@ -586,8 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``smalltown`` command; its exit status.
+
+    An error of ours (a :class:`SmalltownError`: a build step that failed, a
+    launch that did not finish, a missing program) is a message for the user,
+    not a bug: it ends the command with ``smalltown: <message>`` on stderr
+    and exit status 1, without a traceback. Anything else still shows one.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SmalltownError as error:
+        print(f"smalltown: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

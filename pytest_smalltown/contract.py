@@ -35,14 +35,59 @@ SWITCH_FORWARDED_PORTS: tuple[NodePort, ...] = (
 #: ``NODE_DEBUG_PORT_BASE + i`` to node ``i``'s debug service (port 7837), so
 #: the host reaches every node's NodeDebugService, not only node 0's. The
 #: switch reserves ports BASE .. BASE + MAX_NODES - 1 for this
-#: (``launch/switch.py: node_debug_guest_port``).
+#: (:func:`node_debug_guest_port`).
 NODE_DEBUG_PORT_BASE = 27837
 
-#: Most nodes a cluster has, everywhere (markers, the CLI, the switch). The
-#: binding limit is the host: eight 2 GiB node VMs fill a 24 GiB CI machine
-#: with room for the switch and the tests. The switch itself could serve 16
-#: (microvm's 24 virtio-mmio slots; ~27 bytes of its kernel command line per lease).
+#: Most nodes a cluster has, everywhere (markers, settings, the CLI, the
+#: switch: all ask :func:`check_node_count`). The binding limit is the host:
+#: eight 2 GiB node VMs fill a 24 GiB CI machine with room for the switch and
+#: the tests. The switch itself could serve 16 (microvm's 24 virtio-mmio
+#: slots; ~27 bytes of its kernel command line per lease).
 MAX_NODES = 8
+
+
+def check_node_count(nodes: object, what: str = "node count") -> int:
+    """Return ``nodes`` if it is a node count a cluster can have (an int in 1..MAX_NODES), else raise ValueError.
+
+    The one check of the limit. ``what`` names the value in the message
+    where the caller got it (``smalltown(nodes=9)``, ``--nodes``).
+    """
+    if isinstance(nodes, bool) or not isinstance(nodes, int):
+        raise ValueError(f"{what} must be an integer, got {nodes!r} ({type(nodes).__name__})")
+    if not 1 <= nodes <= MAX_NODES:
+        raise ValueError(f"{what} is out of range: a cluster has 1 to {MAX_NODES} nodes, got {nodes}")
+    return nodes
+
+
+# --- Node addresses (the switch's fixed DHCP leases) -------------------------
+
+#: MAC of the switch's uplink NIC; the switch tells its uplink from node NICs by it.
+UPLINK_MAC = "02:72:82:bf:c3:56"
+#: Address of the switch on the node network (nodes' router).
+SWITCH_ADDRESS = "10.1.0.1"
+
+
+def _check_node_index(i: int) -> None:
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < MAX_NODES:
+        raise ValueError(f"node index must be an int in 0..{MAX_NODES - 1}, got {i!r}")
+
+
+def node_mac(i: int) -> str:
+    """The MAC the launcher gives node ``i``; the switch's fixed lease is keyed by it."""
+    _check_node_index(i)
+    return "02:53:4d:01:00:%02x" % (2 + i)
+
+
+def node_address(i: int) -> str:
+    """The address node ``i`` gets by DHCP from the switch: 10.1.0.(2+i), in :data:`NODE_NETWORK`."""
+    _check_node_index(i)
+    return "10.1.0.%d" % (2 + i)
+
+
+def node_debug_guest_port(i: int) -> int:
+    """The switch's uplink port that leads to node ``i``'s debug service (NODE_DEBUG_PORT_BASE + i)."""
+    _check_node_index(i)
+    return NODE_DEBUG_PORT_BASE + i
 
 #: etcd members (and control-plane nodes) of a cluster large enough to have
 #: several: three survive the loss of any one.
@@ -84,6 +129,13 @@ COMPONENTS: tuple[str, ...] = (
 CONDITIONS: tuple[str, ...] = ("IPAssigned", "DataAvailable", "KubernetesReady")
 
 # --- Reference image only -------------------------------------------------
+
+#: Where the reference image keeps kube (and its kubelet, kubectl... links), etcd and
+#: CoreDNS: ``images/node.py`` puts them there, the agent (``node/config.py``) runs them from there.
+IMAGE_BIN_DIR = "/usr/local/bin"
+#: Where the reference image keeps its preloaded image archives (``docker save``, ``*.tar``)
+#: and their index ``images.json``, which the agent imports into containerd at boot.
+IMAGE_ARCHIVE_DIR = "/opt/smalltown/images"
 
 #: Container images preloaded into containerd's k8s.io namespace at boot.
 #: Tags are not "latest", so the default pull policy IfNotPresent never pulls.

@@ -29,10 +29,16 @@ import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
-from pytest_smalltown.contract import DEBUG_GROUPS, DEBUG_TOKEN_METADATA_KEY, DEBUG_USER, IMAGE_IMPORT_SECONDS_PER_MIB
-from pytest_smalltown.kube import wait_for
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.waits import wait_for
+from pytest_smalltown.contract import (
+    DEBUG_GROUPS,
+    DEBUG_TOKEN_METADATA_KEY,
+    DEBUG_USER,
+    IMAGE_IMPORT_SECONDS_PER_MIB,
+    node_debug_guest_port,
+)
 from pytest_smalltown.launch.ports import PortMap
-from pytest_smalltown.launch.switch import node_debug_guest_port
 from pytest_smalltown.secretfile import write_private
 
 T = TypeVar("T")
@@ -53,7 +59,7 @@ def load_image_timeout(size: int) -> float:
     return LOAD_IMAGE_BASE_TIMEOUT + size / (1 << 20) * IMAGE_IMPORT_SECONDS_PER_MIB
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(SmalltownError, RuntimeError):
     """A node did not import an image archive; names the file and the node's reason."""
 
     def __init__(self, path: Path, code: grpc.StatusCode, details: str) -> None:
@@ -70,7 +76,7 @@ def _archive_parts(path: Path) -> Iterator[debug_pb2.ImagePart]:
             yield debug_pb2.ImagePart(data_part=chunk)
 
 
-class LogTimeoutError(TimeoutError):
+class LogTimeoutError(SmalltownError, TimeoutError):
     """A log line that a test waited for did not appear."""
 
 
@@ -192,7 +198,7 @@ class DebugClient:
         return reply.ok
 
     def wait_condition(self, name: str, timeout: float, interval: float = 0.5) -> None:
-        """Poll until ``name`` holds; :class:`~pytest_smalltown.kube.WaitTimeoutError` naming the condition otherwise.
+        """Poll until ``name`` holds; :class:`~pytest_smalltown.base.waits.WaitTimeoutError` naming the condition otherwise.
 
         A node that cannot be reached counts as "not yet", like a false answer;
         any other error (an unknown condition: NOT_FOUND) is raised at once.

@@ -7,6 +7,13 @@ console logs. The CLI's ``status``/``dbg``/``down`` read it, and
 ``pytest --smalltown-attach`` runs a session against that cluster instead of
 booting one: fresh namespaces per test as always, nothing torn down at the
 end.
+
+The whole protocol lives here, so its two keepers (``up``'s server and a
+pytest session) and its readers agree on it: :func:`claim` (one kept cluster
+per cache), :class:`KeptState` (the state file, read and written only
+through it), :func:`serve` and :func:`wait_while_kept` (keeping),
+:func:`stop_kept` (``down``); :mod:`pytest_smalltown.attached` builds a
+session's clients from a :class:`KeptState` (``--smalltown-attach``, ``smalltown reboot``).
 """
 
 from __future__ import annotations
@@ -14,28 +21,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import pwd
 import select
-import shutil
 import signal
-from collections.abc import Iterable
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.contract import NodePort
-from pytest_smalltown.images.cache import cache_root
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
+
+# Imported with the module, not when a wait starts: a keeper's state is on disk by then, and a
+# `smalltown down` (SIGTERM) that landed in a slow import would escape the wait's Ctrl-C handling.
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.launch.ports import PortMap
-from pytest_smalltown.launch.vm import check_console_not_hung
+from pytest_smalltown.launch.vm import GuestHungError
+from pytest_smalltown.pool import ClusterHandle
 from pytest_smalltown.spec import ClusterSpec
 
 
-#: Default deadline of a kept cluster's reboot (its boot timeout is not recorded): the default boot timeout.
-KEPT_REBOOT_TIMEOUT = 600.0
-
-
-class KeptClusterError(RuntimeError):
+class KeptClusterError(SmalltownError, RuntimeError):
     """No usable kept cluster; the message says how to get one."""
 
 
@@ -91,10 +101,6 @@ class Owner:
 
     pid: int
     identity: str | None
-
-    @classmethod
-    def of(cls, state: dict[str, Any]) -> Owner:
-        return cls(state["pid"], state.get("owner"))
 
     def running(self) -> bool:
         """Whether the recorded process still runs (not merely some process with its pid)."""
@@ -161,271 +167,286 @@ def _user_of(pid: int) -> str:
         return f"uid {uid}"
 
 
-def read_state() -> dict[str, Any]:
-    """The recorded cluster, checked to be one whose owning process is still alive."""
-    path = state_path()
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KeptClusterError("no cluster is running (start one with: smalltown up)") from None
-    except (OSError, ValueError) as error:  # unreadable, or not JSON (a crash mid-write, an edit)
-        raise KeptClusterError(
-            f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
-            f"'smalltown up' process, then remove the file and start again with: smalltown up"
-        ) from None
-    # A pid of 0 or below would name a process group, or every process there is, to a signal.
-    if not isinstance(state, dict) or type(state.get("pid")) is not int or state["pid"] <= 0 or not isinstance(
-        state.get("owner", ""), str
-    ):
-        raise KeptClusterError(
-            f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
-            "start again with: smalltown up"
-        )
-    if not Owner.of(state).running():
-        path.unlink(missing_ok=True)
-        raise KeptClusterError(
-            "the recorded cluster is gone (its process exited); start one with: smalltown up"
-        ) from None
-    return state
+@dataclass(frozen=True)
+class KeptState:
+    """What the state file records of a kept cluster: who keeps it and how to reach it.
 
-
-def write_state(cluster: Any, pid: int) -> None:
-    """Record ``cluster`` (a :class:`~pytest_smalltown.cluster.Cluster`) as kept by process ``pid``."""
-    state = {
-        "pid": pid,
-        "owner": process_identity(pid),
-        "nodes": cluster.spec.nodes,
-        "preload": list(cluster.spec.preload),
-        "ports": {str(guest): host for guest, host in cluster.ports.items()},
-        "kubeconfig": str(cluster.kubeconfig_path),
-        # The file, not the token: the state file is not private, the token file (0600) is.
-        "debug_token": str(cluster.debug_token_path),
-        "consoles": {node.name: str(node.console_log) for node in cluster.nodes},
-        # Per node index: what a reboot from another process needs.
-        "addresses": [node.address for node in cluster.nodes],
-        "qmp_sockets": [str(node.qmp_socket) for node in cluster.nodes],
-        "switch_qmp_socket": str(cluster.switch_qmp_socket),
-        "phases": cluster.phase_seconds,
-        "how": cluster.how,
-    }
-    path = state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
-
-
-def debug_token(state: dict[str, Any]) -> str | None:
-    """The kept cluster's debug token, read from the file its state names (None if it names none).
-
-    Reading it needs the rights of the user who kept the cluster: another
-    local user gets a clear error here, and UNAUTHENTICATED from the nodes
-    if they try without it.
+    One JSON object on disk (``cluster.json``), written by the keeping
+    process and read by the CLI and by ``--smalltown-attach``. Fields that
+    older smalltown versions did not record read as empty (None, ``[]``,
+    ``{}``); the features that need them say so when used.
     """
-    from pytest_smalltown.debug import read_debug_token
 
-    if not state.get("debug_token"):
-        return None
-    path = Path(state["debug_token"])
-    try:
-        return read_debug_token(path)
-    except PermissionError:
-        raise KeptClusterError(f"the kept cluster's debug token {path} is not yours to read: another user kept "
-                               "this cluster, and only they (or root) can call its debug services") from None
-    except OSError as error:
-        raise KeptClusterError(f"the kept cluster's debug token is unreadable ({error}); if it is still running, "
-                               "stop it and start again: smalltown down && smalltown up") from None
-
-
-def remove_state(pid: int) -> None:
-    """Forget the kept cluster, if it is the one process ``pid`` recorded."""
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(state_path().read_text()).get("pid") == pid:
-            state_path().unlink()
-
-
-@dataclass
-class AttachedCluster:
-    """The kept cluster as a session sees it: the same clients as a launched one; closing leaves it running."""
-
+    owner: Owner
     spec: ClusterSpec
-    debug: Any  # DebugClient
-    kube: Any  # kubernetes.client.ApiClient
-    kubeconfig_path: Path
+    #: Guest port -> 127.0.0.1 host port, of the switch's forwards.
     ports: PortMap
-    owner_pid: int
-    console_paths: dict[str, Path]
-    #: :func:`process_identity` of the owner (None: an older smalltown kept it and recorded none).
-    owner_identity: str | None = None
-    #: The cluster's debug token and its file (None: an older smalltown kept it, whose nodes check none).
-    debug_token: str | None = None
+    kubeconfig: Path
+    #: The file (0600) with the debug token: the state file is not private, the token file is.
     debug_token_path: Path | None = None
+    #: Console log of each node, by VM name.
+    consoles: dict[str, Path] = field(default_factory=dict)
+    #: Per node index: what a reboot from another process needs.
     addresses: list[str] = field(default_factory=list)
     qmp_sockets: list[Path] = field(default_factory=list)
     switch_qmp_socket: Path | None = None
-    phase_seconds: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    #: How it came up: "booted", "restored from ...".
+    how: str = "booted"
 
-    def load_image(self, archive: Path, nodes: Iterable[int] | None = None) -> None:
-        """As :meth:`pytest_smalltown.cluster.Cluster.load_image`, into the kept cluster's nodes."""
-        from pytest_smalltown.debug import load_image_into_nodes
-
-        load_image_into_nodes(self.ports, self.debug_token, archive, range(self.spec.nodes) if nodes is None else nodes)
-
-    def forward_node_port(self, node_port: int) -> int:
-        """As :meth:`pytest_smalltown.cluster.Cluster.forward_node_port`; the forward lasts as long as the kept cluster."""
-        from pytest_smalltown.launch.switch import forward_node_port
-        from pytest_smalltown.launch.vmstate import Monitor
-
-        if self.switch_qmp_socket is None:
-            raise KeptClusterError("an older smalltown started the kept cluster (no switch QMP socket recorded); "
-                                   "restart it: smalltown down && smalltown up")
-        monitor = Monitor.at(self.switch_qmp_socket, "nanoswitch")
-        try:
-            return forward_node_port(monitor, node_port)
-        finally:
-            monitor.close()
-
-    def node_debug(self, index: int) -> Any:
-        """As :meth:`pytest_smalltown.cluster.Cluster.node_debug`: a new debug client for node ``index``."""
-        from pytest_smalltown.debug import node_debug_client
-
-        return node_debug_client(self.ports, index, self.debug_token)
-
-    def stop_node(self, index: int) -> None:
-        """As :meth:`pytest_smalltown.cluster.Cluster.stop_node`: node ``index`` stops, unwarned, and stays stopped.
-
-        Its vCPUs are stopped for good (QMP ``stop``) rather than its QEMU
-        ended: the VMs belong to the process that keeps the cluster, which
-        cannot tell an exit asked for here from a crash and would close the
-        whole cluster. To the other nodes and the API it is a power cut (no
-        answer, no goodbye); its QEMU and RAM go with the rest at ``smalltown down``.
-        """
-        from pytest_smalltown.launch.vmstate import Monitor, pause
-
-        monitor = Monitor.at(self._qmp_socket(index), f"node{index}")
-        try:
-            pause(monitor)
-        finally:
-            monitor.close()
-
-    def _qmp_socket(self, index: int) -> Path:
-        if not 0 <= index < len(self.qmp_sockets):
-            raise KeptClusterError(
-                f"node {index}: the kept cluster has nodes 0..{self.spec.nodes - 1}"
-                + ("" if self.qmp_sockets else " but an older smalltown started it (no QMP sockets recorded); "
-                   "restart it: smalltown down && smalltown up")
-            )
-        return self.qmp_sockets[index]
-
-    def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> Any:
-        """As :meth:`pytest_smalltown.cluster.Cluster.reboot_node`, on the kept cluster's node ``index``."""
-        from pytest_smalltown.debug import node_debug_client
-        from pytest_smalltown.launch.vmstate import Monitor
-        from pytest_smalltown.lifecycle import reboot_node
-
-        name = f"node{index}"
-        monitor = Monitor.at(self._qmp_socket(index), name)
-        debug = node_debug_client(self.ports, index, self.debug_token)
-        try:
-            return reboot_node(monitor, debug, self.kube, self.addresses[index], hard=hard,
-                               timeout=KEPT_REBOOT_TIMEOUT if timeout is None else timeout,
-                               guest=ConsoleLogFile(name, self.console_paths.get(name)))
-        finally:
-            debug.close()
-            monitor.close()
-
-    def check_alive(self) -> None:
-        if not Owner(self.owner_pid, self.owner_identity).running():
-            raise KeptClusterError(
-                f"the kept cluster's process (pid {self.owner_pid}) exited; start one again with: smalltown up"
-            )
-
-    def consoles(self, lines: int = 40) -> dict[str, list[str]]:
-        """The last ``lines`` lines of each node's console log."""
-        tails = {}
-        for name, path in self.console_paths.items():
-            with contextlib.suppress(OSError):
-                tails[name] = path.read_text(errors="replace").splitlines()[-lines:]
-        return tails
-
-    def dump(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for path in self.console_paths.values():
-            with contextlib.suppress(OSError):
-                copied.append(Path(shutil.copy(path, directory / path.name)))
-        return copied
-
-    def close(self) -> None:
-        """Close this session's clients; the cluster itself stays up for the next session."""
-        with contextlib.suppress(Exception):
-            self.kube.close()
-        with contextlib.suppress(Exception):
-            self.debug.close()
-
-
-class ConsoleLogFile:
-    """A kept node's console as a reboot reads it: from its log file, since the VM is the keeping process's."""
-
-    def __init__(self, name: str, path: Path | None) -> None:
-        self.name = name
-        self.path = path
-        self._reset_at = 0
-
-    def _read(self, start: int = 0) -> list[str]:
-        if self.path is None:
-            return []
-        try:
-            with open(self.path, "rb") as log:
-                log.seek(start)
-                return log.read().decode(errors="replace").splitlines()
-        except OSError:
-            return []
-
-    def note_reset(self) -> None:
-        """Health checks read what the log gains from now on."""
-        try:
-            self._reset_at = self.path.stat().st_size if self.path is not None else 0
-        except OSError:
-            self._reset_at = 0
-
-    def check_not_hung(self) -> None:
-        """As :meth:`pytest_smalltown.launch.vm.VM.check_not_hung`, on the log since :meth:`note_reset`."""
-        check_console_not_hung(self.name, self._read(self._reset_at), self.console_tail)
-
-    def console_tail(self, lines: int = 50) -> list[str]:
-        """The log's last ``lines`` lines."""
-        return self._read()[-lines:]
-
-
-def attach(spec: ClusterSpec) -> AttachedCluster:
-    """Clients for the kept cluster, which must be of ``spec``."""
-    from pytest_smalltown.debug import DebugClient
-    from pytest_smalltown.kube import api_client
-
-    state = read_state()
-    kept = ClusterSpec(int(state["nodes"]), tuple(state.get("preload", ())))
-    if kept != spec:
-        raise KeptClusterError(
-            f"--smalltown-attach: the kept cluster is {kept}, but these tests need {spec}; run them without "
-            f"--smalltown-attach, or keep a matching one: smalltown down && smalltown up --nodes {spec.nodes}"
-            + "".join(f" --preload {name}" for name in spec.preload)
+    @classmethod
+    def of_cluster(cls, cluster: Any, pid: int) -> KeptState:
+        """The state of ``cluster`` (a :class:`~pytest_smalltown.cluster.Cluster`) kept by process ``pid``."""
+        return cls(
+            owner=Owner(pid, process_identity(pid)),
+            spec=cluster.spec,
+            ports=PortMap(dict(cluster.ports.items())),
+            kubeconfig=Path(cluster.kubeconfig_path),
+            debug_token_path=cluster.debug_token_path,
+            consoles={node.name: Path(node.console_log) for node in cluster.nodes},
+            addresses=[node.address for node in cluster.nodes],
+            qmp_sockets=[Path(node.qmp_socket) for node in cluster.nodes],
+            switch_qmp_socket=cluster.switch_qmp_socket,
+            phases=dict(cluster.phase_seconds),
+            how=cluster.how,
         )
-    ports = PortMap({int(guest): int(host) for guest, host in state["ports"].items()})
-    kubeconfig = Path(state["kubeconfig"])
-    token = debug_token(state)
-    return AttachedCluster(
-        spec=spec,
-        debug=DebugClient(ports.dial_grpc(NodePort.DEBUG_SERVICE), token=token),
-        debug_token=token,
-        debug_token_path=Path(state["debug_token"]) if token else None,
-        kube=api_client(kubeconfig),
-        kubeconfig_path=kubeconfig,
-        ports=ports,
-        owner_pid=int(state["pid"]),
-        owner_identity=state.get("owner"),
-        console_paths={name: Path(path) for name, path in state.get("consoles", {}).items()},
-        addresses=list(state.get("addresses", [])),
-        qmp_sockets=[Path(path) for path in state.get("qmp_sockets", [])],
-        switch_qmp_socket=Path(state["switch_qmp_socket"]) if state.get("switch_qmp_socket") else None,
-    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The state file's object, in the format every smalltown version reads."""
+        return {
+            "pid": self.owner.pid,
+            "owner": self.owner.identity,
+            "nodes": self.spec.nodes,
+            "preload": list(self.spec.preload),
+            "ports": {str(guest): host for guest, host in self.ports.items()},
+            "kubeconfig": str(self.kubeconfig),
+            "debug_token": str(self.debug_token_path) if self.debug_token_path is not None else None,
+            "consoles": {name: str(path) for name, path in self.consoles.items()},
+            "addresses": list(self.addresses),
+            "qmp_sockets": [str(path) for path in self.qmp_sockets],
+            "switch_qmp_socket": str(self.switch_qmp_socket) if self.switch_qmp_socket is not None else None,
+            "phases": dict(self.phases),
+            "how": self.how,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, path: Path) -> KeptState:
+        """The state in ``data`` (read from ``path``); raises :class:`KeptClusterError` if it is not a state file."""
+        not_ours = KeptClusterError(
+            f"the cluster state file {path} is not one that 'smalltown up' wrote; remove it and "
+            "start again with: smalltown up"
+        )
+        # A pid of 0 or below would name a process group, or every process there is, to a signal.
+        if not isinstance(data, dict) or type(data.get("pid")) is not int or data["pid"] <= 0 or not isinstance(
+            data.get("owner", ""), (str, type(None))
+        ):
+            raise not_ours
+        try:
+            return cls(
+                owner=Owner(data["pid"], data.get("owner")),
+                spec=ClusterSpec(int(data["nodes"]), tuple(data.get("preload", ()))),
+                ports=PortMap({int(guest): int(host) for guest, host in data.get("ports", {}).items()}),
+                kubeconfig=Path(data["kubeconfig"]),
+                debug_token_path=Path(data["debug_token"]) if data.get("debug_token") else None,
+                consoles={name: Path(console) for name, console in data.get("consoles", {}).items()},
+                addresses=list(data.get("addresses", [])),
+                qmp_sockets=[Path(socket) for socket in data.get("qmp_sockets", [])],
+                switch_qmp_socket=Path(data["switch_qmp_socket"]) if data.get("switch_qmp_socket") else None,
+                phases=dict(data.get("phases", {})),
+                how=str(data.get("how", "booted")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise not_ours from None
+
+    @classmethod
+    def read(cls) -> KeptState:
+        """The recorded cluster, checked to be one whose owning process is still alive."""
+        path = state_path()
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise KeptClusterError("no cluster is running (start one with: smalltown up)") from None
+        except (OSError, ValueError) as error:  # unreadable, or not JSON (a crash mid-write, an edit)
+            raise KeptClusterError(
+                f"the cluster state file {path} is unreadable ({error}); if a cluster is still running, stop its "
+                f"'smalltown up' process, then remove the file and start again with: smalltown up"
+            ) from None
+        state = cls.from_json(data, path)
+        if not state.owner.running():
+            path.unlink(missing_ok=True)
+            raise KeptClusterError("the recorded cluster is gone (its process exited); start one with: smalltown up")
+        return state
+
+    @classmethod
+    def running(cls) -> KeptState | None:
+        """The kept cluster, if one runs (a record whose process is gone, or that cannot be read, counts as none)."""
+        if not state_path().exists():
+            return None
+        try:
+            return cls.read()
+        except KeptClusterError:
+            return None
+
+    def write(self) -> None:
+        """Record this state, atomically (a reader sees the old file or the new one, never half of one)."""
+        path = state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def forget(pid: int) -> None:
+        """Remove the state file, if it is the one process ``pid`` recorded."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(state_path().read_text()).get("pid") == pid:
+                state_path().unlink()
+
+    def debug_token(self) -> str | None:
+        """The kept cluster's debug token, read from the file the state names (None if it names none).
+
+        Reading it needs the rights of the user who kept the cluster: another
+        local user gets a clear error here, and UNAUTHENTICATED from the nodes
+        if they try without it.
+        """
+        from pytest_smalltown.debug import read_debug_token
+
+        if self.debug_token_path is None:
+            return None
+        try:
+            return read_debug_token(self.debug_token_path)
+        except PermissionError:
+            raise KeptClusterError(f"the kept cluster's debug token {self.debug_token_path} is not yours to read: "
+                                   "another user kept this cluster, and only they (or root) can call its debug "
+                                   "services") from None
+        except OSError as error:
+            raise KeptClusterError(f"the kept cluster's debug token is unreadable ({error}); if it is still running, "
+                                   "stop it and start again: smalltown down && smalltown up") from None
+
+    def node_debug_port(self, index: int) -> int:
+        """Host port of node ``index``'s debug service.
+
+        A per-node debug port is guest port ``node_debug_guest_port(i)``. A
+        state file from before those forwards existed has only node 0's
+        debug service (the 7837 forward).
+        """
+        from pytest_smalltown.contract import node_debug_guest_port
+        from pytest_smalltown.launch.switch import DEBUG_SERVICE_PORT
+
+        if not 0 <= index < self.spec.nodes:
+            raise KeptClusterError(f"--node {index}: the running cluster has nodes 0..{self.spec.nodes - 1}")
+        port = self.ports.get(node_debug_guest_port(index))
+        if port is None and index == 0:
+            port = self.ports[DEBUG_SERVICE_PORT]
+        if port is None:
+            raise KeptClusterError(
+                f"the running cluster forwards no debug port for node {index} (an older smalltown started it); "
+                "use --node 0, or restart it: smalltown down && smalltown up"
+            )
+        return port
+
+
+#: Seconds ``smalltown down`` gives the kept cluster's process to close it before killing it.
+DOWN_TIMEOUT = 60.0
+
+
+def stop_kept(timeout: float = DOWN_TIMEOUT) -> bool:
+    """``smalltown down``: stop the process that keeps the cluster (it closes the cluster), and only that process.
+
+    True if it stopped by itself within ``timeout`` s; False if it was killed
+    (its state file is then removed here, as it could not remove it itself).
+    """
+    if KeptState.read().owner.stop(timeout):
+        return True
+    state_path().unlink(missing_ok=True)
+    return False
+
+
+def start_keeper(argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """``smalltown up``: start ``argv``, a process that launches a cluster and :func:`serve`s it; it and its log.
+
+    The slot (:func:`claim`) is taken here and handed to that process, which
+    holds it for as long as it keeps the cluster; raises
+    :class:`KeptClusterError` if another process holds it.
+    """
+    slot = claim()
+    if slot is None:
+        raise KeptClusterError("another cluster is being started or kept right now (smalltown status shows it once it "
+                               "is up); stop it with: smalltown down")
+    log_path = state_path().parent / "up.log"
+    with open(log_path, "wb") as log:
+        keeper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                  pass_fds=(slot,))  # fmt: skip
+    os.close(slot)
+    return keeper, log_path
+
+
+def wait_recorded(keeper: subprocess.Popen[bytes], log_path: Path, echo: Callable[[str], object]) -> KeptState:
+    """The state ``keeper`` (from :func:`start_keeper`) records once its cluster is up; its log is echoed meanwhile.
+
+    No deadline of its own: the launch in the keeper has its boot timeout.
+    Raises :class:`KeptClusterError`, with the log's tail, if it exits first.
+    """
+    offset = 0
+
+    def recorded_or_exited() -> bool:
+        nonlocal offset
+        if state_path().exists() or keeper.poll() is not None:
+            return True
+        text = log_path.read_text(errors="replace")
+        echo(text[offset:])
+        offset = len(text)
+        return False
+
+    wait_for("the cluster's state file", recorded_or_exited, timeout=math.inf, interval=1.0)
+    if not state_path().exists():
+        raise KeptClusterError(f"{log_path.read_text()[-4000:]}\nthe cluster failed to start (exit "
+                               f"{keeper.returncode}); full log: {log_path}")
+    return KeptState.read()
+
+
+def wait_while_kept(clusters: Iterable[ClusterHandle], say: Callable[[str], None],
+                    stop: threading.Event | None = None) -> None:
+    """Keep ``clusters`` up until ``stop`` is set, Ctrl-C (or SIGTERM turned into it), or one of them dies.
+
+    The one wait of both keepers, ``smalltown up``'s server and a pytest
+    session with ``--smalltown-keep-on-failure``: every second it asks each
+    cluster's own ``check_alive``: a VM or the switch that exited ends the
+    wait; a hung guest is said once and the cluster kept as it is.
+    """
+    clusters = list(clusters)
+    hangs_told: set[str] = set()
+
+    def stopped() -> bool:
+        for cluster in clusters:
+            try:
+                cluster.check_alive()
+            except GuestHungError as hung:
+                # A kept cluster is there to be looked at: a hung guest is news, not a reason to destroy the
+                # evidence. (Another process may also be rebooting that node, and resets a hung boot itself.)
+                if hung.name not in hangs_told:
+                    hangs_told.add(hung.name)
+                    say(f"{hung.name}'s kernel reports a CPU stuck for {hung.seconds}s (soft lockup); the cluster "
+                        "stays up as it is: its console log and `smalltown dbg` show what it does")
+        return stop is not None and stop.is_set()
+
+    try:
+        # fatal=(Exception,): a death ends the wait at once, it is no "not yet".
+        wait_for("smalltown down", stopped, timeout=math.inf, interval=1.0, fatal=(Exception,))
+    except KeyboardInterrupt:
+        say("stopping the kept clusters")
+    except Exception as error:  # a kept VM died: nothing left to wait for
+        say(f"a kept cluster died: {(str(error).splitlines() or [type(error).__name__])[0]}")
+
+
+def serve(cluster: Any, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """``smalltown up``'s server: record ``cluster`` as kept by this process, keep it until ``stop`` or its death.
+
+    The caller (which launched it) closes it afterwards.
+    """
+    pid = os.getpid()
+    KeptState.of_cluster(cluster, pid).write()
+    try:
+        wait_while_kept([cluster], say, stop)
+    finally:
+        KeptState.forget(pid)

@@ -16,77 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_fixed
 from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import stream
 
-from pytest_smalltown.secretfile import write_private
+from pytest_smalltown.base.waits import HopelessWaitError, WaitTimeoutError, wait_for
 from pytest_smalltown.launch.ports import LOOPBACK
-
-T = TypeVar("T")
-
-
-class WaitTimeoutError(TimeoutError):
-    """Something a test waited for did not happen; the message says what and what was last seen."""
+from pytest_smalltown.secretfile import write_private
 
 
-class PodEndedError(AssertionError):
-    """A pod reached a terminal phase other than the one awaited: waiting longer cannot help."""
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], T | None],
-    timeout: float,
-    interval: float = 0.5,
-    describe: Callable[[], str] | None = None,
-    fatal: tuple[type[BaseException], ...] = (),
-) -> T:
-    """Call ``check`` until it returns something truthy; return that.
-
-    The host side's one polling policy (a fixed interval up to a deadline,
-    on tenacity). Exceptions from ``check`` count as "not yet" (the API may be
-    briefly unavailable), except :class:`PodEndedError` and the ``fatal``
-    types, which are raised at once because waiting cannot help; a
-    ``BaseException`` that is no ``Exception`` (an interrupt, the cluster's
-    death) ends the wait at once too. On the
-    deadline raise :class:`WaitTimeoutError` naming ``what`` and the last state
-    (``describe()``, or the last exception ``check`` raised).
-    """
-    stop_at_once: tuple[type[BaseException], ...] = (PodEndedError, *fatal)
-
-    def not_yet(error: BaseException) -> bool:
-        # Only an Exception means "not yet". What means "stop everything" is a
-        # BaseException and ends the wait at once: KeyboardInterrupt (Ctrl-C,
-        # and the plugin's SIGTERM), the death watch's ClusterDiedDuringTest,
-        # pytest's outcomes; otherwise the test would sit out the whole timeout.
-        return isinstance(error, Exception) and not isinstance(error, stop_at_once)
-
-    def give_up(state: RetryCallState) -> T:
-        detail = ""
-        if describe is not None:
-            try:
-                detail = f"; last state: {describe()}"
-            except Exception as error:  # noqa: BLE001
-                detail = f"; could not describe state: {error}"
-        elif state.outcome is not None and state.outcome.failed:
-            detail = f"; last error: {state.outcome.exception()}"
-        raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-
-    retrying = Retrying(
-        retry=retry_if_exception(not_yet) | retry_if_result(lambda r: not r),
-        wait=wait_fixed(interval),
-        stop=stop_after_delay(timeout),
-        retry_error_callback=give_up,
-    )
-    result = retrying(check)
-    assert result  # tenacity returns only a result the retry condition accepted: a truthy one
-    return result
+class PodEndedError(HopelessWaitError, AssertionError):
+    """A pod reached a terminal phase other than the one awaited: waiting longer cannot help (ends a wait_for)."""
 
 
 def write_kubeconfig(kubeconfig_yaml: str, api_port: int, path: Path) -> Path:

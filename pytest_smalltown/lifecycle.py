@@ -36,8 +36,9 @@ from typing import Any, Protocol
 
 from kubernetes import client as k8s
 
+from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.debug import DebugClient
-from pytest_smalltown.kube import node_addresses, node_ready, wait_for
+from pytest_smalltown.kube import node_addresses, node_ready
 from pytest_smalltown.launch.vm import GuestHungError, LaunchError
 from pytest_smalltown.launch.vmstate import Monitor, allow_guest_reboot, hard_reset
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.spec import ClusterSpec
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
     """What a test gets as ``smalltown_cluster``: a launched cluster, or the kept one it attached to.
 
     :class:`~pytest_smalltown.cluster.Cluster` and
-    :class:`~pytest_smalltown.kept.AttachedCluster` both are one.
+    :class:`~pytest_smalltown.attached.AttachedCluster` both are one.
     """
 
     kubeconfig_path: Path
@@ -90,11 +91,11 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
         """
 
 
-class ClusterLaunchFailed(RuntimeError):
+class ClusterLaunchFailed(SmalltownError, RuntimeError):
     """The cluster for a spec failed to launch, or died, earlier in this session."""
 
 
-class ClusterDied(RuntimeError):
+class ClusterDied(SmalltownError, RuntimeError):
     """A cluster that had launched lost a VM; the message carries the VM's exit status and console tail."""
 
 

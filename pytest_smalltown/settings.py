@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smalltown import contract
+from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.launch.accel import ACCEL_MODES
 from pytest_smalltown.shard import Shard, parse_shard
 from pytest_smalltown.snapshots import MODES as SNAPSHOT_MODES
 
 
-class SettingsError(ValueError):
+class SettingsError(SmalltownError, ValueError):
     """A setting has a value that cannot work; the message names the setting and its sources."""
 
 
@@ -70,6 +71,10 @@ def _positive_int(value: str) -> int:
     return number
 
 
+#: Seconds a cluster may take to become ready (``--smalltown-boot-timeout``'s default), and the
+#: default deadline of a node's reboot (a kept cluster's too: its own timeout is not recorded).
+DEFAULT_BOOT_TIMEOUT = 600.0
+
 #: Below this a reference node cannot hold etcd, the apiserver and the
 #: kubelet at once; it would boot until the deadline instead of failing.
 MIN_NODE_MEMORY_MIB = 1024
@@ -90,9 +95,7 @@ def _max_nodes(value: str) -> int | None:
         number = int(value)
     except ValueError:
         raise ValueError("must be 'auto' or a number of nodes") from None
-    if not 1 <= number <= contract.MAX_NODES:
-        raise ValueError(f"must be between 1 and {contract.MAX_NODES}")
-    return number
+    return contract.check_node_count(number, "the node count")
 
 
 def _accel(value: str) -> str:
@@ -133,7 +136,8 @@ OPTIONS: tuple[Option, ...] = (
            "else boot it and save it once Ready; refresh: always boot and save anew; off: always boot, "
            "never save; require: restore, or fail the cluster's tests with the reason it was not restored",
            _snapshot_mode, "MODE", True),
-    Option("boot_timeout", "600", "seconds a cluster may take to become ready", _positive_float, "SECONDS", True),
+    Option("boot_timeout", f"{DEFAULT_BOOT_TIMEOUT:g}", "seconds a cluster may take to become ready", _positive_float,
+           "SECONDS", True),
     Option("artifacts", "", "directory for failure dumps (console logs, component logs, events)",
            _optional_path, "DIR"),
     Option("keep_namespace", "false", "keep a failed test's namespace for inspection", _bool, "BOOL"),

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.base.errors import SmalltownError
+
 #: Label of the group of tests that need no cluster (they are quick; they go
 #: wherever the balance puts them, all together).
 NO_CLUSTER = "no-cluster"
@@ -43,7 +45,7 @@ ESTIMATED_SECONDS_PER_PLAIN_TEST = 1.0
 DURATIONS_VERSION = 1
 
 
-class ShardError(ValueError):
+class ShardError(SmalltownError, ValueError):
     """A shard or durations setting that cannot work; the message says what to do."""
 
 

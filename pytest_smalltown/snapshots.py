@@ -1,17 +1,20 @@
 """Where saved clusters live: keys, the on-disk layout, checks, locking and pruning.
 
-A Ready cluster saved once (``cluster.py`` does the pausing and saving, see
+A Ready cluster saved once (``boot.py`` does the pausing and saving, see
 :mod:`pytest_smalltown.launch.vmstate`) is restored by later sessions in
-seconds instead of booted in minutes. A snapshot is only valid for exactly
-the inputs it was made from, so it is cached like an image: in
-``<cache>/snapshots/snapshot-<spec>-<key>/`` (or ``$SMALLTOWN_SNAPSHOT_DIR``), where the key hashes every input that
-makes two clusters differ (:func:`snapshot_inputs`). One directory holds::
+seconds instead of booted in minutes (``restore.py``). A snapshot is only
+valid for exactly the inputs it was made from, so it is cached like an image:
+in ``<cache>/snapshots/snapshot-<spec>-<key>/`` (or ``$SMALLTOWN_SNAPSHOT_DIR``),
+where the key hashes the cluster's plan
+(:meth:`pytest_smalltown.plan.ClusterPlan.snapshot_inputs`). One directory
+holds (:class:`SnapshotLayout` names each file, for the writer and the reader)::
 
     manifest.json            inputs, file sizes and checksums, facts at save time
     nanoswitch.state.zst     RAM and device state of each VM (QEMU migration stream)
     node0.state.zst ...
     node0.qcow2 ...          each node's disk at the save instant (backing: the node image)
     enrolment-node1.pb ...   the fw_cfg files the nodes booted with (must exist to restore)
+    debug-token              the cluster's debug token, which the saved nodes check
     nanoswitch.console.log … console output up to the save, shown before a restored VM's own
 
 Snapshots hold the cluster's CA keys and credentials, so the directory is
@@ -32,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -40,12 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_smalltown.images.cache import Progress, cache_root, flock_announced, hash_inputs, prune, stderr_progress
-from pytest_smalltown.launch.reaper import reaper
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.processes import reaper
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import flock_announced, hash_inputs, prune
 from pytest_smalltown.spec import ClusterSpec
 
-#: Bump when the layout or the meaning of a snapshot changes.
-SNAPSHOT_FORMAT = 1
+#: Bump when the layout or the meaning of a snapshot changes. 2: the key hashes the
+#: whole cluster plan; a snapshot of format 1 is missed once (a cold boot), never restored.
+SNAPSHOT_FORMAT = 2
 #: ``--smalltown-snapshots``: restore else boot and save; never either; boot and save anew; restore or fail.
 MODES = ("auto", "off", "refresh", "require")
 #: A restoring session holds its snapshot open; an older one is not needed by anyone.
@@ -55,7 +61,7 @@ KEEP_PER_SPEC = 1
 MIN_CERT_VALIDITY_SECONDS = 7 * 24 * 3600
 
 
-class SnapshotRefused(Exception):
+class SnapshotRefused(SmalltownError):
     """This snapshot cannot be used; the message says why (shown in a warning, never a failure)."""
 
 
@@ -63,7 +69,7 @@ class SnapshotMissing(SnapshotRefused):
     """No snapshot of these inputs exists (the first launch after a change); the message says what changed."""
 
 
-class RestoreRequiredError(RuntimeError):
+class RestoreRequiredError(SmalltownError, RuntimeError):
     """``--smalltown-snapshots=require``, and the cluster was not restored; the message says why.
 
     The launch fails instead of booting cold, so every test of the spec fails
@@ -87,56 +93,60 @@ def snapshot_root() -> Path:
     return root
 
 
-def qemu_version(qemu: str) -> str:
-    """``qemu --version``'s first line: a snapshot only loads into the QEMU that wrote it."""
-    result = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True)
-    return result.stdout.splitlines()[0].strip()
-
-
-def file_identity(path: Path) -> str:
-    """Path, size and modification time: a cheap stand-in for a content hash of a big image file.
-
-    Cached images have their content hash in their directory name already;
-    a user-given disk image is identified this way so that replacing it
-    invalidates the snapshot without hashing gigabytes at every launch.
-    """
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def snapshot_inputs(
-    spec: ClusterSpec,
-    *,
-    boot_files: Mapping[str, Path],
-    cmdline: str,
-    qemu: str,
-    memory_mib: int,
-    cpus: int,
-    accel: str,
-    tpm: bool,
-) -> dict[str, str]:
-    """Everything a saved cluster depends on, by name (the key hashes it; a refusal names what changed)."""
-    inputs = {
-        "format": str(SNAPSHOT_FORMAT),
-        "spec": str(spec),
-        "qemu": qemu_version(qemu),
-        "node_memory_mib": str(memory_mib),
-        "node_cpus": str(cpus),
-        "accel": accel,
-        "tpm": str(tpm),
-        "cmdline": cmdline,
-    }
-    for name, path in sorted(boot_files.items()):
-        inputs[name] = file_identity(path)
-    return inputs
-
-
 def snapshot_name(spec: ClusterSpec) -> str:
     """The cache name of a spec's snapshots, e.g. ``snapshot-2-node-conformance``."""
     return "snapshot-" + re.sub(r"[^a-z0-9-]+", "-", str(spec).lower())
 
 
 MANIFEST = "manifest.json"
+#: Written last into a finished snapshot: a directory without it is half-written.
+COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class SnapshotLayout:
+    """The name of every file of a snapshot in ``directory``: the save writes by it, the restore reads by it."""
+
+    directory: Path
+
+    def state(self, vm_name: str) -> Path:
+        """The VM's RAM and device state (a zstd-compressed QEMU migration stream)."""
+        return self.directory / f"{vm_name}.state.zst"
+
+    def disk(self, node_index: int) -> Path:
+        """Node ``node_index``'s disk at the save instant (qcow2, backed by the node image)."""
+        return self.directory / f"node{node_index}.qcow2"
+
+    def enrolment(self, node_index: int) -> Path:
+        """The enrolment file node ``node_index`` booted with (fw_cfg): a restored VM needs the very same."""
+        return self.directory / f"enrolment-node{node_index}.pb"
+
+    @property
+    def debug_token(self) -> Path:
+        """The cluster's debug token: the saved nodes keep checking it."""
+        # Imported here: debug.py pulls in grpc and kubernetes, which importing settings (and so this) must not.
+        from pytest_smalltown.debug import DEBUG_TOKEN_FILE
+
+        return self.directory / DEBUG_TOKEN_FILE
+
+    def console_log(self, vm_name: str) -> Path:
+        """The VM's console output up to the save."""
+        return self.directory / f"{vm_name}.console.log"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / MANIFEST
+
+    @property
+    def complete(self) -> Path:
+        return self.directory / COMPLETE
+
+    def console_history(self, vm_name: str) -> list[str]:
+        """The VM's console lines up to the save (empty if none were kept)."""
+        try:
+            return self.console_log(vm_name).read_text(errors="replace").splitlines()
+        except OSError:
+            return []
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -146,7 +156,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     bug can leave anything; raising :class:`SnapshotRefused` (why, in one
     line) here means no reader meets a KeyError or TypeError later on.
     """
-    path = directory / MANIFEST
+    path = SnapshotLayout(directory).manifest
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -183,25 +193,14 @@ class Snapshot:
     directory: Path
     manifest: dict[str, Any]
 
-    def state_file(self, vm_name: str) -> Path:
-        return self.directory / f"{vm_name}.state.zst"
-
-    def disk(self, node_index: int) -> Path:
-        return self.directory / f"node{node_index}.qcow2"
-
-    def file(self, name: str) -> Path:
-        return self.directory / name
-
-    def console_history(self, vm_name: str) -> list[str]:
-        """The VM's console lines up to the save (empty if none were kept)."""
-        try:
-            return self.file(f"{vm_name}.console.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return []
+    @property
+    def layout(self) -> SnapshotLayout:
+        """Where each of its files is."""
+        return SnapshotLayout(self.directory)
 
     @property
     def facts(self) -> dict[str, Any]:
-        """What was true of the cluster when it was saved (see ``cluster.py``'s save)."""
+        """What was true of the cluster when it was saved (see ``boot.py``'s save)."""
         facts: dict[str, Any] = self.manifest.get("facts", {})
         return facts
 
@@ -212,7 +211,7 @@ class Snapshot:
         is about to read them, so this runs beside the restore, not before it.
         """
         for name, expected in self.manifest["files"].items():
-            path = self.file(name)
+            path = self.directory / name
             try:
                 digest = hashlib.sha256()
                 size = 0
@@ -240,7 +239,7 @@ class SnapshotStore:
 
     def lookup(self) -> Snapshot:
         """The complete snapshot for these inputs, or :class:`SnapshotRefused` saying why there is none usable."""
-        if not (self.directory / ".complete").exists():
+        if not SnapshotLayout(self.directory).complete.exists():
             raise SnapshotMissing(self._why_missing())
         manifest = read_manifest(self.directory)
         if manifest["inputs"] != self.inputs:
@@ -259,8 +258,8 @@ class SnapshotStore:
         # Exactly this spec's: "snapshot-2-node-*" would also match "snapshot-2-node-conformance-*".
         ours = re.compile(rf"^{re.escape(self.name)}-[0-9a-f]{{16}}$")
         others = sorted(
-            (p for p in self.root.iterdir() if ours.match(p.name) and (p / ".complete").exists() and p != self.directory),
-            key=lambda p: (p / ".complete").stat().st_mtime,
+            (p for p in self.root.iterdir() if ours.match(p.name) and (p / COMPLETE).exists() and p != self.directory),
+            key=lambda p: (p / COMPLETE).stat().st_mtime,
             reverse=True,
         )
         for other in others:
@@ -317,6 +316,8 @@ class SnapshotWriter:
     def __init__(self, store: SnapshotStore, work: Path, lock_fd: int) -> None:
         self.store = store
         self.work = work
+        #: Where each file goes (the same names the restore reads, :attr:`Snapshot.layout`).
+        self.layout = SnapshotLayout(work)
         self._lock_fd: int | None = lock_fd
 
     def commit(self, facts: Mapping[str, Any]) -> Snapshot:
@@ -329,8 +330,8 @@ class SnapshotWriter:
                     digest.update(chunk)
             files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
         manifest = {"inputs": self.store.inputs, "files": files, "facts": dict(facts), "saved_at": time.time()}
-        (self.work / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        (self.work / ".complete").write_text(f"{time.time():.0f}\n")
+        self.layout.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        self.layout.complete.write_text(f"{time.time():.0f}\n")
         final = self.store.directory
         if final.exists():
             shutil.rmtree(final)

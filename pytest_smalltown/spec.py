@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_smalltown.contract import CONSENSUS_SIZE, MAX_NODES
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.contract import CONSENSUS_SIZE, check_node_count
 from pytest_smalltown.images.preload import PRELOAD_SETS
 
 MARKER = "smalltown"
@@ -21,7 +22,7 @@ MARKER_HELP = (
 )
 
 
-class MarkerError(ValueError):
+class MarkerError(SmalltownError, ValueError):
     """A ``smalltown`` marker has arguments that do not describe a cluster."""
 
 
@@ -60,10 +61,10 @@ def spec_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ClusterS
             f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; it takes nodes=N and preload=NAME(S)"
         )
     nodes = kwargs.get("nodes", DEFAULT_SPEC.nodes)
-    if isinstance(nodes, bool) or not isinstance(nodes, int):
-        raise MarkerError(f"smalltown(nodes=...) must be an integer, got {nodes!r} ({type(nodes).__name__})")
-    if not 1 <= nodes <= MAX_NODES:
-        raise MarkerError(f"smalltown(nodes={nodes}) is out of range: a cluster has 1 to {MAX_NODES} nodes")
+    try:
+        check_node_count(nodes, f"smalltown(nodes={nodes!r})")
+    except ValueError as error:
+        raise MarkerError(str(error)) from None
     return ClusterSpec(nodes=nodes, preload=preload_sets(kwargs.get("preload", ())))
 
 

@@ -17,8 +17,8 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.contract import TEST_IMAGE
-from pytest_smalltown.images.cache import Progress, stderr_progress
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer, build_images, write_docker_archive
 
 

@@ -39,7 +39,7 @@ class ClusterDiedDuringTest(BaseException):
     A :class:`BaseException`, like pytest's own ``pytest.fail`` and
     ``KeyboardInterrupt``: it means "stop the test", never "not yet". It
     lands wherever the test is waiting, which is usually inside a retry loop
-    (``kube.wait_for``, tenacity, the debug client, a test's own ``except
+    (``base.waits.wait_for``, tenacity, the debug client, a test's own ``except
     Exception``) that would count an ``Exception`` as a transient failure and
     sit out its whole timeout. pytest still reports it as the test's failure.
     """

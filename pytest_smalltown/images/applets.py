@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.base.processes import run_supervised
 from pytest_smalltown.contract import CLUSTER_DOMAIN, KUBERNETES_SERVICE_IP
-from pytest_smalltown.launch.reaper import run_supervised
 
 #: What the table's web server serves at ``/``.
 WEB_BODY = "served by busybox httpd"

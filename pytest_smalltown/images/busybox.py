@@ -37,10 +37,12 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pytest_smalltown.base.processes import run_supervised
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import applets, debian, rootfs
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.tools import BuildError, require_tool
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.images.cache import cached_build, hash_inputs
+from pytest_smalltown.images.tools import BuildError
 
 #: Where busybox is built from: this suite's source package of this name (read
 #: through a private apt state, :class:`debian.PrivateApt`).
@@ -369,7 +371,7 @@ def build_busybox(version: str, gcc: str, progress: Progress = stderr_progress) 
     def build(out: Path) -> None:
         for tool, package in (("make", "make"), ("gcc", "gcc libc6-dev"), ("bzip2", "bzip2"), ("xz", "xz-utils"),
                               ("patch", "patch")):
-            require_tool(tool, "busybox is built from Debian's source", package)
+            find_program(tool, "busybox is built from Debian's source", package)
         with tempfile.TemporaryDirectory(prefix="smalltown-busybox-") as tmp:
             progress(f"fetching Debian {SUITE}'s {SOURCE} source {version}")
             source = debian.fetch_source(suite(), SOURCE, version, Path(tmp) / "src")

@@ -22,30 +22,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import userns
 
 T = TypeVar("T")
 
-CACHE_ENV = "SMALLTOWN_CACHE_DIR"
 #: How many builds of one artifact to keep: the current one and the one before
 #: (another checkout or session may still be using it).
 KEEP_PER_NAME = 2
-
-
-def cache_root() -> Path:
-    """The user's cache directory for pytest-smalltown (created on demand).
-
-    ``$SMALLTOWN_CACHE_DIR`` wins, then ``$XDG_CACHE_HOME/pytest-smalltown``,
-    then ``~/.cache/pytest-smalltown``.
-    """
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        root = Path(explicit)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = Path(base) / "pytest-smalltown"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def cleanup_hint() -> str:
@@ -166,14 +151,6 @@ def file_digest(path: Path) -> str:
     if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < RACY_SECONDS * 1e9:
         return _sha256_file(resolved)
     return remembered("sha256", f"{resolved}:{stat_signature(info)}", lambda: _sha256_file(resolved))
-
-
-Progress = Callable[[str], None]
-
-
-def stderr_progress(message: str) -> None:
-    """Default progress reporter: one line on stderr, visible under pytest -s too."""
-    print(f"[smalltown] {message}", file=sys.stderr, flush=True)
 
 
 #: How long a lock wait may stay silent: past this, the waiter says what it waits for and who holds it.

@@ -62,10 +62,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import busybox, debian, gobuild, oci, rootfs, userns
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
 from pytest_smalltown.images.oci import Image, ImageConfig, ImageLayer, Layer
-from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
+from pytest_smalltown.images.tools import BuildError, run_tool
 
 E2E = "registry.k8s.io/e2e-test-images"
 
@@ -142,12 +144,11 @@ def archive_key(go_version: str, gcc: str, versions: Sequence[str], sources_text
     rootfs); a dependency that changes alone does not rebuild the archive.
     ``busybox_key`` is the key of the busybox build (:func:`busybox.busybox_key`).
     """
-    env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
     return hash_inputs([
         Path(__file__), Path(oci.__file__), oci.FILES_DIR, AGNHOST_MODULE, SAMPLE_APISERVER_MODULE,
         gobuild.program_key(gobuild.PROGRAMS["etcd"], go_version),
         gobuild.program_key(gobuild.PROGRAMS["coredns"], go_version),
-        go_version, env, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
+        go_version, gobuild.GO_ENV_KEY, GO_LDFLAGS, gcc, *versions, *rootfs.DPKG_OPTIONS, rootfs.SUITE, sources_text,
         repr(CONFORMANCE_IMAGES), busybox_key, "conformance-v2",
     ])
 
@@ -170,8 +171,7 @@ def go_build(name: str, module_dir: Path, package: str, progress: Progress = std
     build (heartbeat and bound included).
     """
     version = gobuild.go_version()
-    env = " ".join(f"{k}={v}" for k, v in sorted(gobuild.GO_ENV.items()))
-    key = hash_inputs([module_dir, package, GO_LDFLAGS, env, version, "conformance-go-v1"])
+    key = hash_inputs([module_dir, package, GO_LDFLAGS, gobuild.GO_ENV_KEY, version, "conformance-go-v1"])
     program = gobuild.GoProgram(name, GO_LDFLAGS, module=module_dir.relative_to(GO_DIR).as_posix(), package=package)
 
     def build(out: Path) -> None:
@@ -241,7 +241,7 @@ def _clean_rootfs(root: Path) -> None:
 
 def debian_layer(sources: list[str], progress: Progress = stderr_progress) -> Layer:
     """The shared Debian userland, made with mmdebstrap and tarred reproducibly."""
-    require_tool("mmdebstrap", "the conformance images' Debian layer is made with it", "mmdebstrap")
+    find_program("mmdebstrap", "the conformance images' Debian layer is made with it", "mmdebstrap")
     userns.check()
     tmp = tempfile.mkdtemp(prefix="smalltown-conformance-")
     try:

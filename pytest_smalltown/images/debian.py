@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import (Progress, cache_root, cached_build, cleanup_hint, hash_inputs, remembered,
-                                          stderr_progress)
-from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
-from pytest_smalltown.launch.reaper import run_supervised, timeout_message
+from pytest_smalltown.base.paths import cache_root
+from pytest_smalltown.base.processes import run_supervised, timeout_message
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import cached_build, cleanup_hint, hash_inputs, remembered
+from pytest_smalltown.images.tools import BuildError, run_tool
 
 #: What apt resolves candidate versions from: its package lists, sources, pins
 #: and configuration, and dpkg's installed state and architectures (apt does
@@ -87,7 +89,7 @@ MIRROR_HINT = "Run 'apt-get update' (as root) and check that the mirror in /etc/
 
 def _ask_apt(packages: Sequence[str]) -> dict[str, dict[str, str]]:
     """What :func:`candidates` answers, from apt itself: one ``apt-cache`` call for all ``packages``."""
-    require_tool("apt-cache", "images are built from Debian packages", "apt")
+    find_program("apt-cache", "images are built from Debian packages", "apt")
     try:
         proc = run_supervised(["apt-cache", "show", "--no-all-versions", *packages], timeout=APT_QUERY_TIMEOUT)
     except subprocess.TimeoutExpired as expired:
@@ -133,7 +135,7 @@ def download(packages: list[str], dest: Path) -> list[Path]:
     Supervised and bounded by the reaper's ``TOOL_TIMEOUT`` (an hour, for a few
     packages): a mirror that stops sending ends in an error, not a hung build.
     """
-    require_tool("apt-get", "images are built from Debian packages", "apt")
+    find_program("apt-get", "images are built from Debian packages", "apt")
     dest.mkdir(parents=True, exist_ok=True)
     # As root, apt downloads as the unprivileged _apt user, which cannot write
     # a private temp dir. Keep the directory private (another local user must
@@ -161,7 +163,7 @@ def run_package_tool(argv: list[str], what: str) -> None:
 
 def extract(deb: Path, dest: Path) -> None:
     """Unpack the files of ``deb`` into ``dest`` (no maintainer scripts run)."""
-    require_tool("dpkg-deb", "images are built from Debian packages", "dpkg")
+    find_program("dpkg-deb", "images are built from Debian packages", "dpkg")
     dest.mkdir(parents=True, exist_ok=True)
     run_package_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"unpacking {deb.name}")
 
@@ -357,7 +359,7 @@ class PrivateApt:
     """apt for :class:`Suite` ``suite`` with all its configuration and state in ``root`` (see :func:`private_apt`)."""
 
     def __init__(self, suite: Suite, root: Path, kinds: Sequence[str] = ("deb-src",)) -> None:
-        require_tool("apt-get", "another Debian suite's packages are fetched with it", "apt")
+        find_program("apt-get", "another Debian suite's packages are fetched with it", "apt")
         if not os.path.exists(suite.keyring):
             raise PackageError(f"{suite.keyring} is missing; apt checks {suite.name}'s index against it "
                                "(apt-get install debian-archive-keyring)")
@@ -485,7 +487,7 @@ def fetch_source(suite: Suite, package: str, version: str, dest: Path) -> Path:
     Debian's patches applied as ``dpkg-source -x`` does; the downloaded files
     stay in ``dest``.
     """
-    require_tool("dpkg-source", "source packages are unpacked with it", "dpkg-dev")
+    find_program("dpkg-source", "source packages are unpacked with it", "dpkg-dev")
     with private_apt(suite) as apt:
         dsc = apt.download_source(package, version, dest)
     tree = dest / "source"

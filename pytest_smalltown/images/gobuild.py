@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stat_signature, stderr_progress
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs, stat_signature
 from pytest_smalltown.images.tools import BuildError, run_tool
 
 GO_DIR = Path(__file__).parent / "go"
@@ -39,6 +40,8 @@ KUBERNETES_VERSION = "v1.34.4"
 #: would also miss the build cache), ``CGO_ENABLED=0`` makes static binaries
 #: that run on the node whatever its libc.
 GO_ENV: dict[str, str] = {"GOWORK": "off", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+#: :data:`GO_ENV` as every Go cache key spells it (``CGO_ENABLED=0 GOTOOLCHAIN=local GOWORK=off``).
+GO_ENV_KEY = " ".join(f"{k}={v}" for k, v in sorted(GO_ENV.items()))
 
 
 def _kube_ldflags(version: str) -> str:
@@ -156,20 +159,20 @@ def _remembered_go_version(binary: str, signature: str) -> str:
 
 
 def _ask_go_version(go: str) -> str:
-    proc = subprocess.run([go, "version"], capture_output=True, text=True, env=_env())
+    proc = subprocess.run([go, "version"], capture_output=True, text=True, env=go_env())
     if proc.returncode != 0:
         raise GoBuildError(f"'go version' failed: {proc.stderr.strip()}")
     return proc.stdout.strip()
 
 
-def _env() -> dict[str, str]:
+def go_env() -> dict[str, str]:
+    """The environment of every go command: the caller's, with :data:`GO_ENV` over it."""
     return {**os.environ, **GO_ENV}
 
 
 def program_key(program: GoProgram, version: str) -> str:
     """Cache key of one program: its module files, flags, environment and toolchain."""
-    env = " ".join(f"{k}={v}" for k, v in sorted(GO_ENV.items()))
-    return hash_inputs([program.module_dir, program.ldflags, env, version, "gobuild-v1", *program.key_parts()])
+    return hash_inputs([program.module_dir, program.ldflags, GO_ENV_KEY, version, "gobuild-v1", *program.key_parts()])
 
 
 #: Bound of one go command. A cold Kubernetes build takes tens of minutes on two cores (``e2e.test``: 632 s
@@ -203,7 +206,7 @@ def run_go(argv: list[str], what: str, cwd: Path, progress: Progress = stderr_pr
     beat = threading.Thread(target=_heartbeat, args=(what, progress, done, HEARTBEAT_SECONDS), daemon=True)
     beat.start()
     try:
-        return run_tool(argv, what, cwd=cwd, env=env or _env(), hint=GO_HINT, error=GoBuildError, timeout=GO_TIMEOUT)
+        return run_tool(argv, what, cwd=cwd, env=env or go_env(), hint=GO_HINT, error=GoBuildError, timeout=GO_TIMEOUT)
     finally:
         done.set()
 

@@ -13,10 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import debian
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
 from pytest_smalltown.images.initramfs import Initramfs
-from pytest_smalltown.images.tools import require_tool
 
 KERNEL_PACKAGE = "linux-image-amd64"
 
@@ -62,7 +63,7 @@ def get_kernel(progress: Progress = stderr_progress) -> Kernel:
         (out / "release").write_text(release)
         (out / "version").write_text(version)
 
-    require_tool("depmod", "the kernel's module index is made with it", "kmod")
+    find_program("depmod", "the kernel's module index is made with it", "kmod")
     root = cached_build("kernel", key, build, progress)
     release = (root / "release").read_text()
     return Kernel(

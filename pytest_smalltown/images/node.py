@@ -15,13 +15,13 @@ what depends on it:
    by everything above plus our Python sources, so editing the agent rebuilds
    only this.
 
-In-image layout the node agent relies on (keep in sync with ``node/``):
+In-image layout (the paths the node agent relies on are ``contract.IMAGE_*``):
 
-* ``/usr/local/bin/{kube,etcd,coredns}`` and ``kube`` symlinks named
-  ``kubectl``, ``kubelet``, ``kube-apiserver``, ``kube-controller-manager``,
-  ``kube-scheduler``, ``kube-proxy``;
-* ``/opt/smalltown/images/*.tar`` (``docker save`` archives) and
-  ``/opt/smalltown/images/images.json`` (``{image name: file name}``);
+* ``/usr/local/bin/{kube,etcd,coredns}`` (``IMAGE_BIN_DIR``) and ``kube``
+  symlinks named ``kubectl``, ``kubelet``, ``kube-apiserver``,
+  ``kube-controller-manager``, ``kube-scheduler``, ``kube-proxy``;
+* ``/opt/smalltown/images/*.tar`` (``IMAGE_ARCHIVE_DIR``, ``docker save``
+  archives) and its ``images.json`` (``{image name: file name}``);
 * ``/opt/smalltown/lib/pytest_smalltown`` (our code), ``/opt/smalltown/site``
   (wheels), ``/opt/smalltown/bin/smalltown-agent`` (the init);
 * ``/opt/smalltown/image.json``: versions and the build key;
@@ -46,12 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.contract import IMAGE_ARCHIVE_DIR, IMAGE_BIN_DIR
 from pytest_smalltown.images import debian, gobuild, oci, userns
-from pytest_smalltown.images.cache import Progress, cached_build, file_digest, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, file_digest, hash_inputs
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel, add_modules, get_kernel
 from pytest_smalltown.images.rootfs import build_rootfs
-from pytest_smalltown.images.tools import require_tool, run_tool
+from pytest_smalltown.images.tools import run_tool
 from pytest_smalltown.template import render
 
 #: Modules the initramfs loads before switching root. Beyond booting (virtio,
@@ -195,7 +198,7 @@ def make_disk(root: Path, disk: Path, free_bytes: int = DISK_FREE_BYTES) -> None
     (containerd's database then failed to open at every start). The kernel
     replays the journal at mount; the initramfs has no fsck.
     """
-    mke2fs = require_tool("mke2fs", "the node disk is made with it", "e2fsprogs")
+    mke2fs = find_program("mke2fs", "the node disk is made with it", "e2fsprogs")
     used = int(run_tool(userns.as_root(["du", "-s", "--block-size=1", str(root)]), "du").stdout.split()[0])
     size_mib = (used * 13 // 10 + free_bytes) >> 20
     disk.unlink(missing_ok=True)
@@ -226,14 +229,14 @@ def image_key(rootfs: Path, kernel: Kernel, binaries: dict[str, Path], archives:
 def _assemble(staging: Path, kernel: Kernel, binaries: dict[str, Path], archives: dict[str, Path],
               sources: dict[str, bytes], info: dict[str, object], rootfs_packages: Path) -> None:
     """Add our parts to ``staging`` (a hard-linked copy of the rootfs: never modify existing files)."""
-    bin_dir = staging / "usr/local/bin"
+    bin_dir = staging / IMAGE_BIN_DIR.lstrip("/")
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name, path in binaries.items():
         shutil.copyfile(path, bin_dir / name)
         (bin_dir / name).chmod(0o755)
     for link in KUBE_LINKS:
         (bin_dir / link).symlink_to("kube")
-    images_dir = staging / "opt/smalltown/images"
+    images_dir = staging / IMAGE_ARCHIVE_DIR.lstrip("/")
     images_dir.mkdir(parents=True)
     index: dict[str, str] = {}
     for name, path in sorted(archives.items()):

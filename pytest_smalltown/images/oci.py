@@ -40,11 +40,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_smalltown.base.processes import run_supervised
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.contract import PAUSE_IMAGE, TEST_IMAGE
 from pytest_smalltown.images import busybox, userns
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.images.cache import cached_build, hash_inputs
+from pytest_smalltown.images.tools import BuildError, run_tool
 
 #: Files copied into images (scripts); package data next to this module.
 FILES_DIR = Path(__file__).parent / "container_files"
@@ -371,7 +373,7 @@ def pause_layer(pause: bytes) -> ImageLayer:
 
 def compile_pause(dest: Path, version: str) -> None:
     """Compile :data:`PAUSE_SOURCE` as a static, stripped binary at ``dest``."""
-    gcc = require_tool("gcc", "the pause image is a static C program", "gcc libc6-dev")
+    gcc = find_program("gcc", "the pause image is a static C program", "gcc libc6-dev")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "pause.c"
         shutil.copyfile(PAUSE_SOURCE, source)

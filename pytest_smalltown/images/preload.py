@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.contract import PRELOAD_DISK_SERIAL_PREFIX
-from pytest_smalltown.images.cache import Progress, stderr_progress
 
 #: Every image set the package can build, by the name a spec uses.
 PRELOAD_SETS: tuple[str, ...] = ("conformance",)

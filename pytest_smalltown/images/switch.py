@@ -13,13 +13,13 @@ image serves every cluster shape and is rebuilt only when its inputs change.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
-from pytest_smalltown.images.gobuild import GO_ENV, GoProgram, compile_program, go_version
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
+from pytest_smalltown.images.gobuild import GO_ENV_KEY, GoProgram, compile_program, go_env, go_version
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import Kernel, add_modules, get_kernel
 
@@ -71,15 +71,14 @@ def source_files() -> list[Path]:
 
 def cache_key(kernel: Kernel, toolchain: str) -> str:
     """Hash of every input of the image: sources, module list, kernel, flags and Go toolchain."""
-    env = " ".join(f"{k}={v}" for k, v in sorted(GO_ENV.items()))
     return hash_inputs(
-        [BUILDER_VERSION, *source_files(), "\n".join(MODULES), kernel.cache_key, PROGRAM.ldflags, env, toolchain]
+        [BUILDER_VERSION, *source_files(), "\n".join(MODULES), kernel.cache_key, PROGRAM.ldflags, GO_ENV_KEY, toolchain]
     )
 
 
 def go_build_env() -> dict[str, str]:
     """gobuild's environment plus ``-mod=readonly``: a build never edits go.mod/go.sum behind the cache key."""
-    env = {**os.environ, **GO_ENV}
+    env = go_env()
     env["GOFLAGS"] = " ".join(filter(None, [env.get("GOFLAGS", ""), "-mod=readonly"]))
     return env
 

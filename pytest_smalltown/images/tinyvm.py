@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import debian
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
 from pytest_smalltown.images.initramfs import Initramfs
 from pytest_smalltown.images.kernel import MODULE_LIST, add_modules, get_kernel
 from pytest_smalltown.template import render

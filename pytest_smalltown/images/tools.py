@@ -1,36 +1,23 @@
-"""The host programs the image builds run: found before use, run supervised, failures explained.
+"""How the image builds run host programs, and the error every build step raises.
 
 Every builder (Debian packages, kernel, rootfs, disk, UEFI disk, OCI and
-conformance images) goes through these two functions, so that a missing tool
-is always a :class:`MissingToolError` naming the package to install, and a
-failing one is always a :class:`BuildError` that carries the tool's own
-message (the exit status alone tells a user nothing).
+conformance images) finds its programs with
+:func:`~pytest_smalltown.base.programs.find_program` and runs them through
+:func:`run_tool`, so that a failing one is always a :class:`BuildError` that
+carries the tool's own message (the exit status alone tells a user nothing).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-from pytest_smalltown.launch.reaper import run_supervised, timeout_message
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.processes import run_supervised, timeout_message
 
 
-class BuildError(RuntimeError):
+class BuildError(SmalltownError, RuntimeError):
     """A step of an image build failed; the message says which, why, and what to do."""
-
-
-class MissingToolError(BuildError):
-    """A host program an image build needs is not installed."""
-
-
-def require_tool(name: str, needed_for: str, package: str) -> str:
-    """The path of program ``name``, or a :class:`MissingToolError` saying what it is for and how to install it."""
-    path = shutil.which(name)
-    if path is None:
-        raise MissingToolError(f"'{name}' is not installed; {needed_for} "
-                               f"(apt-get install {package}, or run scripts/setup-host)")
-    return path
 
 
 def run_tool(argv: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -41,7 +28,7 @@ def run_tool(argv: list[str], what: str, *, cwd: Path | None = None, env: dict[s
     The message names ``what`` was being done, the command, the tail of the
     tool's output and, if given, ``hint``: what the user can do about it. A
     tool still running after ``timeout`` seconds (default: the reaper's
-    :data:`~pytest_smalltown.launch.reaper.TOOL_TIMEOUT`) is stopped, and
+    :data:`~pytest_smalltown.base.processes.TOOL_TIMEOUT`) is stopped, and
     ``error`` says so in the same terms.
     """
     try:

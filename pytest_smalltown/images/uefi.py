@@ -26,10 +26,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.progress import Progress, stderr_progress
 from pytest_smalltown.images import debian
-from pytest_smalltown.images.cache import Progress, cached_build, hash_inputs, stderr_progress
+from pytest_smalltown.images.cache import cached_build, hash_inputs
 from pytest_smalltown.images.node import CMDLINE, build_node_image
-from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
+from pytest_smalltown.images.tools import BuildError, run_tool
 
 #: Partition names (GPT labels). The agent finds the data partition by its name.
 ESP_NAME = "ESP"
@@ -109,7 +111,7 @@ def unified_kernel_image(stub: Path, parts: list[tuple[str, Path]], out: Path) -
     This is what ``ukify`` does (systemd 253 and later; bookworm has 252):
     each file becomes a section at the next free aligned virtual address.
     """
-    objcopy = require_tool("objcopy", "the unified kernel image is assembled with it", "binutils")
+    objcopy = find_program("objcopy", "the unified kernel image is assembled with it", "binutils")
     layout = pe_layout(stub.read_bytes())
     argv = [objcopy]
     offset = layout.align(layout.end_of_sections)
@@ -123,7 +125,7 @@ def unified_kernel_image(stub: Path, parts: list[tuple[str, Path]], out: Path) -
 
 def make_esp(uki: Path, esp: Path, size_mib: int = ESP_MIB) -> None:
     """Make ``esp``, a FAT32 file system holding ``uki`` as ``EFI/BOOT/BOOTX64.EFI`` (mtools: no mount)."""
-    mformat = require_tool("mformat", "the EFI system partition is made with it", "mtools")
+    mformat = find_program("mformat", "the EFI system partition is made with it", "mtools")
     with open(esp, "wb") as f:
         f.truncate(size_mib << 20)
     run_tool([mformat, "-i", str(esp), "-F", "-N", "5a11c0de", "-v", "ESP", "::"], "mformat (the ESP)",
@@ -162,7 +164,7 @@ def sfdisk_script(partitions: list[Partition]) -> str:
 
 def make_gpt_disk(esp: Path, root: Path, disk: Path) -> list[Partition]:
     """Write ``disk``: a sparse GPT disk with ``esp`` and ``root`` copied in and an empty data partition."""
-    sfdisk = require_tool("sfdisk", "the GPT is written with it", "fdisk")
+    sfdisk = find_program("sfdisk", "the GPT is written with it", "fdisk")
     partitions = layout_partitions(root.stat().st_size)
     end_mib = partitions[-1].start_mib + partitions[-1].size_mib + ALIGN_MIB
     with open(disk, "wb") as f:

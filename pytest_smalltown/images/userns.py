@@ -28,7 +28,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smalltown.images.tools import BuildError, require_tool, run_tool
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.images.tools import BuildError, run_tool
 
 #: How many subordinate ids a build needs: every id a Debian package may own, up to nobody (65534).
 SUBID_COUNT = 65536
@@ -96,7 +97,7 @@ def check() -> None:
     for tool in ("newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
             raise UserNamespaceError(f"'{tool}' is not installed; " + SETUP_HINT.format(user=user))
-    unshare = require_tool("unshare", "a non-root build acts as root in a user namespace", "util-linux")
+    unshare = find_program("unshare", "a non-root build acts as root in a user namespace", "util-linux")
     usage = subprocess.run([unshare, "--help"], capture_output=True, text=True, check=False).stdout
     if "--map-users" not in usage:
         raise UserNamespaceError(
@@ -116,7 +117,7 @@ def as_root(argv: list[str]) -> list[str]:
     if OWNERSHIP == "root":
         return argv
     ids = subordinate_ids()
-    unshare = require_tool("unshare", "a non-root build acts as root in a user namespace", "util-linux")
+    unshare = find_program("unshare", "a non-root build acts as root in a user namespace", "util-linux")
     return [unshare, "--map-user=0", "--map-group=0",
             f"--map-users={ids.uid_start},1,{SUBID_COUNT - 1}", f"--map-groups={ids.gid_start},1,{SUBID_COUNT - 1}",
             "--mount", "--pid", "--fork", "--kill-child", "--", *argv]

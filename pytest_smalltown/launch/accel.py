@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pytest_smalltown import contract
-from pytest_smalltown.images.cache import cache_root
+from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, VMConfig
 
 ACCEL_MODES: tuple[str, ...] = ("auto", "kvm", "tcg")
@@ -62,12 +62,13 @@ def probe_kvm(qemu: str = QEMU_BINARY, deadline: float = PROBE_DEADLINE) -> Prob
     config = VMConfig(
         name="accel-probe",
         boot=DirectBoot(image.kernel, image.initramfs, TinyImage.cmdline("tiny.poweroff=1")),
+        qemu=qemu,
         accel="kvm",
         memory_mib=256,
         rng=False,
     )
     workdir = make_workdir("st-probe-")
-    vm = start_vm(config, workdir, qemu)
+    vm = start_vm(config, workdir)
     try:
         vm.wait_for_console(HELLO_LINE, deadline, what="init under KVM")
         return ProbeResult("kvm", "tiny VM reached init under KVM", time.monotonic() - started, host)
@@ -113,15 +114,24 @@ def cached_verdict(qemu: str = QEMU_BINARY) -> ProbeResult | None:
     return None
 
 
-def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
-    """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
+def known_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult | None:
+    """What :func:`resolve_accel` would answer without probing: the chosen mode, or an earlier probe's verdict.
+
+    None when ``auto`` has not been probed on this host yet; for callers that
+    must start no VM (``pytest --collect-only``).
+    """
     if mode not in ACCEL_MODES:
         raise ValueError(f"accelerator must be one of {', '.join(ACCEL_MODES)}, not {mode!r}")
     if mode != "auto":
         return ProbeResult(mode, "chosen explicitly", 0.0, "")  # type: ignore[arg-type]
-    cached = cached_verdict(qemu)
-    if cached is not None:
-        return cached
+    return cached_verdict(qemu)
+
+
+def resolve_accel(mode: str, qemu: str = QEMU_BINARY) -> ProbeResult:
+    """Turn ``auto|kvm|tcg`` into a concrete accelerator, probing (once per host) for ``auto``."""
+    known = known_accel(mode, qemu)
+    if known is not None:
+        return known
     result = probe_kvm(qemu)
     with open(_cache_file(), "w") as out:
         json.dump(asdict(result), out)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import grpc
 
+from pytest_smalltown.base.errors import SmalltownError
+
 LOOPBACK = "127.0.0.1"
 
 #: gRPC channel options for a node that is still booting. By default a channel
@@ -32,7 +34,7 @@ BOOTING_NODE_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-class PortNotForwardedError(KeyError):
+class PortNotForwardedError(SmalltownError, KeyError):
     """A guest port was asked for that this port map does not forward."""
 
     def __init__(self, port: int, forwarded: Iterable[int]) -> None:

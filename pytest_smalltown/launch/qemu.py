@@ -99,6 +99,8 @@ class VMConfig:
 
     name: str
     boot: DirectBoot | UefiBoot
+    #: The QEMU program that runs it (``--smalltown-qemu``): a saved state only loads into the QEMU that wrote it.
+    qemu: str = QEMU_BINARY
     machine: Machine = "q35"
     accel: Accel = "tcg"
     memory_mib: int = 512
@@ -199,14 +201,14 @@ def _virtio(machine: Machine, kind: str) -> str:
     return f"virtio-{kind}-device" if machine == "microvm" else f"virtio-{kind}-pci"
 
 
-def qemu_argv(config: VMConfig, qemu: str = QEMU_BINARY) -> list[str]:
+def qemu_argv(config: VMConfig) -> list[str]:
     """The full QEMU argv for ``config``.
 
     The serial console is connected to QEMU's stdout (``-chardev stdio``) so that
     the supervisor can keep both a log file and an in-memory tail; there is no
     human monitor and no display, and QMP only when asked for.
     """
-    argv = [qemu, "-name", option_value(config.name), "-nodefaults", "-no-user-config", "-display", "none"]
+    argv = [config.qemu, "-name", option_value(config.name), "-nodefaults", "-no-user-config", "-display", "none"]
     if config.machine == "microvm":
         # Defaults: ACPI describes the virtio-mmio devices (no virtio_mmio.device=
         # arguments needed) and the ISA serial port is the console.

@@ -41,12 +41,25 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pytest_smalltown.contract import MAX_NODES, NODE_DEBUG_PORT_BASE, NODE_PORT_RANGE, SWITCH_FORWARDED_PORTS, NodePort
-from pytest_smalltown.images.cache import Progress, stderr_progress
-from pytest_smalltown.launch.accel import ACCEL_MODES, resolve_accel
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.progress import Progress, stderr_progress
+from pytest_smalltown.contract import (
+    MAX_NODES,
+    NODE_DEBUG_PORT_BASE,
+    NODE_PORT_RANGE,
+    SWITCH_FORWARDED_PORTS,
+    UPLINK_MAC,
+    NodePort,
+    check_node_count,
+    node_address,
+    node_debug_guest_port,
+    node_mac,
+)
+from pytest_smalltown.launch.accel import resolve_accel
 from pytest_smalltown.launch.ports import PortMap, allocate_free_port
 from pytest_smalltown.launch.qemu import QEMU_BINARY, Accel, DirectBoot, SocketNic, UserNic, VMConfig
 from pytest_smalltown.launch.vm import (
@@ -61,11 +74,6 @@ from pytest_smalltown.launch.vm import (
 if TYPE_CHECKING:
     from pytest_smalltown.images.switch import SwitchImage
     from pytest_smalltown.launch.vmstate import Monitor
-
-#: MAC of the switch's uplink NIC; the switch tells its uplink from node NICs by it.
-UPLINK_MAC = "02:72:82:bf:c3:56"
-#: Address of the switch on the node network (nodes' router).
-SWITCH_ADDRESS = "10.1.0.1"
 
 EXTERNAL_SERVICE_PORT = int(NodePort.EXTERNAL_SERVICE)  # 7836
 DEBUG_SERVICE_PORT = int(NodePort.DEBUG_SERVICE)  # 7837
@@ -85,44 +93,12 @@ READY_TIMEOUT = 120.0
 READY_PATTERN = r"nanoswitch: (forwarding .*|fatal: .*)"
 
 
-class SwitchError(RuntimeError):
+class SwitchError(SmalltownError, RuntimeError):
     """The switch failed to start, or was not ready before its deadline."""
-
-
-def _check_node_index(i: int) -> None:
-    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < MAX_NODES:
-        raise ValueError(f"node index must be an int in 0..{MAX_NODES - 1}, got {i!r}")
-
-
-def node_mac(i: int) -> str:
-    """The MAC the launcher gives node ``i``; the switch's fixed lease is keyed by it."""
-    _check_node_index(i)
-    return "02:53:4d:01:00:%02x" % (2 + i)
-
-
-def node_address(i: int) -> str:
-    """The address node ``i`` gets by DHCP from the switch: 10.1.0.(2+i)."""
-    _check_node_index(i)
-    return "10.1.0.%d" % (2 + i)
-
-
-def node_debug_guest_port(i: int) -> int:
-    """The switch's uplink port that leads to node ``i``'s debug service (NODE_DEBUG_PORT_BASE + i)."""
-    _check_node_index(i)
-    return NODE_DEBUG_PORT_BASE + i
 
 
 #: Uplink ports the switch keeps for the per-node debug forwards, whatever the node count.
 NODE_DEBUG_GUEST_PORTS = range(NODE_DEBUG_PORT_BASE, NODE_DEBUG_PORT_BASE + MAX_NODES)
-
-
-def check_node_count(nodes: object) -> int:
-    """Return ``nodes`` if it is a valid node count (1..MAX_NODES), else raise ValueError."""
-    if isinstance(nodes, bool) or not isinstance(nodes, int):
-        raise ValueError(f"node count must be an int, got {nodes!r} ({type(nodes).__name__})")
-    if not 1 <= nodes <= MAX_NODES:
-        raise ValueError(f"a switch serves 1 to {MAX_NODES} nodes, got {nodes}")
-    return nodes
 
 
 def check_ports(ports: Iterable[int]) -> tuple[int, ...]:
@@ -216,6 +192,55 @@ def forward_node_port(monitor: Monitor, node_port: int) -> int:
     raise SwitchError(f"could not forward a host port to NodePort {node_port}: {reply}")
 
 
+def switch_config(
+    image: SwitchImage,
+    nodes: int,
+    ports: Iterable[int] = DEFAULT_PORTS,
+    accel: Accel = "tcg",
+    qemu: str = QEMU_BINARY,
+    name: str = "nanoswitch",
+    extra_kernel_args: Sequence[str] = (),
+) -> VMConfig:
+    """The switch's VM as a cluster plan holds it: everything but its cables and host ports.
+
+    ``ports`` are the guest ports forwarded to node 0 (the per-node debug
+    ports come on top, always). :func:`cabled` adds what only exists once
+    the switch starts: the socket ends of its node cables and the host port map.
+    """
+    check_node_count(nodes)
+    cmdline = switch_cmdline(nodes, check_ports(ports), extra=extra_kernel_args)
+    return VMConfig(
+        name=name,
+        boot=DirectBoot(image.kernel, image.initramfs, cmdline),
+        qemu=qemu,
+        machine="microvm",
+        accel=accel,
+        memory_mib=SWITCH_MEMORY_MIB,
+        cpus=1,
+        rng=False,  # the switch needs no entropy beyond what the kernel has
+    )
+
+
+def cabled(
+    config: VMConfig,
+    switch_fds: Sequence[int],
+    port_map: PortMap,
+    qmp_socket: Path | None = None,
+    incoming: str | None = None,
+) -> VMConfig:
+    """The switch ``config`` with its NICs: uplink first, forwarding ``port_map``, then one socket NIC per node end.
+
+    Every port of ``port_map`` is forwarded from the host; the per-node debug
+    ports among them lead to their node, the others to node 0.
+    The switch's own NIC MACs do not matter (nodes are told apart by theirs);
+    they are made distinct and recognisable: 02:72:82:00:00:<node index>.
+    ``incoming`` restores a saved switch (paused until resumed over QMP).
+    """
+    nics: list[SocketNic | UserNic] = [UserNic(UPLINK_MAC, port_map)]
+    nics += [SocketNic(fd, "02:72:82:00:00:%02x" % i) for i, fd in enumerate(switch_fds)]
+    return replace(config, nics=tuple(nics), qmp_socket=qmp_socket, incoming=incoming, paused=incoming is not None)
+
+
 def switch_vm_config(
     image: SwitchImage,
     nodes: int,
@@ -227,33 +252,13 @@ def switch_vm_config(
     qmp_socket: Path | None = None,
     incoming: str | None = None,
 ) -> VMConfig:
-    """The switch's VM: microvm, uplink first, then one socket NIC per node end.
-
-    Every port of ``port_map`` is forwarded from the host; the per-node debug
-    ports among them lead to their node, the others to node 0.
-    The switch's own NIC MACs do not matter (nodes are told apart by theirs);
-    they are made distinct and recognisable: 02:72:82:00:00:<node index>.
-    ``incoming`` restores a saved switch (paused until resumed over QMP).
-    """
+    """The switch's whole VM in one call (:func:`switch_config`, then :func:`cabled`), for tests and tools."""
     check_node_count(nodes)
     if len(switch_fds) != nodes:
         raise ValueError(f"{nodes} nodes need {nodes} switch ends, got {len(switch_fds)}")
     node0_ports = tuple(p for p in port_map if p not in NODE_DEBUG_GUEST_PORTS)
-    nics: list[SocketNic | UserNic] = [UserNic(UPLINK_MAC, port_map)]
-    nics += [SocketNic(fd, "02:72:82:00:00:%02x" % i) for i, fd in enumerate(switch_fds)]
-    return VMConfig(
-        name=name,
-        boot=DirectBoot(image.kernel, image.initramfs, switch_cmdline(nodes, node0_ports, extra=extra_kernel_args)),
-        machine="microvm",
-        accel=accel,
-        memory_mib=SWITCH_MEMORY_MIB,
-        cpus=1,
-        nics=tuple(nics),
-        rng=False,  # the switch needs no entropy beyond what the kernel has
-        qmp_socket=qmp_socket,
-        incoming=incoming,
-        paused=incoming is not None,
-    )
+    config = switch_config(image, nodes, node0_ports, accel, name=name, extra_kernel_args=extra_kernel_args)
+    return cabled(config, switch_fds, port_map, qmp_socket, incoming)
 
 
 class Switch:
@@ -394,18 +399,41 @@ def launch_switch(
     ready_timeout: float | None = READY_TIMEOUT,
     progress: Progress = stderr_progress,
     qemu: str = QEMU_BINARY,
-    restore: tuple[str, Sequence[str]] | None = None,
 ) -> Switch:
-    """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0.
+    """Start a Nanoswitch for ``nodes`` nodes forwarding ``ports`` to node 0 (a switch on its own, for tests and tools).
 
     The per-node debug ports are forwarded in addition, always
-    (:meth:`Switch.node_debug_port`).
+    (:meth:`Switch.node_debug_port`). Arguments are validated before
+    anything is built or started; ``accel`` may be ``auto`` (resolved with
+    ``qemu``, see :func:`~pytest_smalltown.launch.accel.resolve_accel`).
+    A cluster starts its switch from its plan instead (:func:`start_switch`).
+    """
+    check_node_count(nodes)
+    port_tuple = check_ports(ports)
+    if image is None:
+        from pytest_smalltown.images.switch import build_switch_image
 
-    Arguments are validated before anything is built or started. Unless
-    ``ready_timeout`` is None, this waits for the switch's "forwarding" line,
-    so the returned switch is ready for nodes (nodes may also be started
-    before it is ready: their DHCP client retries). On any failure everything
-    started so far is torn down before the error propagates.
+        image = build_switch_image(progress)
+    config = switch_config(image, nodes, port_tuple, resolve_accel(accel, qemu).accel, qemu)
+    return start_switch(config, nodes, port_tuple, workdir, ready_timeout)
+
+
+def start_switch(
+    config: VMConfig,
+    nodes: int,
+    ports: Iterable[int] = DEFAULT_PORTS,
+    workdir: Path | None = None,
+    ready_timeout: float | None = READY_TIMEOUT,
+    restore: tuple[str, Sequence[str]] | None = None,
+) -> Switch:
+    """Start the switch ``config`` (from :func:`switch_config`) with fresh cables and host ports.
+
+    ``ports`` are the guest ports it forwards to node 0, as in its
+    configuration. Unless ``ready_timeout`` is None, this waits for the
+    switch's "forwarding" line, so the returned switch is ready for nodes
+    (nodes may also be started before it is ready: their DHCP client
+    retries). On any failure everything started so far is torn down before
+    the error propagates.
 
     ``restore`` is (incoming migration URI, console history) of a saved
     switch: it starts paused, with fresh cables and host ports, and is not
@@ -414,14 +442,6 @@ def launch_switch(
     """
     check_node_count(nodes)
     port_tuple = check_ports(ports) + tuple(node_debug_guest_port(i) for i in range(nodes))
-    if accel not in ACCEL_MODES:
-        raise ValueError(f"accel must be one of {', '.join(ACCEL_MODES)}, got {accel!r}")
-    if image is None:
-        from pytest_smalltown.images.switch import build_switch_image
-
-        image = build_switch_image(progress)
-    switch_image: SwitchImage = image
-    resolved = resolve_accel(accel).accel
     owns_workdir = workdir is None
     # make_workdir: a short path under /tmp that the reaper removes even if we are killed.
     work = make_workdir("st-sw-") if workdir is None else Path(workdir)
@@ -431,14 +451,12 @@ def launch_switch(
         switch_fds = [a.fileno() for a, _ in pairs]
 
         def make_config(port_map: PortMap) -> VMConfig:
-            return switch_vm_config(
-                switch_image, nodes, switch_fds, port_map, resolved,
-                qmp_socket=work / "nanoswitch.qmp", incoming=restore[0] if restore else None,
-            )  # fmt: skip
+            return cabled(config, switch_fds, port_map, qmp_socket=work / f"{config.name}.qmp",
+                          incoming=restore[0] if restore else None)  # fmt: skip
 
         started = time.monotonic()
         # Retries with a fresh port map if another process grabs a chosen host port first.
-        vm, port_map = start_vm_with_ports(make_config, port_tuple, work, qemu, history=restore[1] if restore else ())
+        vm, port_map = start_vm_with_ports(make_config, port_tuple, work, history=restore[1] if restore else ())
     except BaseException:
         for a, b in pairs:
             a.close()

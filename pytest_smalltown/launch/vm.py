@@ -6,7 +6,7 @@ Every VM process:
   terminal reaches pytest, which then tears the cluster down in order, rather
   than killing VMs mid-test behind its back;
 * gets ``PR_SET_PDEATHSIG=SIGKILL``, so the kernel kills it if its parent
-  dies without cleaning up, and is registered with the :mod:`reaper`
+  dies without cleaning up, and is registered with the :mod:`~pytest_smalltown.base.processes`
   watchdog, which also removes the temporary directories;
 * has its serial console captured to a log file and an in-memory tail that
   :meth:`VM.wait_for_console` watches without polling.
@@ -18,8 +18,8 @@ bad QEMU option from a kernel panic from a hanging init.
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -33,14 +33,22 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pytest_smalltown.base.errors import SmalltownError
+from pytest_smalltown.base.processes import reaper, stop_group, supervised_popen
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
+from pytest_smalltown.launch.console import (
+    CONSOLE_TAIL_LINES,
+    RECENT_CONSOLE_LINES,
+    Console,
+    ConsoleTail,
+    longest_soft_lockup,
+)
 from pytest_smalltown.launch.ports import PortMap, conflict_free_port_map
-from pytest_smalltown.launch.qemu import QEMU_BINARY, VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
-from pytest_smalltown.launch.reaper import reaper, stop_group, supervised_popen
-
-CONSOLE_TAIL_LINES = 2000
+from pytest_smalltown.launch.qemu import VMConfig, check_paths, health_socket, inherited_fds, qemu_argv
 
 
-class LaunchError(RuntimeError):
+class LaunchError(SmalltownError, RuntimeError):
     """A VM could not be started or did not reach the state asked for."""
 
 
@@ -85,23 +93,16 @@ class GuestHungError(LaunchError):
 #: A soft lockup this long is a hung guest, not a busy host: under TCG on a
 #: loaded host the kernel reports CPUs stuck for 20-60 s and then recovers.
 HUNG_GUEST_SECONDS = 120
-#: How many of the latest console lines the health checks read: a lockup further back has passed.
-#: Each lockup report carries a register dump and call trace (about 45 lines) per stuck CPU.
-RECENT_CONSOLE_LINES = 300
-_SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
 
 
-def check_console_not_hung(name: str, this_boot: Sequence[str], tail: Callable[[], list[str]],
-                           threshold: int = HUNG_GUEST_SECONDS) -> None:
-    """Raise :class:`GuestHungError` if ``this_boot``'s last console lines report a soft lockup of ``threshold`` s.
+def check_console_not_hung(console: Console, threshold: int = HUNG_GUEST_SECONDS) -> None:
+    """Raise :class:`GuestHungError` if ``console``'s lines since its restart report a soft lockup of ``threshold`` s.
 
-    The one rule for a VM's in-memory console and a kept node's log file alike;
-    ``tail`` gives the lines the error shows.
+    The one rule for a VM's in-memory console and a kept node's log file alike.
     """
-    recent = this_boot[-RECENT_CONSOLE_LINES:]
-    stuck = max((int(match.group(1)) for line in recent if (match := _SOFT_LOCKUP.search(line))), default=0)
+    stuck = longest_soft_lockup(console.this_boot(RECENT_CONSOLE_LINES))
     if stuck >= threshold:
-        raise GuestHungError(name, stuck, tail())
+        raise GuestHungError(console.name, stuck, console.console_tail(50))
 
 
 class FirmwareBootError(LaunchError):
@@ -121,6 +122,13 @@ class FirmwareBootError(LaunchError):
 #: on with network boot and then its shell, which would only end at the boot
 #: deadline; the first disk option failing is already the answer.
 _FIRMWARE_GAVE_UP = re.compile(r"BdsDxe: (failed to (?:load|start) Boot[0-9A-F]{4} .*|No bootable option or device was found.*)")
+
+
+def check_firmware_booted(console: Console) -> None:
+    """Raise :class:`FirmwareBootError` if ``console``'s lines since its restart say the firmware could not boot."""
+    for line in console.this_boot(RECENT_CONSOLE_LINES):
+        if match := _FIRMWARE_GAVE_UP.search(line):
+            raise FirmwareBootError(console.name, match.group(0), console.console_tail(50))
 
 
 class DiskFullError(LaunchError):
@@ -203,7 +211,7 @@ def check_not_stopped_on_full_disk(name: str, socket_path: Path, tail: Callable[
 
     QEMU's default ``werror=enospc`` pauses a VM whose disk write fails with
     ENOSPC, silently: nothing on its stderr or console, and it never exits,
-    so only the boot deadline (600 s) ended such a launch or test. We keep
+    so only the boot deadline (``--smalltown-boot-timeout``) ended such a launch or test. We keep
     that policy and ask QEMU (``query-status``: ``io-error``;
     ``query-block``: the drive whose ``io-status`` is ``nospace``) instead of
     switching to ``werror=report``, which would hand the error to the guest:
@@ -247,22 +255,6 @@ def written_file(name: str) -> Path:
     if isinstance(node, dict):
         node = node.get("filename", name)
     return Path(str(node))
-
-
-class ProgramNotFoundError(LaunchError):
-    """A program the launch runs (QEMU, swtpm, qemu-img, zstd) is not installed."""
-
-
-#: The name this error had when QEMU was the only program it named; kept for code that catches it.
-QemuNotFoundError = ProgramNotFoundError
-
-
-def find_binary(name: str, hint: str) -> str:
-    """Absolute path of ``name`` on PATH, or a :class:`ProgramNotFoundError` saying how to install it."""
-    path = shutil.which(name)
-    if path is None:
-        raise ProgramNotFoundError(f"{name} was not found on PATH; {hint}")
-    return path
 
 
 def make_workdir(prefix: str = "st-") -> Path:
@@ -338,27 +330,20 @@ class VM(Process):
     #: QMP socket of the liveness checks (:func:`~pytest_smalltown.launch.qemu.health_socket`); None: not asked.
     _health_socket: Path | None = None
 
-    def __init__(
-        self, config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()
-    ) -> None:
-        binary = find_binary(qemu, "install QEMU (Debian: apt-get install qemu-system-x86)")
+    def __init__(self, config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> None:
+        binary = find_program(config.qemu, "the VMs run in it", "qemu-system-x86")
         check_paths(config)
         self.config = config
         self.console_log = workdir / f"{config.name}.console.log"
-        self._tail: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL_LINES)
         self._history = list(history)
         if self._history:
             self._history.append(f"[pytest-smalltown: {config.name} restored from a snapshot; its console continues]")
-        self._tail.extend(self._history)
-        self._lines_seen = len(self._history)
-        #: Tail lines printed since the machine last started (see :meth:`note_reset`).
-        self._lines_this_boot = len(self._history)
-        self._cond = threading.Condition()
-        self._eof = False
+        #: The console's last lines, in memory (the full log is :attr:`console_log`).
+        self.console = ConsoleTail(config.name, self._history)
         self._health_socket = health_socket(config)
         self._health_lock = threading.Lock()
         self._next_health_check = 0.0
-        argv = qemu_argv(config, binary)
+        argv = qemu_argv(dataclasses.replace(config, qemu=binary))
         super().__init__(config.name, argv, workdir, pass_fds=inherited_fds(config), capture_stdout=True)
         self._reader = threading.Thread(target=self._read_console, name=f"console-{config.name}", daemon=True)
         self._reader.start()
@@ -390,45 +375,23 @@ class VM(Process):
                         with contextlib.suppress(OSError):
                             log.close()
                         log = None
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                with self._cond:
-                    self._tail.append(line)
-                    self._lines_seen += 1
-                    self._lines_this_boot += 1
-                    self._cond.notify_all()
+                self.console.append(raw.decode(errors="replace").rstrip("\r\n"))
         finally:
             if log is not None:
                 with contextlib.suppress(OSError):
                     log.close()
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            self.console.end()
 
     def _note_log_error(self, error: OSError) -> None:
-        with self._cond:
-            self._tail.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
-            self._lines_this_boot += 1
-            self._cond.notify_all()
+        self.console.append(f"[pytest-smalltown: console log {self.console_log} not written from here on: {error}]")
 
     def console_tail(self, lines: int = 50) -> list[str]:
         """The last ``lines`` console lines (from memory; the full log is :attr:`console_log`)."""
-        with self._cond:
-            return list(self._tail)[-lines:]
+        return self.console.console_tail(lines)
 
     def note_reset(self) -> None:
-        """Mark that the machine restarts now (a reset or a reboot), so that health checks read only the new boot.
-
-        The console is one stream across reboots: without this, a soft
-        lockup of a boot that was reset away would still read as a hung guest.
-        """
-        with self._cond:
-            self._tail.append(f"[pytest-smalltown: {self.name} restarts]")
-            self._lines_this_boot = 1
-
-    def _this_boot_tail(self, lines: int) -> list[str]:
-        with self._cond:
-            count = min(lines, self._lines_this_boot)
-            return list(self._tail)[-count:] if count else []
+        """Mark that the machine restarts now (a reset or a reboot), so that health checks read only the new boot."""
+        self.console.note_reset()
 
     def exited_error(self) -> VMExitedError:
         returncode = self._popen.wait()
@@ -461,13 +424,11 @@ class VM(Process):
 
     def check_not_hung(self, threshold: int = HUNG_GUEST_SECONDS) -> None:
         """Raise :class:`GuestHungError` if this boot's last console lines report a long soft lockup."""
-        check_console_not_hung(self.name, self._this_boot_tail(RECENT_CONSOLE_LINES), self.console_tail, threshold)
+        check_console_not_hung(self.console, threshold)
 
     def check_firmware_booted(self) -> None:
         """Raise :class:`FirmwareBootError` if the UEFI firmware reported that it could not boot the disk."""
-        for line in self._this_boot_tail(RECENT_CONSOLE_LINES):
-            if match := _FIRMWARE_GAVE_UP.search(line):
-                raise FirmwareBootError(self.name, match.group(0), self.console_tail(50))
+        check_firmware_booted(self.console)
 
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, what: str | None = None) -> re.Match[str]:
         """Block until a console line (seen at any time since boot) matches ``pattern``.
@@ -476,30 +437,18 @@ class VM(Process):
         :class:`ConsoleTimeoutError` (with the console tail) on the deadline.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        checked = 0
-        with self._cond:
-            while True:
-                lines = list(self._tail)
-                # Only look at lines added since the last pass (all of them the first time).
-                fresh = lines[max(0, len(lines) - (self._lines_seen - checked)) :] if checked else lines
-                for line in fresh:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                checked = self._lines_seen
-                if self._eof:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConsoleTimeoutError(self.name, what or f"/{regex.pattern}/", timeout, list(self._tail))
-                self._cond.wait(min(remaining, 1.0))
-        raise self.exited_error()
+        match = self.console.search(regex, timeout)
+        if match is not None:
+            return match
+        if self.console.ended:
+            raise self.exited_error()
+        raise ConsoleTimeoutError(self.name, what or f"/{regex.pattern}/", timeout,
+                                  self.console.console_tail(CONSOLE_TAIL_LINES))
 
 
-def start_vm(config: VMConfig, workdir: Path, qemu: str = QEMU_BINARY, history: Sequence[str] = ()) -> VM:
-    """Start ``config`` as a supervised QEMU process whose files live in ``workdir``."""
-    return VM(config, workdir, qemu, history)
+def start_vm(config: VMConfig, workdir: Path, history: Sequence[str] = ()) -> VM:
+    """Start ``config`` as a supervised QEMU process (``config.qemu``) whose files live in ``workdir``."""
+    return VM(config, workdir, history)
 
 
 PORT_RETRIES = 3
@@ -509,7 +458,6 @@ def start_vm_with_ports(
     make_config: Callable[[PortMap], VMConfig],
     guest_ports: Iterable[int],
     workdir: Path,
-    qemu: str = QEMU_BINARY,
     settle: float = 5.0,
     history: Sequence[str] = (),
 ) -> tuple[VM, PortMap]:
@@ -525,7 +473,7 @@ def start_vm_with_ports(
     last_error: VMExitedError | None = None
     for _ in range(PORT_RETRIES):
         port_map = conflict_free_port_map(ports)
-        vm = start_vm(make_config(port_map), workdir, qemu, history)
+        vm = start_vm(make_config(port_map), workdir, history)
         try:
             wait_listening(vm, port_map.values(), settle)
             return vm, port_map
@@ -574,17 +522,25 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
 
 
 def wait_listening(vm: VM, host_ports: Iterable[int], timeout: float) -> None:
-    """Wait until the VM's QEMU process listens on every one of ``host_ports``."""
+    """Wait until the VM's QEMU process listens on every one of ``host_ports`` (else a :class:`LaunchError`)."""
     wanted = set(host_ports)
-    deadline = time.monotonic() + timeout
-    while True:
-        vm.check_running()
-        have = {port for _, port in listening_sockets(vm.pid)}
-        if wanted <= have:
-            return
-        if time.monotonic() > deadline:
-            raise LaunchError(f"VM {vm.name!r}: host ports {sorted(wanted - have)} not listening after {timeout:.0f}s")
-        time.sleep(0.05)
+    missing = wanted
+
+    def all_listening() -> bool:
+        nonlocal missing
+        vm.check_running()  # an exit is the answer at once (a LaunchError: fatal)
+        missing = wanted - {port for _, port in listening_sockets(vm.pid)}
+        return not missing
+
+    try:
+        wait_for(f"VM {vm.name!r} to listen on its host ports", all_listening, timeout, interval=0.05,
+                 fatal=(LaunchError,))
+    except WaitTimeoutError:
+        raise LaunchError(f"VM {vm.name!r}: host ports {sorted(missing)} not listening after {timeout:.0f}s") from None
+
+
+#: How long swtpm may take to create its control socket (it takes milliseconds).
+SWTPM_START_TIMEOUT = 10.0
 
 
 def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
@@ -597,19 +553,25 @@ def start_swtpm(workdir: Path, name: str = "swtpm") -> tuple[Process, Path]:
     """
     if "," in str(workdir):
         raise LaunchError(f"swtpm cannot use {workdir}: its options have no escape for the comma in that path")
-    binary = find_binary("swtpm", "install swtpm (Debian: apt-get install swtpm swtpm-tools) or disable the TPM")
+    binary = find_program("swtpm", "a VM's TPM is emulated by it", "swtpm swtpm-tools", otherwise="disable the TPM")
     state = workdir / f"{name}-state"
     state.mkdir(exist_ok=True)
     sock = workdir / f"{name}.sock"
     argv = [binary, "socket", "--tpm2", "--tpmstate", f"dir={state}",
             "--ctrl", f"type=unixio,path={sock}", "--terminate", "--flags", "not-need-init,startup-clear"]  # fmt: skip
     process = Process(name, argv, workdir)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
+
+    def socket_made() -> bool:
+        if sock.exists():
+            return True
         if process.returncode is not None:
             raise LaunchError(f"swtpm exited with status {process.returncode}: {process.stderr()}")
-        if time.monotonic() > deadline:
-            process.stop()
-            raise LaunchError(f"swtpm did not create {sock} within 10s: {process.stderr()}")
-        time.sleep(0.02)
+        return False
+
+    try:
+        wait_for(f"swtpm to create {sock}", socket_made, SWTPM_START_TIMEOUT, interval=0.02, fatal=(LaunchError,))
+    except WaitTimeoutError:
+        process.stop()
+        raise LaunchError(f"swtpm did not create {sock} within {SWTPM_START_TIMEOUT:.0f}s: "
+                          f"{process.stderr()}") from None
     return process, sock

@@ -28,8 +28,10 @@ from typing import Any
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from pytest_smalltown.launch.reaper import run_supervised, timeout_message
-from pytest_smalltown.launch.vm import VM, LaunchError, find_binary
+from pytest_smalltown.base.processes import run_supervised, timeout_message
+from pytest_smalltown.base.programs import find_program
+from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
+from pytest_smalltown.launch.vm import VM, LaunchError
 
 #: Migration bandwidth cap while saving. QEMU's default (32 MiB/s) is meant
 #: for live migration over a network; a paused VM saving to a local file
@@ -42,6 +44,8 @@ ZSTD_LEVEL = 1
 QEMU_IMG_TIMEOUT = 300.0
 #: QMP connection attempts before a VM counts as unreachable.
 CONNECT_ATTEMPTS = 5
+#: How often the waits for a save or a restore ask QEMU how far it is (a QMP query takes well under a millisecond).
+POLL_INTERVAL = 0.02
 
 
 class VMStateError(LaunchError):
@@ -74,11 +78,18 @@ class Monitor:
 
     def _connect(self, socket_path: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not socket_path.exists():  # QEMU creates it a few ms after it starts
+
+        def socket_made() -> bool:  # QEMU creates it a few ms after it starts
+            if socket_path.exists():
+                return True
             self.check_running()
-            if time.monotonic() > deadline:
-                raise VMStateError(f"VM {self.name!r}: QMP socket {socket_path} did not appear within {timeout:.0f}s")
-            time.sleep(0.01)
+            return False
+
+        try:
+            wait_for(f"VM {self.name!r}'s QMP socket", socket_made, timeout, interval=0.01, fatal=(LaunchError,))
+        except WaitTimeoutError:
+            raise VMStateError(f"VM {self.name!r}: QMP socket {socket_path} did not appear within "
+                               f"{timeout:.0f}s") from None
         # A connection made while QEMU is still setting up (seen under load, restoring two
         # sessions at once) can fail the greeting; a fresh connection a moment later works.
         for attempt in range(CONNECT_ATTEMPTS):
@@ -149,7 +160,7 @@ def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
 
 def start_save(monitor: Monitor, state_file: Path) -> None:
     """Begin writing the paused VM's RAM and device state, zstd-compressed, to ``state_file``."""
-    zstd = find_binary("zstd", "install zstd (Debian: apt-get install zstd)")
+    zstd = find_program("zstd", "a VM's saved state is compressed with it", "zstd")
     monitor.cmd("migrate-set-parameters", **{"max-bandwidth": SAVE_BANDWIDTH})
     command = f"{shlex.quote(zstd)} -{ZSTD_LEVEL} -q -f -o {shlex.quote(str(state_file))}"
     monitor.cmd("migrate", uri=f"exec:{command}")
@@ -157,7 +168,7 @@ def start_save(monitor: Monitor, state_file: Path) -> None:
 
 def incoming_uri(state_file: Path) -> str:
     """The ``-incoming`` URI that restores a VM from a file written by :func:`start_save`."""
-    zstd = find_binary("zstd", "install zstd (Debian: apt-get install zstd)")
+    zstd = find_program("zstd", "a saved VM's state is read back through it", "zstd")
     return f"exec:{shlex.quote(zstd)} -d -c -q {shlex.quote(str(state_file))}"
 
 
@@ -167,34 +178,40 @@ def wait_migration(monitor: Monitor, timeout: float) -> None:
     Raises :class:`VMStateError` with QEMU's reason (and its stderr, where a
     bad state file is explained) when it failed or did not finish in time.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    state: str | None = None
+
+    def completed() -> bool:
+        nonlocal state
         monitor.check_running()
         status = monitor.cmd("query-migrate")
-        state = status.get("status")
-        if state == "completed":
-            return
+        state = str(status.get("status"))
         if state in ("failed", "cancelled"):
             reason = status.get("error-desc", "no reason given")
             raise VMStateError(f"VM {monitor.name!r}: state transfer {state}: {reason}; "
                                f"QEMU stderr: {monitor.stderr().strip()[-500:] or '(empty)'}")
-        if time.monotonic() > deadline:
-            raise VMStateError(f"VM {monitor.name!r}: state transfer not done within {timeout:.0f}s ({state})")
-        time.sleep(0.02)
+        return state == "completed"
+
+    try:
+        wait_for(f"VM {monitor.name!r}'s state transfer", completed, timeout, interval=POLL_INTERVAL,
+                 fatal=(LaunchError,))
+    except WaitTimeoutError:
+        raise VMStateError(f"VM {monitor.name!r}: state transfer not done within {timeout:.0f}s ({state})") from None
 
 
 def wait_incoming(monitor: Monitor, timeout: float) -> None:
     """Wait until a VM started with ``-incoming`` has loaded its state (its vCPUs stay stopped)."""
     deadline = time.monotonic() + timeout
-    while True:
+
+    def loading_done() -> bool:
         # Before the incoming stream is read, query-migrate reports nothing or "setup".
         monitor.check_running()
-        status = monitor.cmd("query-status")
-        if status.get("status") != "inmigrate":
-            break
-        if time.monotonic() > deadline:
-            raise VMStateError(f"VM {monitor.name!r}: saved state not loaded within {timeout:.0f}s")
-        time.sleep(0.02)
+        return bool(monitor.cmd("query-status").get("status") != "inmigrate")
+
+    try:
+        wait_for(f"VM {monitor.name!r} to load its saved state", loading_done, timeout, interval=POLL_INTERVAL,
+                 fatal=(LaunchError,))
+    except WaitTimeoutError:
+        raise VMStateError(f"VM {monitor.name!r}: saved state not loaded within {timeout:.0f}s") from None
     wait_migration(monitor, max(1.0, deadline - time.monotonic()))
 
 
@@ -204,7 +221,7 @@ def create_overlay(backing: Path, backing_format: str, overlay: Path, in_use: bo
     ``in_use``: a running VM holds ``backing`` open for writing, so its size
     is read without taking QEMU's image lock (``-U``) and passed explicitly.
     """
-    qemu_img = find_binary("qemu-img", "install qemu-utils (Debian: apt-get install qemu-utils)")
+    qemu_img = find_program("qemu-img", "a saved VM's disks are qcow2 overlays made with it", "qemu-utils")
     argv = [qemu_img, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(overlay)]
     if in_use:
         info = _run([qemu_img, "info", "-U", "--output=json", "-f", backing_format, str(backing)], backing)

@@ -39,9 +39,9 @@ class Ports:
 
 @dataclass
 class Binaries:
-    kube: str = "/usr/local/bin/kube"
-    etcd: str = "/usr/local/bin/etcd"
-    coredns: str = "/usr/local/bin/coredns"
+    kube: str = f"{contract.IMAGE_BIN_DIR}/kube"
+    etcd: str = f"{contract.IMAGE_BIN_DIR}/etcd"
+    coredns: str = f"{contract.IMAGE_BIN_DIR}/coredns"
     containerd: str = "containerd"
     ctr: str = "ctr"
     busybox: str = "busybox"
@@ -110,7 +110,7 @@ class AgentConfig:
 
     @property
     def images_dir(self) -> Path:
-        return self.root / "opt/smalltown/images"
+        return self.root / contract.IMAGE_ARCHIVE_DIR.lstrip("/")
 
     @property
     def containerd_root(self) -> Path:

@@ -28,7 +28,7 @@ from pytest_smalltown.images.tinyvm import READY_LINE, TinyImage, build_tiny_ima
 from pytest_smalltown.launch.qemu import DirectBoot, VMConfig
 from pytest_smalltown.launch.vm import make_workdir, remove_workdir, start_vm
 
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.base.processes import run_supervised
 
 TOKEN = os.environ["CLEANUP_TOKEN"]
 PHASE = os.environ["CLEANUP_PHASE"]

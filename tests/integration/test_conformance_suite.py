@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pytest_smalltown.conformance import SMOKE_TESTS, build_suite, smoke_focus
+from pytest_smalltown.conformance.command import build_suite
+from pytest_smalltown.conformance.smoke import SMOKE_TESTS, smoke_focus
 from pytest_smalltown.images.gobuild import KUBERNETES_VERSION
 
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 from pathlib import Path
 
 import pytest
 
+from pytest_smalltown.base.programs import ProgramNotFoundError
 from pytest_smalltown.images.tinyvm import HELLO_LINE, READY_LINE, TinyImage
 from pytest_smalltown.launch import vm as vm_module
 from pytest_smalltown.launch.accel import probe_kvm
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import DirectBoot, SocketNic, UserNic, VMConfig, random_mac
 from pytest_smalltown.launch.vm import (
-    QemuNotFoundError,
     VMExitedError,
     listening_sockets,
     start_swtpm,
@@ -206,8 +207,8 @@ def test_kernel_panic_is_reported_with_console_tail(tiny_image: TinyImage, accel
 
 
 def test_missing_qemu_is_a_clear_error(tiny_image: TinyImage, workdir: Path) -> None:
-    with pytest.raises(QemuNotFoundError, match="qemu-system-nonexistent was not found on PATH; install QEMU"):
-        start_vm(tiny_config(tiny_image, "x", "tcg"), workdir, qemu="qemu-system-nonexistent")
+    with pytest.raises(ProgramNotFoundError, match="'qemu-system-nonexistent' is not installed; .*qemu-system-x86"):
+        start_vm(dataclasses.replace(tiny_config(tiny_image, "x", "tcg"), qemu="qemu-system-nonexistent"), workdir)
 
 
 def test_accelerator_probe_gives_a_verdict_that_boots(tiny_image: TinyImage, workdir: Path) -> None:

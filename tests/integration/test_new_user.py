@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.images.cache import CACHE_ENV, cache_root
+from pytest_smalltown.base.paths import CACHE_ENV, cache_root
 from pytest_smalltown.images.node import build_node_image
 from pytest_smalltown.snapshots import SNAPSHOT_DIR_ENV
 

@@ -25,10 +25,12 @@ from cryptography import x509
 from kubernetes import client as k8s
 
 from pytest_smalltown import snapshots
-from pytest_smalltown.cluster import Cluster, launch_cluster
-from pytest_smalltown.images.cache import stderr_progress
+from pytest_smalltown.base.progress import stderr_progress
+from pytest_smalltown.base.waits import wait_for
+from pytest_smalltown.cluster import Cluster
+from pytest_smalltown.kube import busybox_pod, node_addresses, node_ready_since, server_time, wait_pod_phase
+from pytest_smalltown.launcher import launch_cluster
 from pytest_smalltown.node.pki import BACKDATE
-from pytest_smalltown.kube import busybox_pod, node_addresses, node_ready_since, server_time, wait_for, wait_pod_phase
 from pytest_smalltown.settings import Settings, resolve
 from pytest_smalltown.snapshots import SnapshotWarning
 from pytest_smalltown.spec import ClusterSpec
@@ -145,7 +147,7 @@ def test_a_restored_cluster_runs_pods(saved: dict[str, Any]) -> None:
 SESSION = """
 import json, sys
 from kubernetes import client as k8s
-from pytest_smalltown.cluster import launch_cluster
+from pytest_smalltown.launcher import launch_cluster
 from pytest_smalltown.settings import resolve
 from pytest_smalltown.spec import ClusterSpec
 cluster = launch_cluster(ClusterSpec(1), resolve({}, {}, environ={}), lambda message: None)

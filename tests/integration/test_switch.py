@@ -26,6 +26,7 @@ import pytest
 
 from pytest_smalltown.images.switch import SwitchImage, build_switch_image
 from pytest_smalltown.images.tinyvm import TinyImage
+from pytest_smalltown import contract
 from pytest_smalltown.launch import switch as sw
 from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
 from pytest_smalltown.launch.qemu import Accel, DirectBoot, VMConfig
@@ -46,14 +47,14 @@ SLIRP_GATEWAY = "10.0.2.2"
 #: of its addresses: not the host's forwards, not a node's debug forward, not
 #: a NodePort of the DNAT range.
 FENCE_PROBES: dict[str, str] = {
-    f"{sw.node_address(0)}:7837": "ok",
+    f"{contract.node_address(0)}:7837": "ok",
     "10.0.2.15:7837": "fail",
     "10.0.2.15:6443": "fail",
-    f"10.0.2.15:{sw.node_debug_guest_port(0)}": "fail",
-    f"10.0.2.15:{sw.node_debug_guest_port(1)}": "fail",
+    f"10.0.2.15:{contract.node_debug_guest_port(0)}": "fail",
+    f"10.0.2.15:{contract.node_debug_guest_port(1)}": "fail",
     "10.0.2.15:30080": "fail",
     "10.1.0.1:7837": "fail",
-    f"10.1.0.1:{sw.node_debug_guest_port(0)}": "fail",
+    f"10.1.0.1:{contract.node_debug_guest_port(0)}": "fail",
 }
 
 
@@ -119,7 +120,7 @@ def net(
                                 f"tiny.ping={SLIRP_GATEWAY}"))  # fmt: skip
         wait_line(nodes[0].vm, r"tinyvm: ready")
         nodes.append(start_tiny(switch, tiny, accel, 1, workdir, "tiny.name=node1", "tiny.ip=dhcp", serve,
-                                f"tiny.ping={sw.node_address(0)}", "tiny.connect=" + ",".join(FENCE_PROBES)))  # fmt: skip
+                                f"tiny.ping={contract.node_address(0)}", "tiny.connect=" + ",".join(FENCE_PROBES)))  # fmt: skip
         wait_line(nodes[1].vm, r"tinyvm: ready")
         print(f"\n[switch] start -> forwarding: {switch.ready_after:.2f}s ({switch.ready_line})")
         for node in nodes:
@@ -140,9 +141,9 @@ def net(
 
 def test_each_node_gets_exactly_its_planned_address(net: Net) -> None:
     for node in net.nodes:
-        assert node.ip_line.split() == ["tinyvm:", "ip", f"{sw.node_address(node.index)}/24"]
-        lease = wait_line(net.switch.vm, rf"nanoswitch: lease \S+ to {sw.node_mac(node.index)}", 5)
-        assert lease.split() == ["nanoswitch:", "lease", sw.node_address(node.index), "to", sw.node_mac(node.index)]
+        assert node.ip_line.split() == ["tinyvm:", "ip", f"{contract.node_address(node.index)}/24"]
+        lease = wait_line(net.switch.vm, rf"nanoswitch: lease \S+ to {contract.node_mac(node.index)}", 5)
+        assert lease.split() == ["nanoswitch:", "lease", contract.node_address(node.index), "to", contract.node_mac(node.index)]
 
 
 def test_node_reaches_the_outside_through_the_switch_nat(net: Net) -> None:
@@ -151,7 +152,7 @@ def test_node_reaches_the_outside_through_the_switch_nat(net: Net) -> None:
 
 def test_nodes_reach_each_other_through_the_bridge(net: Net) -> None:
     # node 1's echo request crosses the bridge to node 0 and node 0's reply comes back.
-    assert wait_line(net.nodes[1].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {sw.node_address(0)} ok"
+    assert wait_line(net.nodes[1].vm, r"tinyvm: ping \S+ \w+", 5) == f"tinyvm: ping {contract.node_address(0)} ok"
 
 
 def test_nothing_of_the_switch_answers_the_nodes_side(net: Net) -> None:
@@ -245,18 +246,18 @@ def open_socket_inodes() -> set[str]:
 
 def test_switch_with_max_nodes_starts_and_teardown_leaves_nothing(switch_image: SwitchImage, accel: Accel) -> None:
     """MAX_NODES NICs all join the bridge; close() stops QEMU, closes every end and removes the work dir."""
-    switch = sw.launch_switch(sw.MAX_NODES, ports=[7837], accel=accel, image=switch_image)
+    switch = sw.launch_switch(contract.MAX_NODES, ports=[7837], accel=accel, image=switch_image)
     try:
         bridge_line = wait_line(switch.vm, r"nanoswitch: bridge br0 .*", 5)
         ports = re.search(r"ports (\S+);", bridge_line)
-        assert ports is not None and len(ports.group(1).split(",")) == sw.MAX_NODES, bridge_line
+        assert ports is not None and len(ports.group(1).split(",")) == contract.MAX_NODES, bridge_line
         assert switch.ready_line is not None and switch.ready_line.startswith("nanoswitch: forwarding 7837 to 10.1.0.2")
         pid = switch.vm.pid
         workdir = switch.workdir
         assert workdir.exists()
-        ends = {f"socket:[{os.fstat(switch.node_fd(i)).st_ino}]" for i in range(sw.MAX_NODES)}
+        ends = {f"socket:[{os.fstat(switch.node_fd(i)).st_ino}]" for i in range(contract.MAX_NODES)}
         assert ends <= open_socket_inodes()
-        print(f"\n[switch x{sw.MAX_NODES}] start -> forwarding: {switch.ready_after:.2f}s")
+        print(f"\n[switch x{contract.MAX_NODES}] start -> forwarding: {switch.ready_after:.2f}s")
     finally:
         switch.close()
     assert process_gone(pid)

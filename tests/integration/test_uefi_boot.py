@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.cluster import ClusterLaunchError, launch_cluster
 from pytest_smalltown.images.tinyvm import READY_LINE, TinyImage
 from pytest_smalltown.images.uefi import build_uefi_image, efi_stub, make_uefi_disk
 from pytest_smalltown.launch.qemu import Disk, UefiBoot, VMConfig
 from pytest_smalltown.launch.vm import VM, start_swtpm, start_vm
+from pytest_smalltown.launcher import launch_cluster
+from pytest_smalltown.phases import ClusterLaunchError
 from pytest_smalltown.settings import Settings, resolve
 from pytest_smalltown.spec import ClusterSpec
 

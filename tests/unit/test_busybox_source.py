@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
-from pytest_smalltown.images import busybox, cache, debian
+from pytest_smalltown.base.paths import CACHE_ENV
+from pytest_smalltown.images import busybox, debian
 
 TRIXIE = debian.Suite("trixie", "http://mirror.example/debian")
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(debian, "host_proxy_config", lambda: [])
     return tmp_path / "cache"
 

@@ -37,7 +37,7 @@ def test_commands_needing_a_cluster_say_how_to_start_one(command: list[str]) -> 
 
 @pytest.mark.parametrize("content", ['{"pid": 12', "[1, 2]", '{"ports": {}}'])
 def test_a_corrupt_state_file_is_a_clear_error_not_a_traceback(content: str) -> None:
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
 
     state_path().parent.mkdir(parents=True)
     state_path().write_text(content)
@@ -47,12 +47,12 @@ def test_a_corrupt_state_file_is_a_clear_error_not_a_traceback(content: str) -> 
 
 
 def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
-    from pytest_smalltown.kept import AttachedCluster, KeptClusterError
-    from pytest_smalltown.launch.ports import PortMap
-    from pytest_smalltown.spec import ClusterSpec
+    from pytest_smalltown.attached import AttachedCluster
+    from pytest_smalltown.kept import KeptClusterError, KeptState
 
-    kept = AttachedCluster(spec=ClusterSpec(2), debug=None, kube=None, kubeconfig_path=Path("/x"), ports=PortMap({}),
-                           owner_pid=1, console_paths={})  # fmt: skip
+    # What a state file of an older smalltown records: no QMP sockets.
+    state = KeptState.from_json({"pid": 1, "nodes": 2, "ports": {}, "kubeconfig": "/x"}, Path("cluster.json"))
+    kept = AttachedCluster(state, debug=None, kube=None)
     with pytest.raises(KeptClusterError, match="no QMP sockets recorded.*smalltown down && smalltown up"):
         kept.reboot_node(1)
     with pytest.raises(KeptClusterError, match="no switch QMP socket recorded"):
@@ -61,7 +61,7 @@ def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
 
 def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["up", "--nodes", "0"]) == 2
-    assert "--nodes must be between 1 and 8" in capsys.readouterr().err
+    assert "--nodes is out of range: a cluster has 1 to 8 nodes, got 0" in capsys.readouterr().err
 
 
 def test_console_script_is_installed() -> None:
@@ -75,7 +75,7 @@ def test_conformance_running_needs_a_kept_cluster_with_the_conformance_images(
     import json
     import os
 
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
 
     with pytest.raises(SystemExit, match="no cluster is running"):
         main(["conformance", "--running", "--smoke"])
@@ -131,7 +131,7 @@ def _keep(nodes: list[_Node], per_node_ports: bool = True) -> None:
     import json
     import os
 
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
 
     ports = {"7837": nodes[0].port, "6443": 1}
     if per_node_ports:
@@ -200,7 +200,7 @@ def test_cluster_commands_take_every_launch_setting_from_the_one_option_table() 
 def test_a_bad_launch_setting_is_refused_before_anything_starts(
     flag: str, value: str, why: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
 
     with pytest.raises(SystemExit) as exited:
         main(["up", flag, value])
@@ -253,7 +253,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 def _record_owner(pid: int, owner: str | None) -> None:
     import json
 
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
 
     state = {"pid": pid, "nodes": 1, "ports": {"7837": 1, "6443": 2}, "kubeconfig": "/x"}
     if owner is not None:
@@ -265,7 +265,7 @@ def _record_owner(pid: int, owner: str | None) -> None:
 def test_down_stops_the_process_that_keeps_the_cluster(
     sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
     from pytest_smalltown.kept import process_identity
 
     _record_owner(sleeper.pid, process_identity(sleeper.pid))
@@ -277,7 +277,7 @@ def test_down_stops_the_process_that_keeps_the_cluster(
 
 def test_down_leaves_a_process_that_got_the_dead_owners_pid_alone(sleeper: subprocess.Popen[bytes]) -> None:
     """The owner died and the kernel gave its pid to another process: that one is not the cluster."""
-    from pytest_smalltown.cli import state_path
+    from pytest_smalltown.kept import state_path
     from pytest_smalltown.kept import process_identity
 
     identity = process_identity(os.getpid())
@@ -360,3 +360,48 @@ def test_sigterm_in_smalltown_conformance_is_not_an_error_anything_may_catch() -
     from pytest_smalltown.cli import _Terminated
 
     assert issubclass(_Terminated, BaseException) and not issubclass(_Terminated, Exception)
+
+
+#: A stand-in for ``smalltown _serve``: says something, then records a cluster kept by itself (or fails).
+FAKE_SERVER = """
+import json, os, sys, time
+from pytest_smalltown.kept import Owner, KeptState, process_identity
+from pytest_smalltown.launch.ports import PortMap
+from pytest_smalltown.spec import ClusterSpec
+print("booting the switch", flush=True)
+if sys.argv[1] == "fail":
+    sys.exit(3)
+time.sleep(1.5)
+pid = os.getpid()
+KeptState(Owner(pid, process_identity(pid)), ClusterSpec(1), PortMap({7837: 4001, 6443: 4002}), "/x/kubeconfig").write()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["up", "fail"])
+def test_up_shows_the_servers_log_until_the_cluster_is_recorded(
+    outcome: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown import cli
+
+    servers: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def serve(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        servers.append(real_popen([sys.executable, "-c", FAKE_SERVER, outcome], **kwargs))
+        return servers[-1]
+
+    monkeypatch.setattr(cli.subprocess, "Popen", serve)
+    try:
+        code = main(["up"])
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    out, err = capsys.readouterr()
+    assert "booting the switch" in err
+    if outcome == "up":
+        assert code == 0 and f"cluster up (pid {servers[0].pid}), booted:" in out
+        assert "https://127.0.0.1:4002" in out and "KUBECONFIG=/x/kubeconfig" in out
+    else:
+        assert code == 1 and "the cluster failed to start (exit 3)" in err

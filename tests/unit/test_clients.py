@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc
-from pytest_smalltown.cluster import ClusterLaunchError
+from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
+from pytest_smalltown.phases import ClusterLaunchError
 from pytest_smalltown.debug import DebugClient, LogTimeoutError
-from pytest_smalltown.kube import PodEndedError, WaitTimeoutError, wait_for, write_kubeconfig
+from pytest_smalltown.kube import PodEndedError, write_kubeconfig
 from pytest_smalltown.spec import ClusterSpec
 
 

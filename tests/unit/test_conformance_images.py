@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.images import busybox, cache, conformance, gobuild, oci
+from pytest_smalltown.base.paths import CACHE_ENV
+from pytest_smalltown.images import busybox, conformance, gobuild, oci
 from pytest_smalltown.images.oci import Image, ImageLayer, Layer
 
 MANIFEST_GO = Path(f"/root/go/pkg/mod/k8s.io/kubernetes@{gobuild.KUBERNETES_VERSION}/test/utils/image/manifest.go")
@@ -309,7 +310,7 @@ def test_key_follows_inputs() -> None:
 
 @pytest.mark.skipif(shutil.which("go") is None or shutil.which("apt-cache") is None, reason="needs go and apt")
 def test_warm_archive_is_found_without_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     # busybox's source version is asked of Debian once a day; no network here.
     monkeypatch.setattr(busybox, "source_version", lambda progress=None: "1:1.37.0-6")
     go_version = gobuild.go_version()

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_smalltown.api import debug_pb2
 from pytest_smalltown.debug import DebugClient, new_debug_token, read_debug_token, write_debug_token
-from pytest_smalltown.kept import KeptClusterError, debug_token
+from pytest_smalltown.kept import KeptClusterError, KeptState
 from pytest_smalltown.node.debug_service import Conditions, DebugServicer, read_token, serve
 from pytest_smalltown.node.logbuffer import LogRegistry
 
@@ -111,10 +111,14 @@ def test_the_node_reads_no_token_when_fw_cfg_has_none(tmp_path: Path) -> None:
     assert read_token(tmp_path / "empty") is None
 
 
+def _kept(**fields: object) -> KeptState:
+    return KeptState.from_json({"pid": 1, "nodes": 1, "kubeconfig": "/x", **fields}, Path("cluster.json"))
+
+
 def test_a_kept_token_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KeptClusterError, match="unreadable"):
-        debug_token({"debug_token": str(tmp_path / "gone")})
+        _kept(debug_token=str(tmp_path / "gone")).debug_token()
 
 
 def test_a_kept_cluster_of_an_older_smalltown_has_no_token() -> None:
-    assert debug_token({"pid": 1}) is None
+    assert _kept().debug_token() is None

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pytest_smalltown.base.paths import CACHE_ENV
 from pytest_smalltown.images import cache, debian, gobuild
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown import contract
+from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.images import applets, busybox, debian, gobuild, node, oci, rootfs, userns
-from pytest_smalltown.images.cache import cache_root
 from pytest_smalltown.images.kernel import MODULE_LIST, Kernel
 from pytest_smalltown.images.tools import BuildError
 
@@ -285,7 +285,7 @@ def test_apt_show_parsing_takes_the_first_paragraph_per_package() -> None:
 
 def _cached_kernels() -> list[Kernel]:
     """Debian kernels already unpacked in the cache (this test must not download one)."""
-    from pytest_smalltown.images.cache import cache_root
+    from pytest_smalltown.base.paths import cache_root
 
     kernels = []
     for release_file in sorted(cache_root().glob("kernel-*/release")):

@@ -9,14 +9,12 @@ twice. e2e/test_zz_reboots.py reboots real node VMs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from pytest_smalltown import lifecycle
-from pytest_smalltown.kept import ConsoleLogFile
 from pytest_smalltown.launch.vm import GuestHungError
 
 
@@ -138,21 +136,3 @@ def test_a_node_that_does_not_come_back_is_an_error_with_its_console(api: list[A
 def test_an_unknown_address_names_the_nodes_there_are(api: list[Any]) -> None:
     with pytest.raises(LookupError, match=r"address 10.1.0.9; nodes: smalltown-n1 \(10.1.0.3\)"):
         lifecycle.find_node(object(), "10.1.0.9")  # type: ignore[arg-type]
-
-
-def test_a_kept_nodes_console_log_reads_as_hung_only_for_lockups_after_the_reset(tmp_path: Path) -> None:
-    """``smalltown reboot`` reads a kept node's console from its log file, which spans every boot."""
-    log = tmp_path / "node1.console.log"
-    log.write_text("[ 170.2] watchdog: BUG: soft lockup - CPU#0 stuck for 131s! [iptables:293]\n")
-    console = ConsoleLogFile("node1", log)
-    console.note_reset()
-    console.check_not_hung()
-    with log.open("a") as append:
-        append.write("[  20.1] watchdog: BUG: soft lockup - CPU#1 stuck for 48s! [kubelet:301]\n")
-    console.check_not_hung()  # a short one is load
-    with log.open("a") as append:
-        append.write("[ 150.0] watchdog: BUG: soft lockup - CPU#1 stuck for 124s! [kubelet:301]\n")
-    with pytest.raises(GuestHungError, match="node1.*stuck for 124s"):
-        console.check_not_hung()
-    assert console.console_tail(3)[0].endswith("[iptables:293]")
-    assert ConsoleLogFile("node9", tmp_path / "missing.log").console_tail() == []

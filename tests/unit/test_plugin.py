@@ -667,7 +667,7 @@ def test_attach_uses_the_kept_cluster_of_the_same_spec_and_tears_nothing_down(
     pytester.makepyfile(
         f"""
         import pytest
-        from pytest_smalltown.kept import AttachedCluster
+        from pytest_smalltown.attached import AttachedCluster
 
         @pytest.mark.smalltown(nodes=2)
         def test_on_the_kept_cluster(smalltown_cluster, kubeconfig):
@@ -757,12 +757,12 @@ def test_a_cluster_that_dies_during_a_test_fails_that_test_at_once(pytester: pyt
 
 
 def test_a_cluster_that_dies_while_a_test_waits_fails_the_wait_at_once(pytester: pytest.Pytester, events) -> None:
-    """kube.wait_for counts an Exception from its check as "not yet"; the death of the cluster must not be one."""
+    """wait_for counts an Exception from its check as "not yet"; the death of the cluster must not be one."""
     pytester.makepyfile(
         r"""
         import time
         import pytest
-        from pytest_smalltown.kube import wait_for
+        from pytest_smalltown.base.waits import wait_for
 
         @pytest.mark.smalltown(nodes=1)
         def test_waits(smalltown_cluster):
@@ -803,3 +803,27 @@ def test_collect_only_never_starts_a_vm(pytester: pytest.Pytester, events, monke
     collected = pytester.runpytest("--co", "-q")
     assert "4/6 tests collected (2 deselected)" in collected.stdout.str(), "with a verdict known, --co shows the run"
     assert len(probes) == 1
+
+
+def test_each_feature_is_a_plugin_object_registered_by_name(pytester: pytest.Pytester, events) -> None:
+    """As pytest registers its own (terminalreporter, cacheprovider): one object per feature, optional ones only when asked."""
+    pytester.makepyfile(
+        """
+        def test_names(pytestconfig):
+            manager = pytestconfig.pluginmanager
+            names = {name for name, _ in manager.list_name_plugin() if name and name.startswith("smalltown-")}
+            assert names == {"smalltown-aliases", "smalltown-specs", "smalltown-capacity", "smalltown-durations", "smalltown-xdist",
+                             "smalltown-clusters", "smalltown-evidence", "smalltown-shard",
+                             "smalltown-keep-on-failure"}, names
+        """
+    )
+    pytester.runpytest("--smalltown-shard=1/1", "--smalltown-keep-on-failure").assert_outcomes(passed=1)
+    pytester.makepyfile(
+        """
+        def test_names(pytestconfig):
+            manager = pytestconfig.pluginmanager
+            assert manager.get_plugin("smalltown-shard") is None
+            assert manager.get_plugin("smalltown-keep-on-failure") is None, "attach never keeps"
+        """
+    )
+    pytester.runpytest("--smalltown-keep-on-failure", "--smalltown-attach").assert_outcomes(passed=1)

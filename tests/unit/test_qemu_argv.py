@@ -26,6 +26,12 @@ def option_values(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
 
 
+def test_the_qemu_binary_is_part_of_the_config() -> None:
+    """The QEMU a VM runs on travels in its config (``--smalltown-qemu``), not beside it."""
+    config = VMConfig(name="node0", boot=DirectBoot(Path("/k")), qemu="/opt/qemu-9/bin/qemu-system-x86_64")
+    assert qemu_argv(config)[0] == "/opt/qemu-9/bin/qemu-system-x86_64"
+
+
 def test_direct_boot_on_q35() -> None:
     config = VMConfig(
         name="node0",

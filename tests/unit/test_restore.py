@@ -13,14 +13,17 @@ from typing import Any
 
 import pytest
 
-from pytest_smalltown import cluster, snapshots
+from pytest_smalltown import launcher, plan, snapshots
+from pytest_smalltown.base.programs import ProgramNotFoundError
 from pytest_smalltown.images.switch import SwitchImage
 from pytest_smalltown.launch.accel import ProbeResult
 from pytest_smalltown.launch.qemu import DirectBoot, Disk
-from pytest_smalltown.launch.vm import ProgramNotFoundError, VMExitedError
+from pytest_smalltown.launch.vm import VMExitedError
 from pytest_smalltown.launch.vmstate import VMStateError
+from pytest_smalltown.phases import ClusterLaunchError
+from pytest_smalltown.plan import ClusterPlan
 from pytest_smalltown.settings import Settings, resolve
-from pytest_smalltown.snapshots import SnapshotStore, SnapshotWarning, snapshot_inputs
+from pytest_smalltown.snapshots import SnapshotStore, SnapshotWarning
 from pytest_smalltown.spec import ClusterSpec
 
 SPEC = ClusterSpec(1)
@@ -36,63 +39,63 @@ def settings(**values: str) -> Settings:
 def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SnapshotStore:
     """A saved 1-node snapshot of exactly the inputs the launch computes, and a launch that boots nothing."""
     monkeypatch.setenv(snapshots.SNAPSHOT_DIR_ENV, str(tmp_path / "snapshots"))
-    monkeypatch.setattr(snapshots, "qemu_version", lambda qemu: "QEMU emulator version 7.2.22")
+    monkeypatch.setattr(plan, "qemu_version", lambda qemu: "QEMU emulator version 7.2.22")
     for name in ("vmlinuz", "initrd", "node.img", "switch-kernel", "switch-initrd"):
         (tmp_path / name).write_bytes(name.encode())
     boot = DirectBoot(tmp_path / "vmlinuz", tmp_path / "initrd", "console=ttyS0")
     disk = Disk(tmp_path / "node.img", "raw")
     switch = SwitchImage(tmp_path / "switch-kernel", tmp_path / "switch-initrd")
-    monkeypatch.setattr(cluster, "check_host_inputs", lambda settings: None)
-    monkeypatch.setattr(cluster, "resolve_accel", lambda mode, qemu: ProbeResult("tcg", "chosen", 0.0, ""))
-    monkeypatch.setattr(cluster, "node_boot", lambda settings, progress: (boot, disk))
-    monkeypatch.setattr(cluster, "preload_disks", lambda spec, progress: ())
+    monkeypatch.setattr(plan, "check_host_inputs", lambda settings: "qemu-system-x86_64")
+    monkeypatch.setattr(plan, "resolve_accel", lambda mode, qemu: ProbeResult("tcg", "chosen", 0.0, ""))
+    monkeypatch.setattr(plan, "node_boot", lambda settings, progress: (boot, disk))
+    monkeypatch.setattr(plan, "preload_disks", lambda spec, progress: ())
     monkeypatch.setattr("pytest_smalltown.images.switch.build_switch_image", lambda progress: switch)
-    monkeypatch.setattr(cluster, "_boot", lambda *args: "booted cold")
-    defaults = settings()
-    inputs = snapshot_inputs(
-        SPEC, boot_files=cluster._Parts(boot, disk, (), switch).files(), cmdline=boot.cmdline, qemu=defaults.qemu,
-        memory_mib=defaults.node_memory, cpus=defaults.node_cpus, accel="tcg", tpm=False,
-    )  # fmt: skip
-    store = SnapshotStore(SPEC, inputs)
+    monkeypatch.setattr(launcher, "boot", lambda *args: "booted cold")
+    store = SnapshotStore(SPEC, ClusterPlan.resolve(SPEC, settings(), lambda message: None).snapshot_inputs())
     writer = store.begin()
     assert writer is not None
-    for name in ("nanoswitch.state.zst", "node0.state.zst", "node0.qcow2"):
-        (writer.work / name).write_bytes(b"saved " + name.encode())
+    for path in (writer.layout.state("nanoswitch"), writer.layout.state("node0"), writer.layout.disk(0)):
+        path.write_bytes(b"saved " + path.name.encode())
     writer.commit({})
     return store
 
 
+#: Where a restore starts its switch, and where it names a saved state: its first steps.
+START_SWITCH = "pytest_smalltown.cluster.start_switch"
+INCOMING_URI = "pytest_smalltown.restore.incoming_uri"
+
+
 def failing(monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException) -> None:
-    """Make the restore fail with ``error`` at ``where`` (a name in ``cluster``), inside its restore phase."""
+    """Make the restore fail with ``error`` at ``where`` (a dotted name), inside its restore phase."""
 
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(cluster, where, fail)
+    monkeypatch.setattr(where, fail)
 
 
 def launch(**values: str) -> Any:
-    return cluster._launch_once(SPEC, settings(**values), progress=lambda message: None)
+    return launcher.launch_cluster(SPEC, settings(**values), progress=lambda message: None)
 
 
 @pytest.mark.parametrize(("where", "error"), [
-    ("launch_switch", VMStateError("VM 'node0': saved state not loaded within 180s")),  # a restore under load
-    ("launch_switch", TimeoutError()),  # no message at all
-    ("incoming_uri", ProgramNotFoundError("zstd was not found on PATH; install zstd")),
-    ("launch_switch", VMExitedError("node0", -9, "", [])),  # killed (the OOM killer), not refused
+    (START_SWITCH, VMStateError("VM 'node0': saved state not loaded within 180s")),  # a restore under load
+    (START_SWITCH, TimeoutError()),  # no message at all
+    (INCOMING_URI, ProgramNotFoundError("'zstd' is not installed; a saved VM's state is read back through it")),
+    (START_SWITCH, VMExitedError("node0", -9, "", [])),  # killed (the OOM killer), not refused
 ])  # fmt: skip
 def test_a_restore_that_fails_for_the_hosts_reasons_is_a_launch_error_and_keeps_the_snapshot(
     saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException
 ) -> None:
     failing(monkeypatch, where, error)
-    with pytest.raises(cluster.ClusterLaunchError, match="phase 'restore' did not finish") as raised:
+    with pytest.raises(ClusterLaunchError, match="phase 'restore' did not finish") as raised:
         launch()
     assert raised.value.__cause__ is error
     assert saved.lookup(), "other sessions share the snapshot: it stays"
 
 
 def test_an_interrupted_restore_keeps_the_snapshot(saved: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    failing(monkeypatch, "launch_switch", KeyboardInterrupt())
+    failing(monkeypatch, START_SWITCH, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         launch()
     assert saved.lookup()
@@ -109,7 +112,7 @@ def test_a_snapshot_shown_unusable_is_refused_deleted_and_booted_cold(
     if corrupt:
         state = saved.directory / "node0.state.zst"
         state.write_bytes(state.read_bytes().upper())  # same size: only the checksum can tell
-    failing(monkeypatch, "launch_switch", error)
+    failing(monkeypatch, START_SWITCH, error)
     with pytest.warns(SnapshotWarning, match=f"snapshot refused: restoring .* failed: .*{why}.*booting it cold"):
         assert launch() == "booted cold"
     assert not saved.directory.exists()
@@ -120,7 +123,7 @@ def test_a_file_the_snapshot_should_hold_but_does_not_is_a_refusal(
 ) -> None:
     """E.g. a file a newer launcher restores with, in a snapshot an older one saved."""
     missing = saved.directory / "debug-token"
-    failing(monkeypatch, "launch_switch", FileNotFoundError(2, "No such file or directory", str(missing)))
+    failing(monkeypatch, START_SWITCH, FileNotFoundError(2, "No such file or directory", str(missing)))
     with pytest.warns(SnapshotWarning, match=f"restoring .* failed: {missing} cannot be read: No such file"):
         assert launch() == "booted cold"
 
@@ -134,9 +137,9 @@ def test_under_snapshots_require_a_cluster_that_is_not_restored_fails_its_tests_
 ) -> None:
     """CI's restored pass: a refused restore must fail, not pass on a cold boot behind a warning."""
     booted: list[object] = []
-    monkeypatch.setattr(cluster, "_boot", lambda *args: booted.append(args))
+    monkeypatch.setattr(launcher, "boot", lambda *args: booted.append(args))
     if refused:
-        failing(monkeypatch, "launch_switch", VMExitedError("nanoswitch", 1, QEMU_REFUSES, []))
+        failing(monkeypatch, START_SWITCH, VMExitedError("nanoswitch", 1, QEMU_REFUSES, []))
     else:
         saved.discard()
     pytester.makepyfile(

@@ -13,7 +13,6 @@ from pytest_smalltown.snapshots import (
     SnapshotMissing,
     SnapshotRefused,
     SnapshotStore,
-    snapshot_inputs,
     snapshot_name,
 )
 from pytest_smalltown.spec import ClusterSpec
@@ -23,27 +22,20 @@ from pytest_smalltown.spec import ClusterSpec
 def snapshot_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "snapshots"
     monkeypatch.setenv(snapshots.SNAPSHOT_DIR_ENV, str(root))
-    monkeypatch.setattr(snapshots, "qemu_version", lambda qemu: "QEMU emulator version 7.2.22")
     return root
 
 
-def inputs(tmp_path: Path, **overrides: object) -> dict[str, str]:
-    kernel = tmp_path / "vmlinuz"
-    if not kernel.exists():
-        kernel.write_bytes(b"kernel")
-    arguments: dict[str, object] = dict(
-        boot_files={"node-kernel": kernel}, cmdline="console=ttyS0", qemu="qemu-system-x86_64",
-        memory_mib=2048, cpus=2, accel="tcg", tpm=False,
-    )  # fmt: skip
-    arguments.update(overrides)
-    return snapshot_inputs(ClusterSpec(2), **arguments)  # type: ignore[arg-type]
+def inputs(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A plan's inputs as the store sees them (``plan.ClusterPlan.snapshot_inputs`` makes the real ones)."""
+    return {"format": "2", "spec": "2-node", "qemu_version": "QEMU emulator version 7.2.22",
+            "nodes.0.memory_mib": "2048", "nodes.0.boot.cmdline": "console=ttyS0", **overrides}  # fmt: skip
 
 
 def save(store: SnapshotStore, content: bytes = b"ram") -> None:
     writer = store.begin()
     assert writer is not None
-    (writer.work / "node0.state.zst").write_bytes(content)
-    (writer.work / "node0.qcow2").write_bytes(b"disk")
+    writer.layout.state("node0").write_bytes(content)
+    writer.layout.disk(0).write_bytes(b"disk")
     writer.commit({"cluster_time": 1.0})
 
 
@@ -54,10 +46,8 @@ def test_names_are_per_spec() -> None:
 
 def test_every_input_changes_the_key(tmp_path: Path) -> None:
     base = SnapshotStore(ClusterSpec(2), inputs(tmp_path)).key
-    for change in ({"memory_mib": 4096}, {"cpus": 1}, {"accel": "kvm"}, {"tpm": True}, {"cmdline": "quiet"}):
+    for change in ({"nodes.0.memory_mib": "4096"}, {"nodes.0.boot.cmdline": "quiet"}, {"tpm": "True"}):
         assert SnapshotStore(ClusterSpec(2), inputs(tmp_path, **change)).key != base, change
-    (tmp_path / "vmlinuz").write_bytes(b"another kernel")  # same path, new content: size and mtime differ
-    assert SnapshotStore(ClusterSpec(2), inputs(tmp_path)).key != base
 
 
 def test_a_saved_snapshot_is_found_and_verifies(tmp_path: Path, snapshot_dir: Path) -> None:
@@ -68,7 +58,7 @@ def test_a_saved_snapshot_is_found_and_verifies(tmp_path: Path, snapshot_dir: Pa
     snapshot = store.lookup()
     snapshot.verify()
     assert snapshot.facts == {"cluster_time": 1.0}
-    assert snapshot.state_file("node0").read_bytes() == b"ram"
+    assert snapshot.layout.state("node0").read_bytes() == b"ram"
     assert (snapshot.directory.stat().st_mode & 0o777) == 0o700  # it holds the cluster's keys
 
 
@@ -76,7 +66,7 @@ def test_a_corrupt_file_is_refused_by_verify(tmp_path: Path) -> None:
     store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
     save(store)
     snapshot = store.lookup()
-    snapshot.state_file("node0").write_bytes(b"RAM")  # same size, other bytes
+    snapshot.layout.state("node0").write_bytes(b"RAM")  # same size, other bytes
     with pytest.raises(SnapshotRefused, match="corrupt"):
         snapshot.verify()
 
@@ -84,15 +74,15 @@ def test_a_corrupt_file_is_refused_by_verify(tmp_path: Path) -> None:
 def test_a_truncated_file_is_refused_at_lookup(tmp_path: Path) -> None:
     store = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
     save(store)
-    store.lookup().disk(0).write_bytes(b"d")
+    store.lookup().layout.disk(0).write_bytes(b"d")
     with pytest.raises(SnapshotRefused, match="missing or truncated"):
         store.lookup()
 
 
 def test_a_changed_input_names_what_changed(tmp_path: Path) -> None:
     save(SnapshotStore(ClusterSpec(2), inputs(tmp_path)))
-    changed = SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096))
-    with pytest.raises(SnapshotMissing, match=r"node_memory_mib changed"):
+    changed = SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "4096"}))
+    with pytest.raises(SnapshotMissing, match=r"nodes.0.memory_mib changed"):
         changed.lookup()
 
 
@@ -123,11 +113,11 @@ def test_one_saver_at_a_time_and_readers_hold_off_discard(tmp_path: Path) -> Non
 def test_a_new_snapshot_prunes_the_old_one(tmp_path: Path, snapshot_dir: Path) -> None:
     old = SnapshotStore(ClusterSpec(2), inputs(tmp_path))
     save(old)
-    new = SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096))
+    new = SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "4096"}))
     save(new)
     assert not old.directory.exists() and new.directory.exists()
     manifest = json.loads((new.directory / "manifest.json").read_text())
-    assert manifest["inputs"]["node_memory_mib"] == "4096"
+    assert manifest["inputs"]["nodes.0.memory_mib"] == "4096"
 
 
 def test_snapshot_mode_setting() -> None:
@@ -163,7 +153,7 @@ def test_a_wrongly_shaped_manifest_is_a_refusal_not_a_crash(tmp_path: Path, mani
         store.lookup()
     # Another snapshot's manifest is only read to say what changed: a bad one is passed over.
     with pytest.raises(SnapshotMissing, match="no 2-node cluster has been saved yet"):
-        SnapshotStore(ClusterSpec(2), inputs(tmp_path, memory_mib=4096)).lookup()
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "4096"})).lookup()
 
 
 def test_a_restore_waiting_for_the_snapshots_lock_says_who_holds_it(

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smalltown.images import cache, conformance, debian, gobuild, rootfs, switch, userns
+from pytest_smalltown.base import processes
+from pytest_smalltown.base.paths import CACHE_ENV
+from pytest_smalltown.base.processes import run_supervised
+from pytest_smalltown.images import conformance, debian, gobuild, rootfs, switch, userns
 from pytest_smalltown.images.tools import BuildError, run_tool
-from pytest_smalltown.launch import reaper, vmstate
-from pytest_smalltown.launch.reaper import run_supervised
+from pytest_smalltown.launch import vmstate
 
 #: How long a stand-in hangs: longer than any bound the tests set, short enough that a run without one ends.
 HANG = 4.0
@@ -64,8 +66,8 @@ def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         tool.write_text(STAND_IN.format(python=sys.executable, log=str(log), hang=HANG))
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(reaper, "TOOL_TIMEOUT", BOUND, raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(processes, "TOOL_TIMEOUT", BOUND, raising=False)
     monkeypatch.setattr(gobuild, "GO_TIMEOUT", BOUND, raising=False)
     monkeypatch.setattr(vmstate, "QEMU_IMG_TIMEOUT", BOUND, raising=False)
     monkeypatch.setattr(rootfs, "MMDEBSTRAP_TIMEOUT", BOUND, raising=False)

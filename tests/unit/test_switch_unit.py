@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smalltown.images.switch import SwitchImage
+from pytest_smalltown import contract
 from pytest_smalltown.launch import switch as sw
 from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
 from pytest_smalltown.launch.qemu import SocketNic, UserNic, inherited_fds, qemu_argv
@@ -36,39 +37,39 @@ def params(cmdline: str) -> dict[str, str]:
 
 
 def test_node_mac_and_address_follow_the_design() -> None:
-    assert sw.node_mac(0) == "02:53:4d:01:00:02"
-    assert sw.node_address(0) == "10.1.0.2"
-    assert sw.node_mac(1) == "02:53:4d:01:00:03"
-    assert sw.node_address(1) == "10.1.0.3"
-    assert sw.node_mac(7) == "02:53:4d:01:00:09"
-    assert sw.node_address(7) == "10.1.0.9"
+    assert contract.node_mac(0) == "02:53:4d:01:00:02"
+    assert contract.node_address(0) == "10.1.0.2"
+    assert contract.node_mac(1) == "02:53:4d:01:00:03"
+    assert contract.node_address(1) == "10.1.0.3"
+    assert contract.node_mac(7) == "02:53:4d:01:00:09"
+    assert contract.node_address(7) == "10.1.0.9"
 
 
 def test_every_node_has_a_distinct_unicast_local_mac_and_address_on_the_bridge() -> None:
-    macs = [sw.node_mac(i) for i in range(sw.MAX_NODES)]
-    addresses = [sw.node_address(i) for i in range(sw.MAX_NODES)]
-    assert len(set(macs)) == len(set(addresses)) == sw.MAX_NODES
+    macs = [contract.node_mac(i) for i in range(contract.MAX_NODES)]
+    addresses = [contract.node_address(i) for i in range(contract.MAX_NODES)]
+    assert len(set(macs)) == len(set(addresses)) == contract.MAX_NODES
     for mac in macs:
         first = int(mac.split(":")[0], 16)
         assert first & 0x01 == 0 and first & 0x02 == 2, mac  # unicast, locally administered
-        assert mac != sw.UPLINK_MAC
+        assert mac != contract.UPLINK_MAC
     network = ipaddress.ip_network("10.1.0.0/24")
     for address in addresses:
         ip = ipaddress.ip_address(address)
-        assert ip in network and str(ip) != sw.SWITCH_ADDRESS
+        assert ip in network and str(ip) != contract.SWITCH_ADDRESS
         assert int(str(ip).rsplit(".", 1)[1]) < 200, "must stay below the switch's pool for unknown MACs"
 
 
-@pytest.mark.parametrize("bad", [-1, sw.MAX_NODES, 1.0, "0", True, None])
+@pytest.mark.parametrize("bad", [-1, contract.MAX_NODES, 1.0, "0", True, None])
 def test_node_index_out_of_range_is_a_clear_value_error(bad: object) -> None:
     with pytest.raises(ValueError, match="node index"):
-        sw.node_mac(bad)  # type: ignore[arg-type]
+        contract.node_mac(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="node index"):
-        sw.node_address(bad)  # type: ignore[arg-type]
+        contract.node_address(bad)  # type: ignore[arg-type]
 
 
 def test_max_nodes_is_at_least_eight() -> None:
-    assert sw.MAX_NODES >= 8
+    assert contract.MAX_NODES >= 8
 
 
 def test_default_ports_are_external_debug_and_kubernetes() -> None:
@@ -79,7 +80,7 @@ def test_default_ports_are_external_debug_and_kubernetes() -> None:
 # --- node count and port validation -----------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [0, -3, sw.MAX_NODES + 1, 2.0, "2", None, True])
+@pytest.mark.parametrize("bad", [0, -3, contract.MAX_NODES + 1, 2.0, "2", None, True])
 def test_launch_switch_rejects_bad_node_counts_before_starting_anything(
     bad: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,17 +102,17 @@ def test_launch_switch_rejects_unknown_accelerator_before_starting_anything(monk
 
 def test_launch_switch_starts_the_qemu_it_is_given(tmp_path: Path) -> None:
     """--smalltown-qemu reaches the switch too, not only the nodes."""
-    from pytest_smalltown.launch.vm import QemuNotFoundError
+    from pytest_smalltown.base.programs import ProgramNotFoundError
 
     image = SwitchImage(tmp_path / "vmlinuz", tmp_path / "initramfs")
-    with pytest.raises(QemuNotFoundError, match="/nonexistent/qemu-of-the-user"):
+    with pytest.raises(ProgramNotFoundError, match="/nonexistent/qemu-of-the-user"):
         sw.launch_switch(1, workdir=tmp_path, accel="tcg", image=image, qemu="/nonexistent/qemu-of-the-user")
 
 
 def test_node_count_error_names_the_limit() -> None:
     with pytest.raises(ValueError) as info:
-        sw.check_node_count(sw.MAX_NODES + 1)
-    assert str(sw.MAX_NODES) in str(info.value) and str(sw.MAX_NODES + 1) in str(info.value)
+        contract.check_node_count(contract.MAX_NODES + 1)
+    assert str(contract.MAX_NODES) in str(info.value) and str(contract.MAX_NODES + 1) in str(info.value)
 
 
 @pytest.mark.parametrize("ports", [[0], [65536], [7836, 7836], ["7836"], [True]])
@@ -168,30 +169,30 @@ def test_node_ports_are_not_forwarded_at_launch_but_on_request() -> None:
 def test_every_node_gets_its_own_debug_port_on_the_switch() -> None:
     from pytest_smalltown.contract import NODE_DEBUG_PORT_BASE
 
-    assert [sw.node_debug_guest_port(i) for i in range(3)] == [NODE_DEBUG_PORT_BASE + i for i in range(3)]
+    assert [contract.node_debug_guest_port(i) for i in range(3)] == [NODE_DEBUG_PORT_BASE + i for i in range(3)]
     assert NODE_DEBUG_PORT_BASE == 27837
-    proxies = params(sw.switch_cmdline(sw.MAX_NODES))["proxy"].split(",")
-    assert proxies == [f"{sw.node_debug_guest_port(i)}={sw.node_address(i)}:7837" for i in range(sw.MAX_NODES)]
+    proxies = params(sw.switch_cmdline(contract.MAX_NODES))["proxy"].split(",")
+    assert proxies == [f"{contract.node_debug_guest_port(i)}={contract.node_address(i)}:7837" for i in range(contract.MAX_NODES)]
     # Node 0's debug service is reachable both ways: the classic forward and its own port.
     assert params(sw.switch_cmdline(1))["proxy"] == "27837=10.1.0.2:7837"
     assert "7837" in params(sw.switch_cmdline(1))["forward"].split(",")
     with pytest.raises(ValueError, match="node index"):
-        sw.node_debug_guest_port(sw.MAX_NODES)
+        contract.node_debug_guest_port(contract.MAX_NODES)
 
 
 def test_per_node_debug_ports_cannot_be_forwarded_to_node_0() -> None:
-    reserved = sw.node_debug_guest_port(sw.MAX_NODES - 1)
+    reserved = contract.node_debug_guest_port(contract.MAX_NODES - 1)
     with pytest.raises(ValueError, match=f"port {reserved} is reserved: .*each node's debug service"):
         sw.check_ports([7837, reserved])
     with pytest.raises(ValueError, match="reserved"):
         sw.switch_cmdline(2, ports=[27837])
-    assert sw.check_ports([sw.NODE_DEBUG_GUEST_PORTS.start - 1, sw.NODE_DEBUG_GUEST_PORTS.stop]) == (27836, 27837 + sw.MAX_NODES)
+    assert sw.check_ports([sw.NODE_DEBUG_GUEST_PORTS.start - 1, sw.NODE_DEBUG_GUEST_PORTS.stop]) == (27836, 27837 + contract.MAX_NODES)
 
 
 def test_cmdline_leases_every_node_and_fits_the_kernel_limit_at_max_nodes() -> None:
-    cmdline = sw.switch_cmdline(sw.MAX_NODES, extra=["tsc_early_khz=2596120"])
+    cmdline = sw.switch_cmdline(contract.MAX_NODES, extra=["tsc_early_khz=2596120"])
     leases = dict(item.split("=") for item in params(cmdline)["lease"].split(","))
-    assert leases == {sw.node_mac(i): sw.node_address(i) for i in range(sw.MAX_NODES)}
+    assert leases == {contract.node_mac(i): contract.node_address(i) for i in range(contract.MAX_NODES)}
     # x86 COMMAND_LINE_SIZE is 2048 including QEMU's own additions; leave it half.
     assert len(cmdline) < 1024
 
@@ -231,7 +232,7 @@ def test_switch_vm_config_argv() -> None:
     config = sw.switch_vm_config(FAKE_IMAGE, 2, [11, 12], port_map, "tcg")
     assert config.machine == "microvm"
     uplink, *nodes = config.nics
-    assert isinstance(uplink, UserNic) and uplink.mac == sw.UPLINK_MAC
+    assert isinstance(uplink, UserNic) and uplink.mac == contract.UPLINK_MAC
     assert [n.fd for n in nodes if isinstance(n, SocketNic)] == [11, 12]
     assert inherited_fds(config) == (11, 12)
     argv = qemu_argv(config)
@@ -277,7 +278,7 @@ def test_launch_switch_forwards_every_nodes_debug_port(tmp_path: Path, monkeypat
     class Stop(Exception):
         pass
 
-    def fake_start(make_config, ports, workdir, qemu, history=()):  # type: ignore[no-untyped-def]
+    def fake_start(make_config, ports, workdir, history=()):  # type: ignore[no-untyped-def]
         seen["ports"] = ports
         seen["config"] = make_config(PortMap({p: 40000 + i for i, p in enumerate(ports)}))
         raise Stop
@@ -383,3 +384,39 @@ def test_go_program_unit_tests_pass() -> None:
         ["nice", "go", "test", "./..."], cwd=image.GO_DIR, env=image.go_build_env(), capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_planned_switch_gets_its_cables_and_ports_at_start() -> None:
+    """switch_config is what a cluster plan holds; cabled adds what exists only once it starts."""
+    port_map = PortMap({7836: 41000, 7837: 41001, 6443: 41002, 27837: 41003, 27838: 41004})
+    planned = sw.switch_config(FAKE_IMAGE, 2, sw.DEFAULT_PORTS, "tcg", qemu="/opt/qemu/qemu-system-x86_64")
+    assert planned.nics == () and planned.qmp_socket is None
+    started = sw.cabled(planned, [11, 12], port_map, qmp_socket=Path("/w/nanoswitch.qmp"))
+    assert started.qemu == "/opt/qemu/qemu-system-x86_64"
+    assert qemu_argv(started)[1:] == qemu_argv(
+        sw.switch_vm_config(FAKE_IMAGE, 2, [11, 12], port_map, "tcg", qmp_socket=Path("/w/nanoswitch.qmp"))
+    )[1:]
+
+
+def test_launch_switch_probes_the_accelerator_with_the_qemu_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_smalltown.launch.accel import ProbeResult
+
+    probed: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def probe(mode: str, qemu: str) -> ProbeResult:
+        probed.append(qemu)
+        return ProbeResult("tcg", "probed", 0.0, "")
+
+    def fake_start(make_config, ports, workdir, history=()):  # type: ignore[no-untyped-def]
+        raise Stop
+
+    monkeypatch.setattr(sw, "resolve_accel", probe)
+    monkeypatch.setattr(sw, "start_vm_with_ports", fake_start)
+    with pytest.raises(Stop):
+        sw.launch_switch(1, workdir=tmp_path, accel="auto", image=FAKE_IMAGE, qemu="/opt/qemu/qemu-system-x86_64")
+    assert probed == ["/opt/qemu/qemu-system-x86_64"]

@@ -60,8 +60,9 @@ def _fake_vm(tmp_path: Path, status: str) -> vm.VM:
     kernel.write_bytes(b"")
     workdir = tmp_path / "work"
     workdir.mkdir()
-    config = VMConfig(name="node0", boot=DirectBoot(kernel), disks=(Disk(kernel),), qmp_socket=workdir / "node0.qmp")
-    return vm.start_vm(config, workdir, qemu=str(fake))
+    config = VMConfig(name="node0", boot=DirectBoot(kernel), qemu=str(fake), disks=(Disk(kernel),),
+                      qmp_socket=workdir / "node0.qmp")
+    return vm.start_vm(config, workdir)
 
 
 def _check_for(machine: vm.VM, seconds: float) -> None:

@@ -1,13 +1,18 @@
-"""A watchdog process that cleans up after its parent, however the parent dies.
+"""Child processes that cannot outlive us: the watchdog, supervised starts and bounded tool runs.
 
-PDEATHSIG makes the kernel kill each VM when the process that started it
+Everything of ours that starts a process (VMs and swtpm in ``launch/``, build
+tools in ``images/``, the conformance suite) starts it here, so one policy
+holds for all of them: its own session, PDEATHSIG, and a watchdog.
+
+PDEATHSIG makes the kernel kill each child when the process that started it
 dies, but nothing makes the kernel delete temporary directories. So the first
-launch in a process starts this small watchdog and tells it, through a pipe,
-which process groups and directories it owns. When the pipe reaches EOF —
-because the parent exited, crashed, or was SIGKILLed — the watchdog kills the
-process groups still registered and removes the directories still
-registered, then exits. Orderly teardown unregisters things first, so in the
-normal case the watchdog has nothing left to do.
+launch in a process starts this small watchdog (the reaper: this module run
+with ``-m``) and tells it, through a pipe, which process groups and
+directories it owns. When the pipe reaches EOF — because the parent exited,
+crashed, or was SIGKILLed — the watchdog kills the process groups still
+registered and removes the directories still registered, then exits. Orderly
+teardown unregisters things first, so in the normal case the watchdog has
+nothing left to do.
 
 It runs in its own session so that a Ctrl-C in the terminal, which signals
 the whole foreground process group, does not kill it before it has cleaned up.
@@ -36,7 +41,7 @@ class Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest_smalltown.launch.reaper"],
+            [sys.executable, "-m", "pytest_smalltown.base.processes"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
