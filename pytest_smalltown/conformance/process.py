@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 #: Seconds between SIGINT (Ginkgo runs cleanup nodes, writes its report) and
-#: SIGKILL of the whole process group when the runner is interrupted.
-INTERRUPT_GRACE = 15.0
+#: SIGKILL of the whole process group when the runner is interrupted. Under
+#: TCG an interrupted spec's cleanup and the JUnit report took 45 s (run-2026-12,
+#: chunk 4); the 15 s this was before cut chunks 2 and 3 off after Ginkgo's
+#: "First interrupt received", before any JUnit was written. Ginkgo's own
+#: per-node grace period is 30 s (``--ginkgo.grace-period``).
+INTERRUPT_GRACE = 120.0
 
 
 def _killpg(pid: int, sig: int) -> None:
