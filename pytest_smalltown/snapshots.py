@@ -61,6 +61,10 @@ KEEP_PER_SPEC = 1
 MIN_CERT_VALIDITY_SECONDS = 7 * 24 * 3600
 
 
+#: How many changed inputs a "not restored" line names before it says how many more.
+MAX_CHANGED_INPUTS_SHOWN = 8
+
+
 class SnapshotRefused(SmalltownError):
     """This snapshot cannot be used; the message says why (shown in a warning, never a failure)."""
 
@@ -267,8 +271,14 @@ class SnapshotStore:
                 old_inputs = read_manifest(other)["inputs"]
             except SnapshotRefused:
                 continue
+            if old_inputs.get("format") != self.inputs.get("format"):
+                # Another format keys other things: listing every input "changed" would say nothing.
+                return (f"the saved {self.spec} cluster is of snapshot format {old_inputs.get('format', '1')}, "
+                        f"this harness saves format {self.inputs.get('format')}")
             changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
-            return f"the saved {self.spec} cluster was made from other inputs ({', '.join(changed)} changed)"
+            shown = ", ".join(changed[:MAX_CHANGED_INPUTS_SHOWN])
+            more = f" and {len(changed) - MAX_CHANGED_INPUTS_SHOWN} more" if len(changed) > MAX_CHANGED_INPUTS_SHOWN else ""
+            return f"the saved {self.spec} cluster was made from other inputs ({shown}{more} changed)"
         return f"no {self.spec} cluster has been saved yet"
 
     @contextlib.contextmanager

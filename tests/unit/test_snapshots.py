@@ -187,3 +187,15 @@ def test_a_restore_waiting_for_the_snapshots_lock_says_who_holds_it(
     reader.join(5)
     assert entered.is_set()
     assert len(said) == 1 and "the saved 1-node cluster" in said[0], said
+
+
+def test_why_not_restored_names_what_changed_briefly(tmp_path: Path) -> None:
+    """A snapshot of other inputs is named by what changed; one of another format by its format, not 80 inputs."""
+    save(SnapshotStore(ClusterSpec(2), inputs(tmp_path)))
+    with pytest.raises(SnapshotMissing, match=r"other inputs \(nodes.0.memory_mib changed\)"):
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "4096"})).lookup()
+    many = {f"nodes.{i}.name": f"n{i}" for i in range(12)}
+    with pytest.raises(SnapshotMissing, match=r"\(nodes.0.memory_mib, nodes.0.name, .* and 5 more changed\)"):
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "1"}, **many)).lookup()
+    with pytest.raises(SnapshotMissing, match="is of snapshot format 2, this harness saves format 3$"):
+        SnapshotStore(ClusterSpec(2), inputs(tmp_path, format="3")).lookup()
