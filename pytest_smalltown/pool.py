@@ -11,6 +11,13 @@ error instead of booting again for another long timeout. The same holds for
 a cluster that died after its launch (a VM exited): the pool checks a live
 cluster before handing it out, closes it, and fails the tests of that spec at
 once with the VM's exit status and console tail, while other specs still run.
+
+A test may also ask for a cluster of its own (``smalltown(fresh=True)``):
+:meth:`ClusterPool.launch_own` launches one for it alone, outside the use
+counting, and :meth:`ClusterPool.close_own` closes it after the test. Such a
+cluster restores the same snapshot as its spec's shared one; its launch
+failing still fails the spec's later tests at once, as the same inputs would
+fail again.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -107,6 +115,8 @@ class PoolRecord:
     """What happened to one spec's cluster, for the terminal summary."""
 
     spec: ClusterSpec
+    #: The test a fresh cluster was launched for (None: the spec's shared cluster).
+    test: str | None = None
     launch_seconds: float | None = None
     close_seconds: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
@@ -116,10 +126,11 @@ class PoolRecord:
 
     def summary_line(self) -> str:
         """One line for the terminal summary: how long the launch took, phase by phase, or why it failed."""
+        name = f"{self.spec} cluster" if self.test is None else f"{self.spec} fresh cluster of {self.test}"
         if self.error is not None:
             what = "FAILED to launch" if self.launch_seconds is None else "FAILED after its launch"
-            return f"{self.spec} cluster: {what}: {self.error.splitlines()[0] if self.error else 'unknown error'}"
-        line = f"{self.spec} cluster: launched in {self.launch_seconds or 0:.1f}s"
+            return f"{name}: {what}: {self.error.splitlines()[0] if self.error else 'unknown error'}"
+        line = f"{name}: launched in {self.launch_seconds or 0:.1f}s"
         if self.how:
             line += f", {self.how}"
         if self.phases:
@@ -130,7 +141,7 @@ class PoolRecord:
 
 
 class ClusterPool:
-    """Lazily launched clusters keyed by spec, with use counting."""
+    """Lazily launched clusters keyed by spec, with use counting; and clusters launched for one test alone."""
 
     def __init__(self) -> None:
         self._remaining: Counter[ClusterSpec] = Counter()
@@ -138,6 +149,10 @@ class ClusterPool:
         self._failed: dict[ClusterSpec, BaseException] = {}
         self.records: dict[ClusterSpec, PoolRecord] = {}
         self._kept: set[ClusterSpec] = set()
+        #: Clusters of :meth:`launch_own` not closed yet, with their records (by ``id``: handles need not hash).
+        self._own: dict[int, tuple[ClusterHandle, PoolRecord]] = {}
+        #: Records of every cluster :meth:`launch_own` started, in launch order.
+        self.own_records: list[PoolRecord] = []
 
     def plan(self, specs: Iterable[ClusterSpec]) -> None:
         """Record one upcoming use per element of ``specs``."""
@@ -145,34 +160,57 @@ class ClusterPool:
 
     def acquire(self, spec: ClusterSpec, launcher: Launcher) -> ClusterHandle:
         """The live cluster for ``spec``, launching it with ``launcher`` if needed."""
+        self._check_not_failed(spec)
+        if spec in self._live:
+            self._check_alive(spec)
+        if spec not in self._live:
+            self._live[spec] = self._launch(self.records.setdefault(spec, PoolRecord(spec)), launcher)
+        return self._live[spec]
+
+    def launch_own(self, spec: ClusterSpec, launcher: Launcher, test: str) -> ClusterHandle:
+        """A new cluster of ``spec`` for ``test`` alone: never handed out again, closed by :meth:`close_own`.
+
+        Not a planned use of ``spec``: the shared cluster still closes after its last shared test.
+        """
+        self._check_not_failed(spec)
+        record = PoolRecord(spec, test=test)
+        self.own_records.append(record)
+        cluster = self._launch(record, launcher)
+        self._own[id(cluster)] = (cluster, record)
+        return cluster
+
+    def close_own(self, cluster: ClusterHandle) -> None:
+        """Close a cluster of :meth:`launch_own` (its test is over)."""
+        _, record = self._own.pop(id(cluster))
+        self._timed_close(cluster, record)
+
+    def _check_not_failed(self, spec: ClusterSpec) -> None:
         if spec in self._failed:
             original = self._failed[spec]
             raise ClusterLaunchFailed(
                 f"the {spec} cluster failed earlier in this session: {original}"
             ) from original
-        if spec in self._live:
-            self._check_alive(spec)
-        if spec not in self._live:
-            # Tests are grouped by spec, but a plan can still interleave
-            # (e.g. pytest -p no:randomly off, or an explicit order): close
-            # clusters nobody needs any more before starting another.
-            for other in [s for s in self._live if self._remaining[s] <= 0 and s not in self._kept]:
-                self._close(other)
-            record = self.records.setdefault(spec, PoolRecord(spec))
-            started = time.monotonic()
-            try:
-                cluster = launcher(spec)
-            except BaseException as error:
-                # A KeyboardInterrupt has no message: name the exception instead.
-                record.error = str(error) or type(error).__name__
-                if isinstance(error, Exception):
-                    self._failed[spec] = error
-                raise
-            record.launch_seconds = time.monotonic() - started
-            record.phases = dict(getattr(cluster, "phase_seconds", {}) or {})
-            record.how = str(getattr(cluster, "how", "") or "")
-            self._live[spec] = cluster
-        return self._live[spec]
+
+    def _launch(self, record: PoolRecord, launcher: Launcher) -> ClusterHandle:
+        """Launch a cluster of ``record.spec``, timing it into ``record``; a failed launch is remembered."""
+        # Tests are grouped by spec, but a plan can still interleave
+        # (e.g. pytest -p no:randomly off, or an explicit order): close
+        # clusters nobody needs any more before starting another.
+        for other in [s for s in self._live if self._remaining[s] <= 0 and s not in self._kept]:
+            self._close(other)
+        started = time.monotonic()
+        try:
+            cluster = launcher(record.spec)
+        except BaseException as error:
+            # A KeyboardInterrupt has no message: name the exception instead.
+            record.error = str(error) or type(error).__name__
+            if isinstance(error, Exception):
+                self._failed[record.spec] = error
+            raise
+        record.launch_seconds = time.monotonic() - started
+        record.phases = dict(getattr(cluster, "phase_seconds", {}) or {})
+        record.how = str(getattr(cluster, "how", "") or "")
+        return cluster
 
     def _check_alive(self, spec: ClusterSpec) -> None:
         """Close and remember a live cluster whose VMs are no longer all running."""
@@ -205,19 +243,24 @@ class ClusterPool:
         return self._live.get(spec)
 
     def _close(self, spec: ClusterSpec) -> None:
-        cluster = self._live.pop(spec)
+        self._timed_close(self._live.pop(spec), self.records.setdefault(spec, PoolRecord(spec)))
+
+    @staticmethod
+    def _timed_close(cluster: ClusterHandle, record: PoolRecord) -> None:
         started = time.monotonic()
         try:
             cluster.close()
         finally:
-            self.records.setdefault(spec, PoolRecord(spec)).close_seconds = time.monotonic() - started
+            record.close_seconds = time.monotonic() - started
 
     def close_all(self) -> None:
-        """Close every live cluster (end of session, interrupt); errors are raised after all are closed."""
+        """Close every live cluster, shared or a test's own (end of session, interrupt); errors are raised after all are closed."""
         errors: list[BaseException] = []
-        for spec in list(self._live):
+        closes: list[Callable[[], None]] = [partial(self._close, spec) for spec in self._live]
+        closes += [partial(self.close_own, cluster) for cluster, _ in self._own.values()]
+        for close in closes:
             try:
-                self._close(spec)
+                close()
             except Exception as error:  # keep closing the others
                 errors.append(error)
         if errors:

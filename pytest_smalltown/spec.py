@@ -16,9 +16,10 @@ from pytest_smalltown.images.preload import PRELOAD_SETS
 
 MARKER = "smalltown"
 MARKER_HELP = (
-    "smalltown(nodes=1, preload=()): run this test against a Smalltown cluster of `nodes` nodes "
+    "smalltown(nodes=1, preload=(), fresh=False): run this test against a Smalltown cluster of `nodes` nodes "
     "(default 1) whose nodes also carry the named image sets (e.g. preload='conformance'). "
-    "Tests with the same spec share one cluster, launched once."
+    "Tests with the same spec share one cluster, launched once; with fresh=True the test gets a cluster "
+    "of its own (restored from the spec's snapshot), closed right after it."
 )
 
 
@@ -28,7 +29,7 @@ class MarkerError(SmalltownError, ValueError):
 
 @dataclass(frozen=True, order=True)
 class ClusterSpec:
-    """The identity of a cluster: tests with equal specs share one cluster."""
+    """The identity of a cluster and of its snapshot: tests with equal specs share one cluster (unless fresh)."""
 
     nodes: int = 1
     #: Image sets (``images/preload.py``) imported into every node before it is Ready.
@@ -51,21 +52,41 @@ class ClusterSpec:
 DEFAULT_SPEC = ClusterSpec()
 
 
-def spec_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ClusterSpec:
-    """Turn ``@pytest.mark.smalltown(...)`` arguments into a :class:`ClusterSpec`."""
+@dataclass(frozen=True)
+class ClusterRequest:
+    """What one test's marker asks for: a cluster of :attr:`spec`, shared or its own.
+
+    ``fresh`` is how a test gets the cluster, not what the cluster is: it
+    stays out of :class:`ClusterSpec`, so a fresh test restores the same
+    snapshot as the shared tests of its spec (the snapshot key is made from
+    the spec, and a new field there would make every saved cluster miss).
+    """
+
+    spec: ClusterSpec = DEFAULT_SPEC
+    #: The test gets a cluster launched for it alone, closed after its teardown, instead of the spec's shared one.
+    fresh: bool = False
+
+
+def request_from_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ClusterRequest:
+    """Turn ``@pytest.mark.smalltown(...)`` arguments into a :class:`ClusterRequest`."""
     if args:
         raise MarkerError(f"smalltown marker takes keyword arguments only, e.g. smalltown(nodes=2); got {args!r}")
-    unknown = sorted(set(kwargs) - {"nodes", "preload"})
+    unknown = sorted(set(kwargs) - {"nodes", "preload", "fresh"})
     if unknown:
         raise MarkerError(
-            f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; it takes nodes=N and preload=NAME(S)"
+            f"smalltown marker got unknown keyword(s) {', '.join(unknown)}; "
+            "it takes nodes=N, preload=NAME(S) and fresh=True/False"
         )
     nodes = kwargs.get("nodes", DEFAULT_SPEC.nodes)
     try:
         check_node_count(nodes, f"smalltown(nodes={nodes!r})")
     except ValueError as error:
         raise MarkerError(str(error)) from None
-    return ClusterSpec(nodes=nodes, preload=preload_sets(kwargs.get("preload", ())))
+    fresh = kwargs.get("fresh", False)
+    if not isinstance(fresh, bool):
+        # Not truthiness: fresh="no" would silently launch a cluster per test.
+        raise MarkerError(f"smalltown(fresh=...) takes True or False, got {fresh!r}")
+    return ClusterRequest(ClusterSpec(nodes=nodes, preload=preload_sets(kwargs.get("preload", ()))), fresh)
 
 
 def preload_sets(value: object) -> tuple[str, ...]:

@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 
 from pytest_smalltown.features.session import SmalltownSession
-from pytest_smalltown.features.specs import SPEC_KEY, spec_of
-from pytest_smalltown.pool import ClusterHandle, ClusterPool, Launcher
-from pytest_smalltown.spec import DEFAULT_SPEC, ClusterSpec
+from pytest_smalltown.features.specs import REQUEST_KEY, is_fresh, request_of, spec_of
+from pytest_smalltown.pool import ClusterHandle, ClusterPool, Launcher, PoolRecord
+from pytest_smalltown.spec import ClusterRequest, ClusterSpec
 from pytest_smalltown.watch import DeathWatch
 
 CLUSTERS_KEY = pytest.StashKey["Clusters"]()
+#: The cluster launched for a fresh test alone, from its setup until its teardown is over.
+OWN_CLUSTER_KEY = pytest.StashKey[ClusterHandle]()
 
 
 class Clusters:
@@ -27,7 +29,7 @@ class Clusters:
         self.session = session
         self.pool = ClusterPool()
         self.watch = DeathWatch()
-        #: Specs whose launch timings went into a JUnit report already (once per spec).
+        #: Specs whose shared cluster's launch timings went into a JUnit report already (once per spec).
         self.reported: set[ClusterSpec] = set()
         #: Summary lines from pytest-xdist workers, each prefixed with its id.
         self.worker_summary_lines: list[str] = []
@@ -43,34 +45,66 @@ class Clusters:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Last: one planned use per remaining test, so each cluster closes after its last test."""
-        self.pool.plan(spec for item in items if (spec := spec_of(item)) is not None)
+        """Last: one planned use per remaining shared test, so each shared cluster closes after its last one.
+
+        Fresh tests are no use of their spec's shared cluster: counting them
+        would keep it up, idle, while they run clusters of their own.
+        """
+        fresh = [item for item in items if is_fresh(item)]
+        if fresh and self.session.settings.attach:
+            raise pytest.UsageError(
+                f"{fresh[0].nodeid}: smalltown(fresh=True) needs a cluster of its own, but --smalltown-attach runs "
+                f"every test on the kept cluster ({len(fresh)} fresh test(s) selected); run fresh tests without "
+                "--smalltown-attach, or leave them out (-k, --deselect) while you debug on the kept cluster"
+            )
+        self.pool.plan(spec for item in items if (spec := spec_of(item)) is not None and not is_fresh(item))
 
     def acquire(self, item: pytest.Item, launcher: Launcher) -> ClusterHandle:
-        """The live cluster of ``item``'s spec (launched now if need be); JUnit properties say which and how long.
+        """The cluster ``item`` runs on, launched now if need be; JUnit properties say which and how long.
 
-        An item that asked for a cluster at run time (``getfixturevalue``) gets the default spec, planned now.
+        A fresh test gets a new cluster of its own; any other test its spec's
+        shared one. An item that asked for a cluster at run time
+        (``getfixturevalue``) gets the default spec's shared cluster, planned now.
         """
-        spec = spec_of(item)
-        if spec is None:
-            spec = DEFAULT_SPEC
-            item.stash[SPEC_KEY] = spec
-            self.pool.plan([spec])
+        request = request_of(item)
+        if request is None:
+            request = ClusterRequest()
+            item.stash[REQUEST_KEY] = request
+            self.pool.plan([request.spec])
+        spec = request.spec
+        if request.fresh:
+            cluster = self.pool.launch_own(spec, launcher, item.nodeid)
+            item.stash[OWN_CLUSTER_KEY] = cluster
+            self._report(item, self.pool.own_records[-1], launched=True)
+            return cluster
         cluster = self.pool.acquire(spec, launcher)
-        # For CI dashboards (JUnit <property>): which cluster, and on the test that booted it, where the time went.
-        item.user_properties.append(("smalltown_spec", str(spec)))
-        record = self.pool.records.get(spec)
-        if record is not None and record.launch_seconds is not None and spec not in self.reported:
-            self.reported.add(spec)
+        self._report(item, self.pool.records[spec], launched=spec not in self.reported)
+        self.reported.add(spec)
+        return cluster
+
+    @staticmethod
+    def _report(item: pytest.Item, record: PoolRecord, launched: bool) -> None:
+        """For CI dashboards (JUnit ``<property>``): which cluster, and on the test that launched it, where the time went."""
+        item.user_properties.append(("smalltown_spec", str(record.spec)))
+        if launched and record.launch_seconds is not None:
             item.user_properties.append(("smalltown_launch_seconds", f"{record.launch_seconds:.1f}"))
             item.user_properties += [(f"smalltown_phase_{name}", f"{sec:.1f}") for name, sec in record.phases.items()]
-        return cluster
+
+    def cluster_of(self, item: pytest.Item) -> ClusterHandle | None:
+        """The running cluster ``item`` uses: its own if fresh, else its spec's shared one (None: none is running).
+
+        The one answer to "which cluster does this test run on" for the death
+        watch and the failure evidence.
+        """
+        if is_fresh(item):
+            return item.stash.get(OWN_CLUSTER_KEY, None)
+        spec = spec_of(item)
+        return self.pool.live(spec) if spec is not None else None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         """Run the test body watched: if its cluster dies meanwhile, the test fails at once (see :mod:`watch`)."""
-        spec = spec_of(item)
-        cluster = self.pool.live(spec) if spec is not None else None
+        cluster = self.cluster_of(item)
         if cluster is None:
             return (yield)
         with self.watch.watching(cluster):
@@ -78,12 +112,19 @@ class Clusters:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
-        """After the test's own teardown: one use of its cluster is over (the last one closes it)."""
+        """After the test's own teardown: close a fresh test's cluster, or count one use of the shared one as over.
+
+        The last use of a shared cluster closes it.
+        """
         try:
             return (yield)
         finally:
-            spec = spec_of(item)
-            if spec is not None:
+            if is_fresh(item):
+                own = item.stash.get(OWN_CLUSTER_KEY, None)
+                if own is not None:
+                    del item.stash[OWN_CLUSTER_KEY]
+                    self.pool.close_own(own)
+            elif (spec := spec_of(item)) is not None:
                 self.pool.release(spec)
 
     def pytest_sessionfinish(self) -> None:
@@ -91,8 +132,9 @@ class Clusters:
         self.pool.close_all()
 
     def summary_lines(self) -> list[str]:
-        """One line per spec of this process: how its cluster came up, phase by phase, or why it failed."""
-        return [record.summary_line() for _, record in sorted(self.pool.records.items())]
+        """One line per shared cluster of this process, then per fresh one: how it came up, phase by phase, or why it failed."""
+        records = [record for _, record in sorted(self.pool.records.items())] + self.pool.own_records
+        return [record.summary_line() for record in records]
 
     def pytest_report_header(self) -> list[str]:
         """What every run's log should say first: which image, which accelerator, which cache."""

@@ -7,7 +7,6 @@ from collections.abc import Generator
 import pytest
 
 from pytest_smalltown.features.clusters import Clusters
-from pytest_smalltown.features.specs import spec_of
 from pytest_smalltown.pool import EvidenceSource
 
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -32,9 +31,8 @@ class FailureEvidence:
         """Remember each phase's report; a failed setup or call gets the evidence of its cluster."""
         report = yield
         item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
-        spec = spec_of(item)
-        if report.failed and spec is not None and report.when != "teardown":
-            self._attach_evidence(item, report, self.clusters.pool.live(spec))
+        if report.failed and report.when != "teardown":
+            self._attach_evidence(item, report, self.clusters.cluster_of(item))
         return report
 
     def _attach_evidence(self, item: pytest.Item, report: pytest.TestReport, cluster: object) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_smalltown.features.clusters import Clusters
 from pytest_smalltown.features.session import is_xdist_worker, terminal_progress
-from pytest_smalltown.features.specs import spec_of
+from pytest_smalltown.features.specs import is_fresh, spec_of
 from pytest_smalltown.spec import ClusterSpec
 
 
@@ -22,10 +22,14 @@ class KeepOnFailure:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """A failed setup or call keeps its spec's cluster from closing after its last test."""
+        """A failed setup or call keeps its spec's shared cluster from closing after its last test.
+
+        A fresh test's failure keeps nothing: its cluster closes after it as
+        always, and the shared one did not fail.
+        """
         report = yield
         spec = spec_of(item)
-        if report.failed and spec is not None and report.when != "teardown":
+        if report.failed and spec is not None and report.when != "teardown" and not is_fresh(item):
             self.clusters.pool.keep(spec)
         return report
 

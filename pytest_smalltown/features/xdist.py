@@ -1,4 +1,8 @@
-"""pytest-xdist: each spec's tests on one worker, which boots its cluster once; one summary for all workers.
+"""pytest-xdist: each spec's shared tests on one worker, which boots its cluster once; one summary for all workers.
+
+A fresh test (``smalltown(fresh=True)``) is a group of its own: any worker
+may take it, so fresh clusters of one spec run side by side, each restored
+from the same snapshot (:func:`~pytest_smalltown.features.specs.xdist_group`).
 
 The controller hands every worker the run id and a file to write
 ``{test id: spec}`` into; its scheduler (:func:`~pytest_smalltown.parallel.spec_scheduler`)
@@ -18,7 +22,7 @@ import pytest
 from pytest_smalltown.features.clusters import Clusters
 from pytest_smalltown.features.session import SmalltownSession, is_xdist_worker
 from pytest_smalltown.features.sharding import Durations
-from pytest_smalltown.features.specs import group_label
+from pytest_smalltown.features.specs import xdist_group
 from pytest_smalltown.parallel import SpecGroups, spec_scheduler
 
 
@@ -43,7 +47,7 @@ class XdistSpecs:
         """
         if is_xdist_worker(config) and "smalltown_spec_groups" in config.workerinput:  # type: ignore[attr-defined]
             SpecGroups.write(Path(config.workerinput["smalltown_spec_groups"]),  # type: ignore[attr-defined]
-                             {item.nodeid: group_label(item) for item in items})
+                             {item.nodeid: xdist_group(item) for item in items})
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:

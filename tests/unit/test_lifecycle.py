@@ -4,7 +4,7 @@ What is checked here is the order of things a real reboot depends on: the VM
 may reset only for the reboot's duration (also when the wait fails), a hard
 reboot is QEMU's reset and a graceful one the node's RPC, and "back" means a
 new boot ID on a Ready node, and a boot that hangs is reset once more, not
-twice. e2e/test_zz_reboots.py reboots real node VMs.
+twice. e2e/test_reboots.py reboots real node VMs.
 """
 
 from __future__ import annotations

@@ -156,6 +156,8 @@ def test_failed_launch_is_remembered(pytester: pytest.Pytester, events, monkeypa
         ("smalltown(2)", "keyword arguments only"),
         ("smalltown(preload='kitchen-sink')", "unknown image set(s) kitchen-sink; known: conformance"),
         ("smalltown(preload=3)", "takes a set name or a list of them"),
+        ("smalltown(fresh='yes')", "smalltown(fresh=...) takes True or False, got 'yes'"),
+        ("smalltown(fresh=1)", "smalltown(fresh=...) takes True or False, got 1"),
     ],
 )
 def test_bad_marker_is_a_usage_error_naming_the_test(pytester: pytest.Pytester, events, marker: str, fragment: str) -> None:
@@ -177,7 +179,8 @@ def test_bad_marker_is_a_usage_error_naming_the_test(pytester: pytest.Pytester, 
 
 def test_marker_is_registered_with_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.smalltown(nodes=1, preload=()): run this test against a Smalltown cluster*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.smalltown(nodes=1, preload=(), fresh=False): run this test against a "
+                                 "Smalltown cluster*fresh=True the test gets a cluster of its own*"])  # fmt: skip
 
 
 def test_strict_markers_accept_smalltown(pytester: pytest.Pytester, events) -> None:
@@ -388,11 +391,11 @@ def test_namespace_is_deleted_unless_kept_after_failure(
 
 
 def test_preload_is_part_of_the_cluster_identity() -> None:
-    from pytest_smalltown.spec import ClusterSpec, spec_from_marker
+    from pytest_smalltown.spec import ClusterSpec, request_from_marker
 
-    plain = spec_from_marker((), {"nodes": 2})
-    preloaded = spec_from_marker((), {"nodes": 2, "preload": ["conformance", "conformance"]})
-    assert preloaded == spec_from_marker((), {"nodes": 2, "preload": "conformance"}) == ClusterSpec(2, ("conformance",))
+    plain = request_from_marker((), {"nodes": 2}).spec
+    preloaded = request_from_marker((), {"nodes": 2, "preload": ["conformance", "conformance"]}).spec
+    assert preloaded == request_from_marker((), {"nodes": 2, "preload": "conformance"}).spec == ClusterSpec(2, ("conformance",))
     assert plain != preloaded, "a cluster without the image set cannot serve a test that needs it"
     assert str(preloaded) == "2-node+conformance"
 
@@ -827,3 +830,208 @@ def test_each_feature_is_a_plugin_object_registered_by_name(pytester: pytest.Pyt
         """
     )
     pytester.runpytest("--smalltown-keep-on-failure", "--smalltown-attach").assert_outcomes(passed=1)
+
+
+# --- fresh=True: a cluster of the test's own ------------------------------------
+
+FRESH_SUITE = r"""
+import pytest
+from conftest import record
+
+@pytest.fixture
+def seen(request, smalltown_cluster):
+    # Which cluster object each test got, and when its own teardown ran (before the cluster's close).
+    record("test", request.node.name, id(smalltown_cluster))
+    yield
+    record("teardown", request.node.name)
+
+@pytest.mark.smalltown(nodes=1)
+def test_shared_a(seen):
+    pass
+
+@pytest.mark.smalltown(nodes=1, fresh=True)
+def test_fresh_b(seen):
+    pass
+
+@pytest.mark.smalltown(nodes=1)
+def test_shared_c(seen):
+    pass
+
+@pytest.mark.smalltown(nodes=1, fresh=True)
+def test_fresh_d(seen):
+    pass
+"""
+
+
+def test_fresh_tests_get_a_cluster_each_closed_after_their_teardown_and_shared_tests_still_share(
+    pytester: pytest.Pytester, events
+) -> None:
+    pytester.makepyfile(FRESH_SUITE)
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    got = events()
+    # The shared tests run first, together (first appearance); the fresh ones after, each on a cluster launched
+    # for it and closed once its teardown is over. The fresh tests are no use of the shared cluster: it closes
+    # after test_shared_c, before the first fresh launch, so two clusters never run at once.
+    assert [e[:2] for e in got] == [
+        ["launch", 1], ["test", "test_shared_a"], ["teardown", "test_shared_a"],
+        ["test", "test_shared_c"], ["teardown", "test_shared_c"], ["close", 1],
+        ["launch", 1], ["test", "test_fresh_b"], ["teardown", "test_fresh_b"], ["close", 1],
+        ["launch", 1], ["test", "test_fresh_d"], ["teardown", "test_fresh_d"], ["close", 1],
+    ]  # fmt: skip
+    cluster = {e[1]: e[2] for e in got if e[0] == "test"}
+    assert cluster["test_shared_a"] == cluster["test_shared_c"]
+    assert len({cluster["test_shared_a"], cluster["test_fresh_b"], cluster["test_fresh_d"]}) == 3
+    result.stdout.fnmatch_lines([
+        "*smalltown clusters*",
+        "1-node cluster: launched in *, booted (switch 0.5s, nodes 1.5s), closed in *",
+        "1-node fresh cluster of *::test_fresh_b: launched in *, booted *, closed in *",
+        "1-node fresh cluster of *::test_fresh_d: launched in *, booted *, closed in *",
+    ])  # fmt: skip
+
+
+def test_a_module_asks_for_fresh_clusters_once_with_pytestmark(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.smalltown(nodes=2, fresh=True)
+
+        def test_one(smalltown_cluster):
+            assert smalltown_cluster.spec.nodes == 2
+
+        def test_two(smalltown_kube):
+            assert smalltown_kube == "kube-of-2"
+        """
+    )
+    result = pytester.runpytest("--junitxml=report.xml")
+    result.assert_outcomes(passed=2)
+    assert events() == [["launch", 2], ["close", 2], ["launch", 2], ["close", 2]]
+    junit = (pytester.path / "report.xml").read_text()
+    assert junit.count('name="smalltown_launch_seconds"') == 2, "each fresh test launched its own cluster"
+
+
+def test_fresh_tests_are_no_use_of_the_shared_pool() -> None:
+    from pytest_smalltown.pool import ClusterPool
+    from pytest_smalltown.spec import ClusterSpec
+
+    closed: list[str] = []
+
+    class Handle:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def check_alive(self) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    names = iter(["shared", "own"])
+    launch = lambda spec: Handle(next(names))  # noqa: E731
+    pool, spec = ClusterPool(), ClusterSpec(1)
+    pool.plan([spec])
+    shared = pool.acquire(spec, launch)
+    pool.release(spec)
+    assert closed == ["shared"], "its one planned use is over, whatever fresh tests of the spec follow"
+    own = pool.launch_own(spec, launch, "test_x")
+    assert own is not shared and pool.live(spec) is None, "a test's own cluster is never the spec's shared one"
+    pool.close_own(own)
+    assert closed == ["shared", "own"]
+
+
+def test_attach_with_a_fresh_test_is_a_usage_error_at_collection(pytester: pytest.Pytester, events) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_shared(smalltown_cluster): pass
+
+        @pytest.mark.smalltown(nodes=1, fresh=True)
+        def test_fresh(smalltown_cluster): pass
+        """
+    )
+    result = pytester.runpytest("--smalltown-attach")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*::test_fresh: smalltown(fresh=True) needs a cluster of its own, but "
+                                 "--smalltown-attach runs every test on the kept cluster*run fresh tests without "
+                                 "--smalltown-attach, or leave them out*"])  # fmt: skip
+    assert events() == [], "nothing starts"
+    pytester.runpytest("--smalltown-attach", "-k", "not fresh", "--co").assert_outcomes()  # leaving them out works
+
+
+def test_a_fresh_cluster_that_dies_during_its_test_fails_it_at_once_and_spares_the_spec(
+    pytester: pytest.Pytester, events
+) -> None:
+    pytester.makepyfile(
+        r"""
+        import time
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1, fresh=True)
+        def test_dies(smalltown_cluster):
+            smalltown_cluster.kill_a_vm()
+            time.sleep(120)  # a client waiting for a node that is gone
+
+        @pytest.mark.smalltown(nodes=1, fresh=True)
+        def test_next_fresh(smalltown_cluster):
+            pass
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_shared(smalltown_cluster):
+            pass
+        """
+    )
+    started = time.monotonic()
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    # The watch sees the test's own cluster (there is no shared one running to watch).
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*ClusterDiedDuringTest: the cluster died while this test ran: VM 'node0' exited*"])
+    assert time.monotonic() - started < 60
+    assert events() == [["launch", 1], ["close", 1]] * 3, "the dead cluster was the test's alone"
+
+
+def test_a_failed_fresh_test_report_carries_its_own_clusters_evidence(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(EVIDENCE_DOUBLE)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1, fresh=True)
+        def test_broken(smalltown_cluster):
+            assert False, "pod never became Ready"
+        """
+    )
+    artifacts = pytester.path / "dumps"
+    result = pytester.runpytest(f"--smalltown-artifacts={artifacts}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*smalltown console node0*", "*kubelet started*", "*smalltown artifacts*"])
+    (run,) = artifacts.iterdir()
+    (dump,) = run.iterdir()
+    assert (dump / "consoles" / "node0.console.log").read_text() == "full console\n"
+
+
+def test_xdist_runs_fresh_clusters_of_one_spec_side_by_side(pytester: pytest.Pytester, events) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        """
+        import os, time
+        from pathlib import Path
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1, fresh=True)
+        @pytest.mark.parametrize("i", range(2))
+        def test_fresh(smalltown_cluster, i):
+            # Both tests are inside their own cluster's test at the same time, on two workers.
+            Path(f"started-{i}-{os.environ['PYTEST_XDIST_WORKER']}").touch()
+            deadline = time.monotonic() + 30
+            while len(list(Path(".").glob("started-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(list(Path(".").glob("started-*"))) == 2, "the other fresh test did not run meanwhile"
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert {p.name.split("-")[-1] for p in pytester.path.glob("started-*")} == {"gw0", "gw1"}
+    assert sorted(events()) == [["close", 1], ["close", 1], ["launch", 1], ["launch", 1]]

@@ -1,7 +1,7 @@
 """The Reboot RPC in-process: DebugClient.reboot -> the real DebugServicer -> the node's reboot hook.
 
 What happens after the hook (components stopped, disks flushed, the machine
-restarted) needs a machine: e2e/test_zz_reboots.py reboots real node VMs.
+restarted) needs a machine: e2e/test_reboots.py reboots real node VMs.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Rebooting a node, as Smalltown's own tests do: it comes back Ready, with its pods running again.
 
-Named to run last among the 2-node modules: a reboot is the most disruptive
-thing a test does to the cluster the spec's tests share.
+Each test reboots a cluster of its own (``fresh=True``, restored from the
+2-node snapshot): a reboot is the most disruptive thing a test does, and no
+other test should run on a node that has just been reset, nor wait for it.
 
 Both kinds are tested: graceful (the Reboot RPC: components stopped, disks
 flushed) and hard (a reset, as a power cut: the root file system's journal
 is what brings containerd's database back intact).
 
-Node 1 is rebooted (node 0 carries the control plane every other test of the
-session uses). Each test pins a small Deployment to it, reboots, and checks
+Node 1 is rebooted (node 0 carries the control plane, which the test itself
+keeps using). Each test pins a small Deployment to it, reboots, and checks
 the Node reports a new boot and the pod's container was started anew by the
 rebooted kubelet (the same pod object, a new container: its sandbox died
 with the machine).
@@ -26,7 +27,7 @@ from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.contract import TEST_IMAGE, node_address
 from pytest_smalltown.lifecycle import find_node
 
-pytestmark = pytest.mark.smalltown(nodes=2)
+pytestmark = pytest.mark.smalltown(nodes=2, fresh=True)
 
 REBOOTED = 1
 
