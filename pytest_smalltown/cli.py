@@ -319,7 +319,7 @@ def cmd_freeze(args: argparse.Namespace) -> int:
         return 1
     finally:
         cluster.close()
-    print(f"node {args.node}: running again after {record.ended - record.started:.1f}s frozen")
+    print(f"node {args.node}: running again after {record.seconds:.1f}s frozen")
     return 0
 
 

@@ -37,11 +37,16 @@ class FaultRecord:
         """Whether the fault was on at some instant between ``start`` and ``stop``."""
         return self.started <= stop and (self.ended is None or self.ended >= start)
 
+    @property
+    def seconds(self) -> float:
+        """How long it was on (so far, if it still is)."""
+        return (time.time() if self.ended is None else self.ended) - self.started
+
     def __str__(self) -> str:
         began = time.strftime("%H:%M:%S", time.localtime(self.started))
         if self.ended is None:
             return f"{self.description}: on since {began}"
-        return f"{self.description}: {began} for {self.ended - self.started:.1f}s"
+        return f"{self.description}: {began} for {self.seconds:.1f}s"
 
 
 class FaultLog:
