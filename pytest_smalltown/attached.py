@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pytest_smalltown import faults
 from pytest_smalltown.contract import NodePort
 from pytest_smalltown.kept import KeptClusterError, KeptState
 from pytest_smalltown.launch.console import ConsoleLog
@@ -31,6 +32,8 @@ class AttachedCluster:
         self.kube = kube  # kubernetes.client.ApiClient
         #: The cluster's debug token (None: an older smalltown kept it, whose nodes check none).
         self.debug_token = debug_token
+        #: The faults this session switched on (:mod:`pytest_smalltown.faults`).
+        self.faults = faults.FaultLog()
 
     @property
     def spec(self) -> ClusterSpec:
@@ -93,6 +96,18 @@ class AttachedCluster:
         monitor = Monitor.at(self._qmp_socket(index), f"node{index}")
         try:
             pause(monitor)
+        finally:
+            monitor.close()
+
+    @contextlib.contextmanager
+    def frozen(self, index: int) -> Iterator[faults.FaultRecord]:
+        """As :meth:`pytest_smalltown.cluster.Cluster.frozen`, on the kept cluster's node ``index``."""
+        from pytest_smalltown.launch.vmstate import Monitor
+
+        monitor = Monitor.at(self._qmp_socket(index), f"node{index}")
+        try:
+            with faults.frozen(monitor, self.faults, f"node{index}") as record:
+                yield record
         finally:
             monitor.close()
 

@@ -20,6 +20,7 @@ closes the cluster the same way the pytest plugin does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ from typing import Any
 from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.base.progress import stderr_progress
-from pytest_smalltown.contract import NodePort
+from pytest_smalltown.contract import NODE_MONITOR_GRACE_SECONDS, NodePort
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
 from pytest_smalltown.launch.accel import ACCEL_MODES
@@ -301,6 +302,27 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_freeze(args: argparse.Namespace) -> int:
+    from pytest_smalltown.attached import attach
+
+    if args.seconds <= 0:
+        print(f"--for must be a positive number of seconds, got {args.seconds:g}", file=sys.stderr)
+        return 2
+    cluster = attach(_read_state().spec)
+    try:
+        with cluster.frozen(args.node) as record:
+            print(f"node {args.node}: frozen (vCPUs stopped) for {args.seconds:g}s; Ctrl-C thaws it now", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.seconds)
+    except (KeptClusterError, LookupError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        cluster.close()
+    print(f"node {args.node}: running again after {record.seconds:.1f}s frozen")
+    return 0
+
+
 # --- conformance ----------------------------------------------------------------
 
 
@@ -501,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     reboot.add_argument("--timeout", type=float,
                         help=f"seconds to wait for it (default {DEFAULT_BOOT_TIMEOUT:g}: the default boot timeout)")
     reboot.set_defaults(func=cmd_reboot)
+
+    freeze = commands.add_parser("freeze", help="stall a node of the running cluster (vCPUs stopped) for a while")
+    freeze.add_argument("node", type=int, help="node index (0 runs the control plane: the API stops answering)")
+    freeze.add_argument("--for", dest="seconds", type=float, default=60.0, metavar="SECONDS",
+                        help=f"how long it stays frozen (default 60; a node without heartbeats is NotReady after "
+                        f"{NODE_MONITOR_GRACE_SECONDS})")
+    freeze.set_defaults(func=cmd_freeze)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
     dbg = dbg_parser.add_subparsers(dest="dbg_command", required=True)

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import grpc
 
 from pytest_smalltown.api import debug_pb2
 from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort, node_address
+from pytest_smalltown import faults
 from pytest_smalltown.debug import DEBUG_TOKEN_FILE, DebugClient, load_image_into_nodes, node_debug_client, read_debug_token
 from pytest_smalltown.base.waits import wait_for
 from pytest_smalltown.kube import api_client, node_addresses, server_time, wait_nodes_ready, write_kubeconfig
@@ -102,6 +103,8 @@ class Cluster:
         self._debug: DebugClient | None = None
         self._kube: Any = None
         self._kubeconfig_path: Path | None = None
+        #: The faults tests switched on (:mod:`pytest_smalltown.faults`); a failed test's report lists its own.
+        self.faults = faults.FaultLog()
 
     # --- what a launch fills in --------------------------------------------------
 
@@ -312,6 +315,30 @@ class Cluster:
         node = self.nodes[index]
         node.stopped = True
         node.vm.stop(grace=0)
+
+    @contextlib.contextmanager
+    def frozen(self, index: int) -> Iterator[faults.FaultRecord]:
+        """Node ``index`` stalls for the with block: its vCPUs stop, and run on after it, whatever happens inside.
+
+        For tests of what the cluster does when a machine stops answering
+        without going away (NotReady after the grace period, endpoints
+        removed), and what the node does when it wakes. See
+        :func:`pytest_smalltown.faults.frozen`.
+        """
+        node = self._node(index)
+        if node.stopped:
+            raise LaunchError(f"node {index} was powered off (stop_node); there is nothing to freeze")
+        monitor = Monitor(node.vm)
+        try:
+            with faults.frozen(monitor, self.faults, node.name) as record:
+                yield record
+        finally:
+            monitor.close()
+
+    def _node(self, index: int) -> ClusterNode:
+        if not 0 <= index < len(self.nodes):
+            raise LookupError(f"node {index}: this {self.spec} cluster has nodes 0..{len(self.nodes) - 1}")
+        return self.nodes[index]
 
     def reboot_node(self, index: int, hard: bool = False, timeout: float | None = None) -> RebootResult:
         """Reboot node ``index`` (graceful: the node shuts down cleanly; ``hard``: a reset) and wait until it is back.

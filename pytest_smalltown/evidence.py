@@ -46,9 +46,20 @@ def _node_debug_clients(cluster: EvidenceSource) -> Iterator[tuple[str, DebugCli
             client.close()
 
 
-def report_sections(cluster: EvidenceSource, namespace: str | None) -> list[tuple[str, str]]:
-    """(title, text) pairs for a failed test's report; never raises (evidence must not mask the failure)."""
+def report_sections(
+    cluster: EvidenceSource, namespace: str | None, window: tuple[float, float] | None = None
+) -> list[tuple[str, str]]:
+    """(title, text) pairs for a failed test's report; never raises (evidence must not mask the failure).
+
+    ``window`` (start, stop: ``time.time()``) is when the failed phase ran:
+    the faults that were on during it come first, as the likeliest cause.
+    """
     sections: list[tuple[str, str]] = []
+    fault_log = getattr(cluster, "faults", None)  # stand-ins and older clusters have none
+    if window is not None and fault_log is not None:
+        during = fault_log.during(*window)
+        if during:
+            sections.append(("smalltown faults", "\n".join(str(record) for record in during)))
     for name, lines in cluster.consoles(REPORT_LINES).items():
         sections.append((f"smalltown console {name}", "\n".join(lines)))
     for node, client in _node_debug_clients(cluster):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from pytest_smalltown.debug import DebugClient
+    from pytest_smalltown.faults import FaultRecord
     from pytest_smalltown.launch.ports import PortMap
     from pytest_smalltown.lifecycle import RebootResult
 
@@ -97,6 +99,9 @@ class SmalltownCluster(ClusterHandle, EvidenceSource, Protocol):
 
         Not a death of the cluster: its other nodes run on, and tests of the spec still get it.
         """
+
+    def frozen(self, index: int) -> AbstractContextManager[FaultRecord]:
+        """Node ``index`` stalled (vCPUs stopped) for the with block, then running on (:mod:`pytest_smalltown.faults`)."""
 
 
 class ClusterLaunchFailed(SmalltownError, RuntimeError):

@@ -41,7 +41,7 @@ class FailureEvidence:
         from pytest_smalltown.evidence import report_sections, write_artifacts
 
         namespace = item.stash.get(NAMESPACE_KEY, None)
-        for title, text in report_sections(cluster, namespace):
+        for title, text in report_sections(cluster, namespace, window=(report.start, report.stop)):
             report.sections.append((title, text))
         directory = self.clusters.session.artifacts_dir(item.config.rootpath)
         try:

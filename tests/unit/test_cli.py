@@ -29,7 +29,9 @@ def test_subcommands_parse() -> None:
     assert parser.parse_args(["up", "--nodes", "3"]).nodes == 3
 
 
-@pytest.mark.parametrize("command", [["status"], ["down"], ["dbg", "logs", "containerd"], ["reboot", "1"]])
+@pytest.mark.parametrize(
+    "command", [["status"], ["down"], ["dbg", "logs", "containerd"], ["reboot", "1"], ["freeze", "1"]]
+)
 def test_commands_needing_a_cluster_say_how_to_start_one(command: list[str]) -> None:
     with pytest.raises(SystemExit, match="no cluster is running \\(start one with: smalltown up\\)"):
         main(command)
@@ -57,6 +59,15 @@ def test_reboot_of_a_cluster_an_older_smalltown_kept_says_what_to_do() -> None:
         kept.reboot_node(1)
     with pytest.raises(KeptClusterError, match="no switch QMP socket recorded"):
         kept.forward_node_port(30080)
+    with pytest.raises(KeptClusterError, match="no QMP sockets recorded"), kept.frozen(1):
+        pass
+
+
+def test_freeze_refuses_a_duration_that_is_no_stall_before_it_looks_for_a_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["freeze", "1", "--for", "0"]) == 2
+    assert "--for must be a positive number of seconds, got 0" in capsys.readouterr().err
 
 
 def test_up_rejects_a_bad_node_count_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
