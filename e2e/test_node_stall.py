@@ -5,6 +5,7 @@ The stall is a frozen node (its vCPUs stopped through QMP, see
 is frozen (node 0 carries the control plane that has to notice). A pod on it
 serves a Service, so the test also sees what users' traffic sees: the pod's
 endpoint stops being ready while its node is gone, and is ready again after.
+A fresh cluster: the tests that share one need not wait out a stall's wake.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pytest_smalltown.contract import NODE_MONITOR_GRACE_SECONDS, node_address
 from pytest_smalltown.kube import node_ready
 from pytest_smalltown.lifecycle import find_node
 
-pytestmark = pytest.mark.smalltown(nodes=2)
+pytestmark = pytest.mark.smalltown(nodes=2, fresh=True)
 
 FROZEN = 1
 #: Beyond the grace period: the controller checks every 5 s, and the emulated control plane is slow.
