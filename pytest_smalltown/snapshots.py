@@ -332,16 +332,7 @@ class SnapshotWriter:
 
     def commit(self, facts: Mapping[str, Any]) -> Snapshot:
         """Checksum every file, write the manifest and rename the work directory into place."""
-        files = {}
-        for path in sorted(p for p in self.work.iterdir() if p.is_file()):
-            digest = hashlib.sha256()
-            with open(path, "rb") as data:
-                while chunk := data.read(1 << 20):
-                    digest.update(chunk)
-            files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-        manifest = {"inputs": self.store.inputs, "files": files, "facts": dict(facts), "saved_at": time.time()}
-        self.layout.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        self.layout.complete.write_text(f"{time.time():.0f}\n")
+        manifest = write_manifest(self.layout, self.store.inputs, facts)
         final = self.store.directory
         if final.exists():
             shutil.rmtree(final)
@@ -360,6 +351,25 @@ class SnapshotWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def write_manifest(layout: SnapshotLayout, inputs: Mapping[str, str], facts: Mapping[str, Any]) -> dict[str, Any]:
+    """Checksum every file of ``layout``, then write its manifest and, last, its completion mark; the manifest.
+
+    The one writer of manifests: a snapshot of the cache (:meth:`SnapshotWriter.commit`)
+    and a failed test's (``--smalltown-snapshot-on-failure``) are read alike.
+    """
+    files = {}
+    for path in sorted(p for p in layout.directory.iterdir() if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+        files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    manifest = {"inputs": dict(inputs), "files": files, "facts": dict(facts), "saved_at": time.time()}
+    layout.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    layout.complete.write_text(f"{time.time():.0f}\n")
+    return manifest
 
 
 def describe_size(directory: Path) -> int:
