@@ -44,7 +44,7 @@ from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.phases import CONSOLE_TAIL, Phases
 from pytest_smalltown.plan import ClusterPlan
 from pytest_smalltown.secretfile import write_private
-from pytest_smalltown.snapshots import Snapshot, SnapshotLayout
+from pytest_smalltown.snapshots import SavedSnapshot, Snapshot, SnapshotLayout, describe_size, write_manifest
 
 #: How far the cluster's clock (the API server's HTTP Date, whole seconds) may be from the host's.
 CLOCK_TOLERANCE = 3.0
@@ -373,7 +373,7 @@ class Cluster:
 
         The one save routine: of the snapshot the first boot makes for the
         cache (``boot.py``) and of a failed test's cluster
-        (``--smalltown-snapshot-on-failure``). Every VM is paused, so that no node sees
+        (:meth:`save_snapshot`). Every VM is paused, so that no node sees
         another one move; each node's disk writes are diverted to a new
         overlay in the work directory, so that the image it wrote until now
         stands still; every VM's RAM and device state goes to a file; the
@@ -431,6 +431,23 @@ class Cluster:
             generation += 1
             path = self.workdir / f"node{index}.{generation}.qcow2"
         return path
+
+    def save_snapshot(self, directory: Path) -> SavedSnapshot:
+        """Save the whole cluster into the new directory ``directory`` (``--smalltown-snapshot-on-failure``) and run on.
+
+        The snapshot is complete on its own, beside the node image of the
+        cache (its manifest's inputs name it, and :func:`smalltown up --from
+        <pytest_smalltown.launcher.launch_saved>` checks them): nothing of
+        this session's work directory nor of a cached snapshot is needed to
+        restore it. Raises :class:`FileExistsError` if ``directory`` exists.
+        """
+        started = time.monotonic()
+        directory.mkdir(mode=0o700, parents=True)  # it holds the cluster's CA keys, as a cached snapshot does
+        layout = SnapshotLayout(directory)
+        facts = self.save(layout)
+        write_manifest(layout, self.plan.snapshot_inputs(), facts)
+        self.wait_clock(SAVE_TIMEOUT)  # the guests stood still while saved
+        return SavedSnapshot(directory, describe_size(directory), time.monotonic() - started)
 
     def close(self) -> None:
         """Close the clients, stop every process, newest first, and remove the work directory (idempotent)."""

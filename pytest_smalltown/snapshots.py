@@ -372,6 +372,20 @@ def write_manifest(layout: SnapshotLayout, inputs: Mapping[str, str], facts: Map
     return manifest
 
 
+@dataclass(frozen=True)
+class SavedSnapshot:
+    """A running cluster saved into a directory of its own (``--smalltown-snapshot-on-failure``): where, how big, how long."""
+
+    directory: Path
+    size_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for a test's report: the path, its size in MiB and the seconds the save took."""
+        return (f"{self.directory} ({self.size_bytes / 2**20:.0f} MiB, saved in {self.seconds:.1f}s); "
+                f"restore it with: smalltown up --from {self.directory}")
+
+
 def describe_size(directory: Path) -> int:
     """Bytes on disk of a snapshot directory."""
     return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.is_file())
