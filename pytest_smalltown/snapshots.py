@@ -203,6 +203,14 @@ class Snapshot:
         return SnapshotLayout(self.directory)
 
     @property
+    def spec(self) -> ClusterSpec:
+        """The saved cluster's spec, as its inputs record it (:meth:`ClusterPlan.snapshot_inputs`'s ``spec``)."""
+        try:
+            return ClusterSpec.parse(self.manifest["inputs"].get("spec", ""))
+        except ValueError as error:
+            raise SnapshotRefused(f"{self.layout.manifest} names no cluster spec: {error}") from None
+
+    @property
     def facts(self) -> dict[str, Any]:
         """What was true of the cluster when it was saved (see ``boot.py``'s save)."""
         facts: dict[str, Any] = self.manifest.get("facts", {})
@@ -227,6 +235,48 @@ class Snapshot:
                 raise SnapshotRefused(f"{path} cannot be read: {error}") from None
             if size != expected["size"] or digest.hexdigest() != expected["sha256"]:
                 raise SnapshotRefused(f"{path} is corrupt (its size or checksum differs from when it was saved)")
+
+
+def changed_inputs(saved: Mapping[str, str], here: Mapping[str, str]) -> str:
+    """How a snapshot's recorded inputs differ from a plan's, as the end of a sentence ("" when they do not).
+
+    Another format keys other things: listing every input "changed" would
+    say nothing, so it is named alone; otherwise at most
+    :data:`MAX_CHANGED_INPUTS_SHOWN` inputs are named, and the rest counted.
+    """
+    if saved.get("format") != here.get("format"):
+        return f"is of snapshot format {saved.get('format', '1')}, this harness saves format {here.get('format')}"
+    changed = sorted(k for k in set(saved) | set(here) if saved.get(k) != here.get(k))
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:MAX_CHANGED_INPUTS_SHOWN])
+    more = f" and {len(changed) - MAX_CHANGED_INPUTS_SHOWN} more" if len(changed) > MAX_CHANGED_INPUTS_SHOWN else ""
+    return f"was made from other inputs ({shown}{more} changed)"
+
+
+def open_saved(directory: Path) -> Snapshot:
+    """The complete snapshot a user points at (``smalltown up --from DIR``); :class:`SnapshotRefused` says what is wrong.
+
+    Checked before any image is built or VM started: the directory exists,
+    holds a manifest and its completion mark, and every file the manifest
+    lists, at its size (the checksums are read beside the restore, as for
+    a snapshot of the cache). Whether it fits this machine's images is the
+    plan's question (:func:`changed_inputs`).
+    """
+    layout = SnapshotLayout(directory)
+    if not directory.is_dir():
+        raise SnapshotRefused(f"{directory} is not a directory; give the 'snapshot' directory a failed test left "
+                              "in its artifacts (--smalltown-snapshot-on-failure)")
+    if not layout.manifest.exists():
+        raise SnapshotRefused(f"{directory} is not a saved cluster: it has no {MANIFEST}")
+    if not layout.complete.exists():
+        raise SnapshotRefused(f"{directory} is incomplete: its save did not finish (no {COMPLETE} mark)")
+    manifest = read_manifest(directory)
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            raise SnapshotRefused(f"{directory} is incomplete: {name} is missing or truncated")
+    return Snapshot(directory, manifest)
 
 
 class SnapshotStore:
@@ -271,14 +321,7 @@ class SnapshotStore:
                 old_inputs = read_manifest(other)["inputs"]
             except SnapshotRefused:
                 continue
-            if old_inputs.get("format") != self.inputs.get("format"):
-                # Another format keys other things: listing every input "changed" would say nothing.
-                return (f"the saved {self.spec} cluster is of snapshot format {old_inputs.get('format', '1')}, "
-                        f"this harness saves format {self.inputs.get('format')}")
-            changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
-            shown = ", ".join(changed[:MAX_CHANGED_INPUTS_SHOWN])
-            more = f" and {len(changed) - MAX_CHANGED_INPUTS_SHOWN} more" if len(changed) > MAX_CHANGED_INPUTS_SHOWN else ""
-            return f"the saved {self.spec} cluster was made from other inputs ({shown}{more} changed)"
+            return f"the saved {self.spec} cluster {changed_inputs(old_inputs, self.inputs)}"
         return f"no {self.spec} cluster has been saved yet"
 
     @contextlib.contextmanager

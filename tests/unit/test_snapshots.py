@@ -230,3 +230,13 @@ def test_a_saved_disk_is_flattened_onto_the_node_image_whatever_lay_between(tmp_
                        capture_output=True)  # fmt: skip
     assert flatten_onto(saved, Disk(base, "raw"), saved) == saved, "a disk already in place stays as it is"
 
+
+@pytest.mark.parametrize("spec", [ClusterSpec(1), ClusterSpec(2, ("conformance",)), ClusterSpec(8)])
+def test_a_spec_reads_back_from_the_string_a_snapshot_records(spec: ClusterSpec) -> None:
+    assert ClusterSpec.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text", ["", "two-node", "0-node", "1-node+nonsense", "2-node+conformance+conformance"])
+def test_a_string_that_is_no_spec_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="spec|node|image set"):
+        ClusterSpec.parse(text)
