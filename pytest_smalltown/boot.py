@@ -15,27 +15,23 @@ benchmark), after the plan's ``images``:
 5. ``nodes-ready``: wait until all N nodes are Ready in the Kubernetes API
    and node 0 reports its ``KubernetesReady`` condition;
 6. ``snapshot-save`` and ``clock``: the first time a plan's cluster is Ready,
-   save it (:func:`_save`) and let it run on.
+   save it (:meth:`Cluster.save <pytest_smalltown.cluster.Cluster.save>`, the
+   routine a failed test's save uses too) and let it run on.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-from kubernetes import client as k8s
 
 from pytest_smalltown.api import enrolment_pb2
-from pytest_smalltown.cluster import Cluster
-from pytest_smalltown.contract import DEBUG_TOKEN_FW_CFG_NAME, ENROLMENT_FW_CFG_NAME, NodePort, node_address
+from pytest_smalltown.cluster import SAVE_TIMEOUT, Cluster
+from pytest_smalltown.contract import DEBUG_TOKEN_FW_CFG_NAME, ENROLMENT_FW_CFG_NAME, node_address
 from pytest_smalltown.debug import new_debug_token, write_debug_token
 from pytest_smalltown.base.progress import Progress
-from pytest_smalltown.kube import node_addresses, node_ready_since, serving_certificate_not_after, server_time
 from pytest_smalltown.launch.qemu import Disk
-from pytest_smalltown.launch.vmstate import Monitor, create_overlay, divert_writes, pause, resume, start_save, wait_migration
+from pytest_smalltown.launch.vmstate import create_overlay
 from pytest_smalltown.phases import ClusterLaunchError, Phases
 from pytest_smalltown.plan import ClusterPlan
 from pytest_smalltown.secretfile import write_private
@@ -49,8 +45,6 @@ PRELOAD_IMPORT_ALLOWANCE = 600.0
 #: 3-node cluster (three etcd members, three apiservers) took about 500 s to
 #: be Ready where a 2-node one took 155 s, under TCG on 2 host cores.
 CONTROL_PLANE_ALLOWANCE = 300.0
-#: Seconds a save may take: every VM's RAM through zstd, on a host busy with nothing else.
-SAVE_TIMEOUT = 300.0
 
 
 def boot(plan: ClusterPlan, store: SnapshotStore | None, not_restored: str, progress: Progress) -> Cluster:
@@ -73,11 +67,9 @@ def boot(plan: ClusterPlan, store: SnapshotStore | None, not_restored: str, prog
     # straight in the snapshot's work directory (no copy at save time).
     writer = store.begin() if store is not None else None
     try:
-        # Every node gets the token (fw_cfg) and checks it; a restore needs the same one, so it goes with the snapshot.
+        # Every node gets the token (fw_cfg) and checks it; a restore needs the same one, so a save keeps it.
         token = new_debug_token()
         write_debug_token(token, cluster.debug_token_path)
-        if writer is not None:
-            write_debug_token(token, writer.layout.debug_token)
         token_fw_cfg = ((DEBUG_TOKEN_FW_CFG_NAME, cluster.debug_token_path),)
         with phases.phase("switch"):
             cluster.start_switch()
@@ -99,9 +91,8 @@ def boot(plan: ClusterPlan, store: SnapshotStore | None, not_restored: str, prog
                 for index in range(1, spec.nodes):
                     ticket = cluster.debug.golden_ticket(node_address(index), retry_for=phases.remaining(),
                                                          join_consensus=index < spec.control_plane_nodes)  # fmt: skip
-                    # A restore needs the very file the node booted with (fw_cfg), so it is kept with the snapshot.
-                    config_path = (writer.layout.enrolment(index) if writer is not None
-                                   else cluster.workdir / f"enrolment-node{index}.pb")  # fmt: skip
+                    # A restore needs the very file the node booted with (fw_cfg): a save keeps it.
+                    config_path = cluster.workdir / f"enrolment-node{index}.pb"
                     enrolment = enrolment_pb2.EnrolmentConfig(golden_ticket=ticket, node_id=ticket.node_id)
                     # The ticket carries the node's private keys.
                     write_private(config_path, enrolment.SerializeToString())
@@ -121,75 +112,23 @@ def boot(plan: ClusterPlan, store: SnapshotStore | None, not_restored: str, prog
     return cluster
 
 
-def cluster_facts(kube: Any, nodes: int) -> dict[str, Any]:
-    """What a restored cluster must still show: node names, addresses, Ready times, restarts, clocks.
-
-    Recorded in the snapshot's manifest at the save; the snapshot tests
-    compare a restored cluster against it.
-    """
-    core = k8s.CoreV1Api(kube)
-    listed: list[Any] = core.list_node(_request_timeout=30).items
-    pods: list[Any] = core.list_pod_for_all_namespaces(_request_timeout=30).items
-    return {
-        "nodes": {
-            n.metadata.name: {"address": node_addresses(n).get("InternalIP"), "ready_since": node_ready_since(n)}
-            for n in listed
-        },
-        "pod_restarts": {
-            f"{p.metadata.namespace}/{p.metadata.name}": sum(c.restart_count for c in p.status.container_statuses or [])
-            for p in pods
-        },
-        "cluster_time": server_time(kube),
-        "host_time": time.time(),
-    }
-
-
 def _save(cluster: Cluster, phases: Phases, writer: SnapshotWriter) -> str:
-    """Save the Ready cluster into ``writer`` and let it run on; returns how it was launched, for the summary.
+    """Save the Ready cluster into ``writer`` (:meth:`Cluster.save`) and let it run on; how it was launched, for the summary.
 
-    Every VM is paused, so that no node sees another one move; each node's
-    disk writes are diverted to a new overlay in the cluster's work directory
-    (the saved one stays as it was at this instant); every VM's RAM and
-    devices go to a file; then all run on. A save that fails is a warning,
-    not a failure: the cluster runs on unsaved.
+    Its disks need no copy: they were made in the snapshot's work directory
+    at boot, backed by the node image. A save that fails is a warning, not
+    a failure: the cluster runs on unsaved.
     """
-    vms = cluster.vms()
-    monitors: list[Monitor] = []
-    paused: list[Monitor] = []
     started = time.monotonic()
     try:
         with phases.phase("snapshot-save"):
-            facts = cluster_facts(cluster.kube, cluster.spec.nodes)
-            facts["api_certificate_not_after"] = serving_certificate_not_after(cluster.ports[NodePort.KUBERNETES_API])
-            monitors = [Monitor(vm) for vm in vms]
-            for monitor in monitors:
-                pause(monitor)
-                paused.append(monitor)
-            for node, monitor in zip(cluster.nodes, monitors[1:]):
-                overlay = create_overlay(writer.layout.disk(node.index), "qcow2",
-                                         cluster.workdir / f"node{node.index}.qcow2", in_use=True)  # fmt: skip
-                divert_writes(monitor, "disk0", overlay)
-            for vm, monitor in zip(vms, monitors):
-                start_save(monitor, writer.layout.state(vm.name))
-            for monitor in monitors:
-                wait_migration(monitor, SAVE_TIMEOUT)
-            for vm in vms:
-                shutil.copyfile(vm.console_log, writer.layout.console_log(vm.name))
-            for monitor in paused:
-                resume(monitor)
-            paused = []
-            snapshot = writer.commit(facts)
+            snapshot = writer.commit(cluster.save(writer.layout, SAVE_TIMEOUT))
     except ClusterLaunchError as error:
         writer.abort()
-        for monitor in paused:  # if this fails too, the cluster is lost: that is a launch failure
-            resume(monitor)
         message = f"{cluster.spec} cluster: not saved as a snapshot: {error.__cause__}"
         warnings.warn(SnapshotWarning(message), stacklevel=4)
         phases.progress(message)
         return "booted (saving a snapshot failed)"
-    finally:
-        for monitor in monitors:
-            monitor.close()
     with phases.phase("clock"):
         cluster.wait_clock(SAVE_TIMEOUT)  # the guests stood still while saved
     size = describe_size(snapshot.directory) / 2**20

@@ -4,6 +4,7 @@
     smalltown image path uefi                         print the reference UEFI disk's path
     smalltown accel                                   which accelerator this host gets
     smalltown up [--nodes N]                          start a cluster and keep it running
+    smalltown up --from DIR                           ... restored from a failed test's saved snapshot
     smalltown status | down                           show / stop that cluster
     smalltown dbg logs COMPONENT [--tail N] [--follow]
     smalltown dbg kubectl ARGS...                     kubectl with debug credentials
@@ -118,13 +119,16 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The background process behind ``up``: launch, then keep the cluster (:func:`kept.serve`) until a signal; close."""
-    from pytest_smalltown.launcher import launch_cluster
+    from pytest_smalltown.launcher import launch_cluster, launch_saved
     from pytest_smalltown.spec import ClusterSpec, preload_sets
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
+    if args.from_dir is not None:
+        cluster = launch_saved(args.from_dir, _settings(args))
+    else:
+        cluster = launch_cluster(ClusterSpec(args.nodes, preload_sets(args.preload)), _settings(args))
     try:
         serve(cluster, stop, lambda message: print(message, flush=True))
     finally:
@@ -141,6 +145,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return EXIT_USAGE
     _settings(args)  # a bad value is an error here, not in the background process's log
+    what = f"a {args.nodes}-node cluster"
+    if args.from_dir is not None:
+        from pytest_smalltown.snapshots import open_saved
+
+        args.from_dir = args.from_dir.absolute()  # the server runs elsewhere
+        what = f"the {open_saved(args.from_dir).spec} cluster saved in {args.from_dir}"  # a bad DIR: said here, at once
     running = KeptState.running()
     if running is not None:
         print(f"a {running.spec.nodes}-node cluster is already running (pid {running.owner.pid}); stop it with: "
@@ -148,12 +158,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     argv = [sys.executable, "-m", "pytest_smalltown.cli", "_serve", "--nodes", str(args.nodes)]
     argv += [f"--preload={name}" for name in args.preload]
+    argv += ["--from", str(args.from_dir)] if args.from_dir is not None else []
     for option in CLUSTER_OPTIONS:
         if getattr(args, option.name, None) is not None:
             argv += [option.cli_flag, str(getattr(args, option.name))]
     try:
         server, log_path = start_keeper(argv)
-        print(f"starting a {args.nodes}-node cluster (log: {log_path}) ...", flush=True)
+        print(f"starting {what} (log: {log_path}) ...", flush=True)
         state = wait_recorded(server, log_path, sys.stderr.write)
     except KeptClusterError as error:
         print(error, file=sys.stderr)
@@ -510,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--preload", action="append", default=[], choices=PRELOAD_SETS,
             help="image set to import into every node (repeatable), e.g. conformance for `smalltown conformance "
                  "--kubeconfig`",
+        )  # fmt: skip
+        parser_.add_argument(
+            "--from", dest="from_dir", type=Path, metavar="DIR",
+            help="restore the cluster saved in DIR (a failed test's artifacts/.../snapshot, see "
+                 "--smalltown-snapshot-on-failure) as it was, instead of launching one; its spec is the saved one's",
         )  # fmt: skip
     up.set_defaults(func=cmd_up)
     serve.set_defaults(func=cmd_serve)

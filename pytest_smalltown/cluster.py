@@ -20,30 +20,60 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from kubernetes import client as k8s
 
 from pytest_smalltown.api import debug_pb2
-from pytest_smalltown.contract import SWITCH_FORWARDED_PORTS, NodePort, node_address
 from pytest_smalltown import faults
-from pytest_smalltown.debug import DEBUG_TOKEN_FILE, DebugClient, load_image_into_nodes, node_debug_client, read_debug_token
+from pytest_smalltown.contract import ENROLMENT_FW_CFG_NAME, SWITCH_FORWARDED_PORTS, NodePort, node_address
+from pytest_smalltown.debug import (DEBUG_TOKEN_FILE, DebugClient, load_image_into_nodes, node_debug_client,
+                                    read_debug_token, write_debug_token)
 from pytest_smalltown.base.waits import wait_for
-from pytest_smalltown.kube import api_client, node_addresses, server_time, wait_nodes_ready, write_kubeconfig
+from pytest_smalltown.kube import (api_client, node_addresses, node_ready_since, server_time,
+                                   serving_certificate_not_after, wait_nodes_ready, write_kubeconfig)
 from pytest_smalltown.launch.ports import PortMap
 from pytest_smalltown.launch.qemu import Disk
 from pytest_smalltown.launch.switch import Switch, start_switch
 from pytest_smalltown.launch.vm import VM, LaunchError, Process, make_workdir, remove_workdir, start_swtpm, start_vm
-from pytest_smalltown.launch.vmstate import Monitor
+from pytest_smalltown.launch.vmstate import (Monitor, VMStateError, active_image, create_overlay, divert_writes,
+                                             flatten_onto, pause, resume, start_save, wait_migration)
 from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.phases import CONSOLE_TAIL, Phases
 from pytest_smalltown.plan import ClusterPlan
-from pytest_smalltown.snapshots import Snapshot
+from pytest_smalltown.secretfile import write_private
+from pytest_smalltown.snapshots import SavedSnapshot, Snapshot, SnapshotLayout, describe_size, write_manifest
 
 #: How far the cluster's clock (the API server's HTTP Date, whole seconds) may be from the host's.
 CLOCK_TOLERANCE = 3.0
+#: Seconds a save may take: every VM's RAM through zstd, on a host busy with nothing else.
+SAVE_TIMEOUT = 300.0
+
+
+def cluster_facts(kube: Any) -> dict[str, Any]:
+    """What a restored cluster must still show: node names, addresses, Ready times, restarts, clocks.
+
+    Recorded in the snapshot's manifest at the save; the snapshot tests
+    compare a restored cluster against it.
+    """
+    core = k8s.CoreV1Api(kube)
+    listed: list[Any] = core.list_node(_request_timeout=30).items
+    pods: list[Any] = core.list_pod_for_all_namespaces(_request_timeout=30).items
+    return {
+        "nodes": {
+            n.metadata.name: {"address": node_addresses(n).get("InternalIP"), "ready_since": node_ready_since(n)}
+            for n in listed
+        },
+        "pod_restarts": {
+            f"{p.metadata.namespace}/{p.metadata.name}": sum(c.restart_count for c in p.status.container_statuses or [])
+            for p in pods
+        },
+        "cluster_time": server_time(kube),
+        "host_time": time.time(),
+    }
 
 
 @dataclass
@@ -58,6 +88,9 @@ class ClusterNode:
     stopped: bool = False
     #: Being rebooted (:meth:`Cluster.reboot_node`), which judges a hang of its new boot itself.
     rebooting: bool = False
+    #: The fw_cfg files it started with, by fw_cfg name: QEMU read them once, and a save hands
+    #: the same to a restore (the files themselves may be gone by then, with a pruned snapshot).
+    fw_cfg: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -147,7 +180,7 @@ class Cluster:
         )
         vm = start_vm(config, self.workdir, history)
         self._stack.callback(vm.stop, grace=5)
-        node = ClusterNode(index, node_address(index), vm, tpm)
+        node = ClusterNode(index, node_address(index), vm, tpm, fw_cfg={name: path.read_bytes() for name, path in fw_cfg})
         self.nodes.append(node)
         return node
 
@@ -359,6 +392,89 @@ class Cluster:
             node.rebooting = False
             debug.close()
             monitor.close()
+
+    # --- saving ------------------------------------------------------------------
+
+    def save(self, layout: SnapshotLayout, timeout: float = SAVE_TIMEOUT) -> dict[str, Any]:
+        """Save the whole running cluster into ``layout`` and let it run on; the facts for its manifest.
+
+        The one save routine: of the snapshot the first boot makes for the
+        cache (``boot.py``) and of a failed test's cluster
+        (:meth:`save_snapshot`). Every VM is paused, so that no node sees
+        another one move; each node's disk writes are diverted to a new
+        overlay in the work directory, so that the image it wrote until now
+        stands still; every VM's RAM and device state goes to a file; the
+        stilled disks are flattened into ``layout`` onto the node image
+        (:func:`~pytest_smalltown.launch.vmstate.flatten_onto`); the token
+        and enrolment files the nodes checked at boot, and the consoles, are
+        copied; then all run on. Whatever fails, the VMs that were paused are
+        resumed before the error propagates. The guests stood still: the
+        caller waits for the clock (:meth:`wait_clock`).
+        """
+        if any(node.stopped for node in self.nodes):
+            raise VMStateError(f"{self.spec} cluster: a node was powered off (stop_node), and a cluster is saved whole")
+        if self.plan.tpm:
+            raise VMStateError(f"{self.spec} cluster: nodes with a TPM cannot be saved yet (their swtpm state is not)")
+        facts = cluster_facts(self.kube)
+        facts["api_certificate_not_after"] = serving_certificate_not_after(self.ports[NodePort.KUBERNETES_API])
+        vms = self.vms()
+        monitors: list[Monitor] = []
+        paused: list[Monitor] = []
+        try:
+            monitors = [Monitor(vm) for vm in vms]
+            for monitor in monitors:
+                pause(monitor)
+                paused.append(monitor)
+            stilled = {}
+            for node, monitor in zip(self.nodes, monitors[1:]):
+                stilled[node.index] = active_image(monitor, "disk0")
+                overlay = create_overlay(stilled[node.index], "qcow2", self._new_overlay(node.index), in_use=True)
+                divert_writes(monitor, "disk0", overlay)
+            for vm, monitor in zip(vms, monitors):
+                start_save(monitor, layout.state(vm.name))
+            for monitor in monitors:
+                wait_migration(monitor, timeout)
+            for node in self.nodes:
+                flatten_onto(stilled[node.index], self.plan.nodes[node.index].disks[0], layout.disk(node.index))
+                if ENROLMENT_FW_CFG_NAME in node.fw_cfg:
+                    write_private(layout.enrolment(node.index), node.fw_cfg[ENROLMENT_FW_CFG_NAME])
+            write_debug_token(self.debug_token, layout.debug_token)
+            for vm in vms:
+                shutil.copyfile(vm.console_log, layout.console_log(vm.name))
+        finally:
+            try:
+                for monitor in paused:  # if this fails, the cluster is lost: the error says so
+                    resume(monitor)
+            finally:
+                for monitor in monitors:
+                    monitor.close()
+        return facts
+
+    def _new_overlay(self, index: int) -> Path:
+        """A name in the work directory for node ``index``'s next disk overlay (each save adds one)."""
+        path = self.workdir / f"node{index}.qcow2"
+        generation = 1
+        while path.exists():
+            generation += 1
+            path = self.workdir / f"node{index}.{generation}.qcow2"
+        return path
+
+    def save_snapshot(self, directory: Path) -> SavedSnapshot:
+        """Save the whole cluster into the new directory ``directory`` (``--smalltown-snapshot-on-failure``) and run on.
+
+        The snapshot is complete on its own, beside the node image of the
+        cache (its manifest's inputs name it, and :func:`smalltown up --from
+        <pytest_smalltown.launcher.launch_saved>` checks them): nothing of
+        this session's work directory nor of a cached snapshot is needed to
+        restore it. Raises :class:`FileExistsError` if ``directory`` exists.
+        """
+        started = time.monotonic()
+        directory.mkdir(mode=0o700, parents=True)  # it holds the cluster's CA keys, as a cached snapshot does
+        layout = SnapshotLayout(directory)
+        facts = self.save(layout)
+        write_manifest(layout, self.plan.snapshot_inputs(), facts)
+        self.wait_clock(SAVE_TIMEOUT)  # the guests stood still while saved
+        return SavedSnapshot(directory, describe_size(directory), time.monotonic() - started)
 
     def close(self) -> None:
         """Close the clients, stop every process, newest first, and remove the work directory (idempotent)."""

@@ -31,6 +31,11 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "test"
 
 
+def artifact_dir(directory: Path, test_id: str) -> Path:
+    """Where the artifacts of test ``test_id`` go under a run's ``directory``: its dump, its saved cluster."""
+    return directory / _safe(test_id)
+
+
 def _node_debug_clients(cluster: EvidenceSource) -> Iterator[tuple[str, DebugClient | Exception]]:
     """(node name, debug client or the error that prevented one) for every node; closes what it opened."""
     yield "node0", cluster.debug
@@ -87,7 +92,7 @@ def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, name
     Component logs go to ``components/<node>/<component>.log``; a node that
     cannot be read (stopped, wedged) gets a ``components/<node>/unreadable.txt`` saying why.
     """
-    target = directory / _safe(test_id)
+    target = artifact_dir(directory, test_id)
     target.mkdir(parents=True, exist_ok=True)
     cluster.dump(target / "consoles")
     for node, client in _node_debug_clients(cluster):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 
 from pytest_smalltown.boot import boot
 from pytest_smalltown.cluster import Cluster
@@ -29,7 +30,8 @@ from pytest_smalltown.phases import ClusterLaunchError
 from pytest_smalltown.plan import ClusterPlan
 from pytest_smalltown.restore import restore
 from pytest_smalltown.settings import Settings
-from pytest_smalltown.snapshots import RestoreRequiredError, SnapshotMissing, SnapshotRefused, SnapshotStore, SnapshotWarning
+from pytest_smalltown.snapshots import (RestoreRequiredError, SnapshotMissing, SnapshotRefused, SnapshotStore,
+                                        SnapshotWarning, changed_inputs, open_saved)
 from pytest_smalltown.spec import ClusterSpec
 
 
@@ -87,6 +89,28 @@ def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> C
     if plan.snapshots == "auto":
         progress(f"{spec} cluster: not restored ({refusal}); booting")
     return boot(plan, store, refusal, progress)
+
+
+def launch_saved(directory: Path, settings: Settings, progress: Progress = stderr_progress) -> Cluster:
+    """Restore the cluster saved in ``directory`` (a failed test's ``snapshot``, for ``smalltown up --from``).
+
+    Its spec comes from its manifest; the settings shape the plan as for any
+    launch, and the plan must be the one it was saved from: when this
+    machine's images, QEMU or node settings differ, it is refused
+    (:class:`SnapshotRefused`) naming what differs, before any VM starts. A
+    bad directory (missing, not a snapshot, incomplete) is refused first,
+    before any image is looked for. Nothing is ever deleted: the directory
+    is the user's.
+    """
+    snapshot = open_saved(directory)
+    plan = ClusterPlan.resolve(snapshot.spec, settings, progress)
+    if plan.tpm:
+        raise SnapshotRefused(f"{directory}: nodes with a TPM (--tpm) cannot be restored yet; drop --tpm")
+    differs = changed_inputs(snapshot.manifest["inputs"], plan.snapshot_inputs())
+    if differs:
+        raise SnapshotRefused(f"{directory} does not match this machine: the saved {snapshot.spec} cluster {differs}; "
+                              f"restore it where it was saved, with the same images and settings")
+    return restore(plan, None, snapshot, progress)
 
 
 def _why_not_restoring(plan: ClusterPlan, store: SnapshotStore | None) -> str | None:

@@ -1,7 +1,8 @@
 """The pytest entry point: options, marker, fixtures, and the features registered as plugin objects.
 
 Each feature (test grouping by spec, node capacity, shards and durations,
-pytest-xdist, the cluster pool, keep-on-failure, failure evidence) is a
+pytest-xdist, the cluster pool, keep-on-failure, failure evidence, snapshot
+on failure) is a
 plugin object of :mod:`pytest_smalltown.features` with its own state and
 hooks, registered here at ``pytest_configure`` the way pytest registers its
 own. This module holds no launch logic, so everything it does is also
@@ -24,6 +25,7 @@ from pytest_smalltown import aliases
 from pytest_smalltown.features.capacity import NodeCapacity
 from pytest_smalltown.features.clusters import CLUSTERS_KEY, Clusters
 from pytest_smalltown.features.failures import NAMESPACE_KEY, FailureEvidence, item_failed
+from pytest_smalltown.features.freezing import SnapshotOnFailure
 from pytest_smalltown.features.keeping import KeepOnFailure
 from pytest_smalltown.features.session import SESSION_KEY, SmalltownSession, resolve_settings, terminal_progress
 from pytest_smalltown.features.sharding import Durations, Sharding
@@ -82,6 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.keep_on_failure and not settings.attach:
         register(KeepOnFailure(clusters), "smalltown-keep-on-failure")
     register(FailureEvidence(clusters), "smalltown-evidence")
+    if settings.snapshot_on_failure:
+        register(SnapshotOnFailure(clusters), "smalltown-snapshot-on-failure")
     clusters.install(config)
     _stop_on_sigterm(config)
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pytest_smalltown.faults import FaultRecord
     from pytest_smalltown.launch.ports import PortMap
     from pytest_smalltown.lifecycle import RebootResult
+    from pytest_smalltown.snapshots import SavedSnapshot
 
 
 class ClusterHandle(Protocol):
@@ -68,6 +69,18 @@ class EvidenceSource(Protocol):
 
     def dump(self, directory: Path) -> list[Path]:
         """Copy every console log into ``directory``; returns the copies."""
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """A cluster that can save itself whole and run on (``--smalltown-snapshot-on-failure``).
+
+    :class:`~pytest_smalltown.cluster.Cluster` is one; a kept cluster a
+    session attached to is not (its VMs belong to another process).
+    """
+
+    def save_snapshot(self, directory: Path) -> SavedSnapshot:
+        """Save every VM's RAM and disk, and what a restore needs besides, into the new ``directory``."""
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ host's now). The files come from the snapshot's
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ RESTORE_TIMEOUT = 180.0
 QEMU_REFUSED_STATE = "load of migration failed"
 
 
-def restore(plan: ClusterPlan, store: SnapshotStore, snapshot: Snapshot, progress: Progress) -> Cluster:
+def restore(plan: ClusterPlan, store: SnapshotStore | None, snapshot: Snapshot, progress: Progress) -> Cluster:
     """Start every VM of a saved cluster from its state and wait until the cluster is Ready again.
 
     The VMs get fresh cables, host ports, work directories and disk
@@ -43,7 +44,9 @@ def restore(plan: ClusterPlan, store: SnapshotStore, snapshot: Snapshot, progres
     unusable (:func:`_why_unusable`) raises :class:`SnapshotRefused`, and
     the caller deletes it and boots cold. Any other failure is raised as it
     is (a :class:`ClusterLaunchError` naming the phase, an interrupt) and
-    the snapshot stays, since other sessions share it.
+    the snapshot stays, since other sessions share it. ``store`` is the
+    cache the snapshot belongs to (its lock holds off pruning), None for one
+    outside it (a failed test's, ``smalltown up --from``).
     """
     spec = plan.spec
     saved = snapshot.layout
@@ -55,7 +58,7 @@ def restore(plan: ClusterPlan, store: SnapshotStore, snapshot: Snapshot, progres
     verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="snapshot-verify")
     verification = verifier.submit(snapshot.verify)
     try:
-        with store.reading(progress), phases.phase("restore"):
+        with store.reading(progress) if store is not None else contextlib.nullcontext(), phases.phase("restore"):
             switch = plan.switch.name
             cluster.start_switch(restore=(incoming_uri(saved.state(switch)), saved.console_history(switch)))
             # The nodes keep the token they booted with; the cluster's copy outlives a pruned snapshot.
@@ -90,7 +93,7 @@ def restore(plan: ClusterPlan, store: SnapshotStore, snapshot: Snapshot, progres
         verifier.shutdown(wait=False, cancel_futures=True)
         for monitor in monitors:
             monitor.close()
-    cluster.how = f"restored from {snapshot.directory.name}"
+    cluster.how = f"restored from {snapshot.directory.name if store is not None else snapshot.directory}"
     cluster.snapshot = snapshot
     cluster.phase_seconds = phases.seconds
     return cluster

@@ -146,6 +146,9 @@ OPTIONS: tuple[Option, ...] = (
            "booting one; nothing is torn down", _bool, "BOOL"),
     Option("keep_on_failure", "false", "when a test failed, keep that cluster running after the tests and "
            "wait (reach it with 'smalltown status/dbg', stop it with 'smalltown down' or Ctrl-C)", _bool, "BOOL"),
+    Option("snapshot_on_failure", "false", "when a test fails, save its whole cluster (every VM's RAM and disk) "
+           "into the test's artifact directory before teardown, then run on; restore it with 'smalltown up --from "
+           "DIR'", _bool, "BOOL"),
     Option("shard", "", "run only shard I of N (e.g. 2/4): whole cluster specs per shard, balanced by the "
            "durations file", parse_shard, "I/N"),
     Option("durations", "", "JSON file of each spec's recorded seconds: read to balance shards, updated at "
@@ -180,6 +183,7 @@ class Settings:
     qemu: str = _default("qemu")
     attach: bool = _default("attach")
     keep_on_failure: bool = _default("keep_on_failure")
+    snapshot_on_failure: bool = _default("snapshot_on_failure")
     shard: Shard | None = _default("shard")
     durations: Path | None = _default("durations")
     max_nodes: int | None = _default("max_nodes")

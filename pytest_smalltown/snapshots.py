@@ -203,6 +203,14 @@ class Snapshot:
         return SnapshotLayout(self.directory)
 
     @property
+    def spec(self) -> ClusterSpec:
+        """The saved cluster's spec, as its inputs record it (:meth:`ClusterPlan.snapshot_inputs`'s ``spec``)."""
+        try:
+            return ClusterSpec.parse(self.manifest["inputs"].get("spec", ""))
+        except ValueError as error:
+            raise SnapshotRefused(f"{self.layout.manifest} names no cluster spec: {error}") from None
+
+    @property
     def facts(self) -> dict[str, Any]:
         """What was true of the cluster when it was saved (see ``boot.py``'s save)."""
         facts: dict[str, Any] = self.manifest.get("facts", {})
@@ -227,6 +235,48 @@ class Snapshot:
                 raise SnapshotRefused(f"{path} cannot be read: {error}") from None
             if size != expected["size"] or digest.hexdigest() != expected["sha256"]:
                 raise SnapshotRefused(f"{path} is corrupt (its size or checksum differs from when it was saved)")
+
+
+def changed_inputs(saved: Mapping[str, str], here: Mapping[str, str]) -> str:
+    """How a snapshot's recorded inputs differ from a plan's, as the end of a sentence ("" when they do not).
+
+    Another format keys other things: listing every input "changed" would
+    say nothing, so it is named alone; otherwise at most
+    :data:`MAX_CHANGED_INPUTS_SHOWN` inputs are named, and the rest counted.
+    """
+    if saved.get("format") != here.get("format"):
+        return f"is of snapshot format {saved.get('format', '1')}, this harness saves format {here.get('format')}"
+    changed = sorted(k for k in set(saved) | set(here) if saved.get(k) != here.get(k))
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:MAX_CHANGED_INPUTS_SHOWN])
+    more = f" and {len(changed) - MAX_CHANGED_INPUTS_SHOWN} more" if len(changed) > MAX_CHANGED_INPUTS_SHOWN else ""
+    return f"was made from other inputs ({shown}{more} changed)"
+
+
+def open_saved(directory: Path) -> Snapshot:
+    """The complete snapshot a user points at (``smalltown up --from DIR``); :class:`SnapshotRefused` says what is wrong.
+
+    Checked before any image is built or VM started: the directory exists,
+    holds a manifest and its completion mark, and every file the manifest
+    lists, at its size (the checksums are read beside the restore, as for
+    a snapshot of the cache). Whether it fits this machine's images is the
+    plan's question (:func:`changed_inputs`).
+    """
+    layout = SnapshotLayout(directory)
+    if not directory.is_dir():
+        raise SnapshotRefused(f"{directory} is not a directory; give the 'snapshot' directory a failed test left "
+                              "in its artifacts (--smalltown-snapshot-on-failure)")
+    if not layout.manifest.exists():
+        raise SnapshotRefused(f"{directory} is not a saved cluster: it has no {MANIFEST}")
+    if not layout.complete.exists():
+        raise SnapshotRefused(f"{directory} is incomplete: its save did not finish (no {COMPLETE} mark)")
+    manifest = read_manifest(directory)
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            raise SnapshotRefused(f"{directory} is incomplete: {name} is missing or truncated")
+    return Snapshot(directory, manifest)
 
 
 class SnapshotStore:
@@ -271,14 +321,7 @@ class SnapshotStore:
                 old_inputs = read_manifest(other)["inputs"]
             except SnapshotRefused:
                 continue
-            if old_inputs.get("format") != self.inputs.get("format"):
-                # Another format keys other things: listing every input "changed" would say nothing.
-                return (f"the saved {self.spec} cluster is of snapshot format {old_inputs.get('format', '1')}, "
-                        f"this harness saves format {self.inputs.get('format')}")
-            changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
-            shown = ", ".join(changed[:MAX_CHANGED_INPUTS_SHOWN])
-            more = f" and {len(changed) - MAX_CHANGED_INPUTS_SHOWN} more" if len(changed) > MAX_CHANGED_INPUTS_SHOWN else ""
-            return f"the saved {self.spec} cluster was made from other inputs ({shown}{more} changed)"
+            return f"the saved {self.spec} cluster {changed_inputs(old_inputs, self.inputs)}"
         return f"no {self.spec} cluster has been saved yet"
 
     @contextlib.contextmanager
@@ -332,16 +375,7 @@ class SnapshotWriter:
 
     def commit(self, facts: Mapping[str, Any]) -> Snapshot:
         """Checksum every file, write the manifest and rename the work directory into place."""
-        files = {}
-        for path in sorted(p for p in self.work.iterdir() if p.is_file()):
-            digest = hashlib.sha256()
-            with open(path, "rb") as data:
-                while chunk := data.read(1 << 20):
-                    digest.update(chunk)
-            files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-        manifest = {"inputs": self.store.inputs, "files": files, "facts": dict(facts), "saved_at": time.time()}
-        self.layout.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        self.layout.complete.write_text(f"{time.time():.0f}\n")
+        manifest = write_manifest(self.layout, self.store.inputs, facts)
         final = self.store.directory
         if final.exists():
             shutil.rmtree(final)
@@ -360,6 +394,39 @@ class SnapshotWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def write_manifest(layout: SnapshotLayout, inputs: Mapping[str, str], facts: Mapping[str, Any]) -> dict[str, Any]:
+    """Checksum every file of ``layout``, then write its manifest and, last, its completion mark; the manifest.
+
+    The one writer of manifests: a snapshot of the cache (:meth:`SnapshotWriter.commit`)
+    and a failed test's (``--smalltown-snapshot-on-failure``) are read alike.
+    """
+    files = {}
+    for path in sorted(p for p in layout.directory.iterdir() if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+        files[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    manifest = {"inputs": dict(inputs), "files": files, "facts": dict(facts), "saved_at": time.time()}
+    layout.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    layout.complete.write_text(f"{time.time():.0f}\n")
+    return manifest
+
+
+@dataclass(frozen=True)
+class SavedSnapshot:
+    """A running cluster saved into a directory of its own (``--smalltown-snapshot-on-failure``): where, how big, how long."""
+
+    directory: Path
+    size_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for a test's report: the path, its size in MiB and the seconds the save took."""
+        return (f"{self.directory} ({self.size_bytes / 2**20:.0f} MiB, saved in {self.seconds:.1f}s); "
+                f"restore it with: smalltown up --from {self.directory}")
 
 
 def describe_size(directory: Path) -> int:

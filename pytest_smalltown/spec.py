@@ -48,6 +48,21 @@ class ClusterSpec:
     def __str__(self) -> str:
         return "+".join([f"{self.nodes}-node", *self.preload])
 
+    @classmethod
+    def parse(cls, text: str) -> ClusterSpec:
+        """The spec whose :meth:`__str__` is ``text`` (as a snapshot's inputs record it); ValueError if none is."""
+        nodes, _, preload = text.partition("+")
+        count = nodes.removesuffix("-node")
+        if not nodes.endswith("-node") or not count.isdigit():
+            raise ValueError(f"{text!r} is not a cluster spec like '2-node' or '2-node+conformance'")
+        try:
+            spec = cls(check_node_count(int(count), "its node count"), preload_sets(preload.split("+") if preload else ()))
+        except MarkerError as error:
+            raise ValueError(f"{text!r}: {error}") from None
+        if str(spec) != text:
+            raise ValueError(f"{text!r} is not a cluster spec as smalltown writes one (that would be {spec})")
+        return spec
+
 
 DEFAULT_SPEC = ClusterSpec()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from pytest_smalltown.base.processes import run_supervised, timeout_message
 from pytest_smalltown.base.programs import find_program
 from pytest_smalltown.base.waits import WaitTimeoutError, wait_for
+from pytest_smalltown.launch.qemu import Disk
 from pytest_smalltown.launch.vm import VM, LaunchError
 
 #: Migration bandwidth cap while saving. QEMU's default (32 MiB/s) is meant
@@ -158,6 +160,14 @@ def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
     )
 
 
+def active_image(monitor: Monitor, device: str) -> Path:
+    """The file ``device`` writes to now: the top of its chain (a save freezes it by :func:`divert_writes`)."""
+    for block in monitor.cmd("query-block"):
+        if block.get("device") == device and "inserted" in block:
+            return Path(block["inserted"]["file"])
+    raise VMStateError(f"VM {monitor.name!r} has no disk {device!r}")
+
+
 def start_save(monitor: Monitor, state_file: Path) -> None:
     """Begin writing the paused VM's RAM and device state, zstd-compressed, to ``state_file``."""
     zstd = find_program("zstd", "a VM's saved state is compressed with it", "zstd")
@@ -229,6 +239,25 @@ def create_overlay(backing: Path, backing_format: str, overlay: Path, in_use: bo
         argv.append(str(json.loads(info)["virtual-size"]))
     _run(argv, overlay)
     return overlay
+
+
+def flatten_onto(frozen: Path, base: Disk, target: Path) -> Path:
+    """``target``: a qcow2 copy of ``frozen`` whose backing is ``base`` alone, whatever lay between them.
+
+    ``frozen`` is a disk diverted from (:func:`divert_writes`), often an
+    overlay on a cached snapshot's overlay on ``base``, with files that die
+    with the session in between. The copy is rebased in qemu-img's safe mode:
+    it writes into the copy every cluster the old chain holds above ``base``
+    (found from allocation maps, so it reads megabytes, not the whole
+    disk), and the guest reads the same bytes as before. ``frozen`` must no
+    longer change; a ``target`` that is ``frozen`` itself is left as it is.
+    """
+    if target.exists() and frozen.samefile(target):
+        return target
+    qemu_img = find_program("qemu-img", "a saved VM's disk is rebased onto the node image with it", "qemu-utils")
+    shutil.copyfile(frozen, target)
+    _run([qemu_img, "rebase", "-q", "-f", "qcow2", "-b", str(base.path), "-F", base.format, str(target)], target)
+    return target
 
 
 def _run(argv: list[str], about: Path) -> str:

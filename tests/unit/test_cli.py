@@ -416,3 +416,42 @@ def test_up_shows_the_servers_log_until_the_cluster_is_recorded(
         assert "https://127.0.0.1:4002" in out and "KUBECONFIG=/x/kubeconfig" in out
     else:
         assert code == 1 and "the cluster failed to start (exit 3)" in err
+
+
+def _snapshot_dir(tmp_path: Path, complete: bool = True, files: dict[str, bytes] | None = None) -> Path:
+    """A directory shaped like a saved cluster: files, a manifest listing them, and (``complete``) its mark."""
+    import hashlib
+    import json
+
+    directory = tmp_path / "snapshot"
+    directory.mkdir()
+    files = {"node0.state.zst": b"state", "node0.qcow2": b"disk"} if files is None else files
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    listed = {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
+    inputs = {"format": "2", "spec": "1-node"}
+    (directory / "manifest.json").write_text(json.dumps({"inputs": inputs, "files": listed, "facts": {}}))
+    if complete:
+        (directory / ".complete").write_text("0\n")
+    return directory
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: tmp / "nowhere", "nowhere is not a directory; give the 'snapshot' directory a failed test left"),
+    (lambda tmp: tmp, "is not a saved cluster: it has no manifest.json"),
+    (lambda tmp: _snapshot_dir(tmp, complete=False), "snapshot is incomplete: its save did not finish"),
+    (lambda tmp: (_snapshot_dir(tmp) / "node0.state.zst").unlink() or tmp / "snapshot",
+     "snapshot is incomplete: node0.state.zst is missing or truncated"),
+])  # fmt: skip
+def test_up_from_a_bad_directory_says_what_is_wrong_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, message: str
+) -> None:
+    directory = make(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--from", str(directory)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smalltown: ") and message in err, err
+    from pytest_smalltown.kept import state_path
+
+    assert not state_path().parent.joinpath("up.log").exists(), "no server was started"

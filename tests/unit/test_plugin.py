@@ -1035,3 +1035,124 @@ def test_xdist_runs_fresh_clusters_of_one_spec_side_by_side(pytester: pytest.Pyt
     result.assert_outcomes(passed=2)
     assert {p.name.split("-")[-1] for p in pytester.path.glob("started-*")} == {"gw0", "gw1"}
     assert sorted(events()) == [["close", 1], ["close", 1], ["launch", 1], ["launch", 1]]
+
+
+SAVING_DOUBLE = r"""
+import json, os
+from pathlib import Path
+import pytest
+from pytest_smalltown.snapshots import SavedSnapshot
+
+EVENTS = Path(os.environ["SMALLTOWN_TEST_EVENTS"])
+
+def record(*event):
+    with EVENTS.open("a") as out:
+        out.write(json.dumps(list(event)) + "\n")
+
+class SavingCluster:
+    def __init__(self, spec):
+        self.spec = spec
+    def save_snapshot(self, directory):
+        directory.mkdir(parents=True)
+        record("save", str(directory))
+        return SavedSnapshot(directory, 300 * 2**20, 12.5)
+    def check_alive(self):
+        pass
+    def close(self):
+        record("close")
+
+@pytest.fixture(scope="session")
+def smalltown_launcher():
+    return SavingCluster
+
+@pytest.fixture
+def torn_down(request):
+    yield
+    record("teardown", request.node.name)
+"""
+
+
+def test_snapshot_on_failure_is_a_setting_of_every_source(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_x(smalltown_settings):
+            assert smalltown_settings.snapshot_on_failure is (os.environ["EXPECT"] == "on")
+        """
+    )
+    monkeypatch.setenv("EXPECT", "off")
+    pytester.runpytest().assert_outcomes(passed=1)
+    monkeypatch.setenv("EXPECT", "on")
+    pytester.runpytest("--smalltown-snapshot-on-failure").assert_outcomes(passed=1)  # a bare flag
+    monkeypatch.setenv("SMALLTOWN_SNAPSHOT_ON_FAILURE", "yes")
+    pytester.runpytest().assert_outcomes(passed=1)
+    result = pytester.runpytest("--smalltown-snapshot-on-failure=maybe")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--smalltown-snapshot-on-failure (from --smalltown-snapshot-on-failure) = 'maybe' is invalid*"])
+
+
+def test_a_failed_tests_cluster_is_saved_into_its_artifacts_before_teardown(
+    pytester: pytest.Pytester, events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeconftest(SAVING_DOUBLE)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_broken(smalltown_cluster, torn_down):
+            assert False, "pod never became Ready"
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_fine(smalltown_cluster, torn_down):
+            pass
+
+        @pytest.fixture
+        def broken_setup(smalltown_cluster):
+            raise RuntimeError("no namespace")
+
+        @pytest.mark.smalltown(nodes=1)
+        def test_broken_setup(broken_setup):
+            pass
+        """
+    )
+    artifacts = pytester.path / "dumps"
+    result = pytester.runpytest(f"--smalltown-artifacts={artifacts}", "--smalltown-snapshot-on-failure", "-p",
+                                "no:randomly")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    (run,) = artifacts.iterdir()
+    broken = run / "test_a_failed_tests_cluster_is_saved_into_its_artifacts_before_teardown.py_test_broken" / "snapshot"
+    setup = broken.parent.with_name(broken.parent.name + "_setup") / "snapshot"
+    # Saved while the test's fixtures still stood, and the cluster ran on for the next tests; nothing for the pass.
+    assert events() == [["save", str(broken)], ["teardown", "test_broken"], ["teardown", "test_fine"],
+                        ["save", str(setup)], ["close"]]  # fmt: skip
+    result.stdout.fnmatch_lines([f"*smalltown snapshot*", f"{broken} (300 MiB, saved in 12.5s); restore it with: "
+                                 f"smalltown up --from {broken}"])  # fmt: skip
+
+
+def test_without_the_option_a_failed_tests_cluster_is_not_saved(pytester: pytest.Pytester, events) -> None:
+    pytester.makeconftest(SAVING_DOUBLE)
+    pytester.makepyfile(
+        """
+        def test_broken(smalltown_cluster):
+            assert False
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    assert events() == [["close"]]
+    assert "smalltown snapshot" not in result.stdout.str()
+
+
+def test_a_cluster_that_cannot_be_saved_is_said_in_the_report(pytester: pytest.Pytester, events) -> None:
+    """The stand-in of the evidence tests has no save_snapshot, as an attached cluster has none: the report says so."""
+    pytester.makepyfile(
+        """
+        def test_broken(smalltown_cluster):
+            assert False
+        """
+    )
+    result = pytester.runpytest("--smalltown-snapshot-on-failure")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*smalltown snapshot*", "not saved: this cluster cannot be saved from here*"])

@@ -159,3 +159,38 @@ def test_under_snapshots_require_a_cluster_that_is_not_restored_fails_its_tests_
         r".*the 1-node cluster failed earlier in this session",
     ], consecutive=False)  # fmt: skip
     assert booted == [], "nothing was booted in its place"
+
+
+# --- a saved cluster outside the cache: `smalltown up --from DIR` ------------------------
+
+
+@pytest.fixture
+def kept_elsewhere(saved: SnapshotStore, tmp_path: Path) -> Path:
+    """The saved snapshot as a failed test's artifacts hold one: a directory of its own, outside the cache."""
+    import shutil
+
+    directory = tmp_path / "artifacts" / "test_x" / "snapshot"
+    shutil.copytree(saved.directory, directory)
+    return directory
+
+
+def test_a_saved_cluster_of_this_machines_inputs_is_restored_from_its_own_directory(
+    kept_elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restored: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(launcher, "restore", lambda *args: restored.append(args) or "restored")
+    assert launcher.launch_saved(kept_elsewhere, settings(), lambda message: None) == "restored"
+    [(plan_, store, snapshot, _)] = restored
+    assert plan_.spec == SPEC, "the spec is the saved one's"
+    assert store is None, "not the cache's: nothing locks, nothing deletes it"
+    assert snapshot.directory == kept_elsewhere
+
+
+def test_a_saved_cluster_of_other_inputs_is_refused_naming_what_differs(
+    kept_elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing(monkeypatch, "pytest_smalltown.launcher.restore", AssertionError("nothing may start"))
+    with pytest.raises(snapshots.SnapshotRefused, match=rf"{kept_elsewhere} does not match this machine: the saved "
+                       r"1-node cluster was made from other inputs \(nodes.0.memory_mib changed\)"):  # fmt: skip
+        launcher.launch_saved(kept_elsewhere, settings(node_memory="4096"), lambda message: None)
+    assert (kept_elsewhere / "node0.state.zst").exists(), "the user's directory is never deleted"

@@ -199,3 +199,44 @@ def test_why_not_restored_names_what_changed_briefly(tmp_path: Path) -> None:
         SnapshotStore(ClusterSpec(2), inputs(tmp_path, **{"nodes.0.memory_mib": "1"}, **many)).lookup()
     with pytest.raises(SnapshotMissing, match="is of snapshot format 2, this harness saves format 3$"):
         SnapshotStore(ClusterSpec(2), inputs(tmp_path, format="3")).lookup()
+
+
+def test_a_saved_disk_is_flattened_onto_the_node_image_whatever_lay_between(tmp_path: Path) -> None:
+    """A restored cluster's disk is an overlay on a cached snapshot's, on the node image; its save needs neither middle."""
+    import shutil
+    import subprocess
+
+    from pytest_smalltown.launch.qemu import Disk
+    from pytest_smalltown.launch.vmstate import create_overlay, flatten_onto
+
+    if shutil.which("qemu-io") is None:
+        pytest.skip("qemu-io (qemu-utils) writes the test's data")
+    base = tmp_path / "disk.raw"
+    with open(base, "wb") as image:
+        image.truncate(256 << 20)
+        image.write(b"node image " * 1000)
+    cached = create_overlay(base, "raw", tmp_path / "cached.qcow2")
+    session = create_overlay(cached, "qcow2", tmp_path / "session.qcow2")
+    subprocess.run(["qemu-io", "-c", "write -P 0x11 1M 2M", str(cached)], check=True, capture_output=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x22 2M 2M", str(session)], check=True, capture_output=True)
+    saved = flatten_onto(session, Disk(base, "raw"), tmp_path / "saved.qcow2")
+    cached.unlink()  # pruned from the cache, say: the saved disk does not need it
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(saved)], check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    assert info["full-backing-filename"] == str(base)
+    # What the guest read through the old chain, it reads through the new one: 0x11 below 2M, 0x22 above.
+    for offset, pattern in ((1 << 20, "0x11"), (3 << 20, "0x22")):
+        subprocess.run(["qemu-io", "-r", "-c", f"read -P {pattern} {offset} 64k", str(saved)], check=True,
+                       capture_output=True)  # fmt: skip
+    assert flatten_onto(saved, Disk(base, "raw"), saved) == saved, "a disk already in place stays as it is"
+
+
+@pytest.mark.parametrize("spec", [ClusterSpec(1), ClusterSpec(2, ("conformance",)), ClusterSpec(8)])
+def test_a_spec_reads_back_from_the_string_a_snapshot_records(spec: ClusterSpec) -> None:
+    assert ClusterSpec.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text", ["", "two-node", "0-node", "1-node+nonsense", "2-node+conformance+conformance"])
+def test_a_string_that_is_no_spec_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="spec|node|image set"):
+        ClusterSpec.parse(text)
