@@ -174,3 +174,23 @@ def test_the_cli_leaves_a_bug_its_traceback(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(cli, "cmd_accel", breaks)
     with pytest.raises(KeyError):
         cli.main(["accel", "tcg"])
+
+
+def test_a_process_started_by_a_nice_session_is_as_nice_in_its_own_session() -> None:
+    """Under sched_autogroup a new session ignores its parent's niceness unless it is passed on."""
+    import subprocess
+    import sys
+
+    autogroup = Path("/proc/self/autogroup")
+    assert autogroup.exists(), "this test needs a kernel with autogroups (Debian's have them)"
+    script = (
+        "import os, time\n"
+        "from pytest_smalltown.base.processes import supervised_popen, stop_group\n"
+        "niceness = os.nice(7)\n"
+        "child = supervised_popen(['sleep', '30'])\n"
+        "print(niceness, open(f'/proc/{child.pid}/autogroup').read().strip())\n"
+        "stop_group(child)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    niceness, autogroup_line = result.stdout.split(" ", 1)
+    assert int(niceness) >= 7 and autogroup_line.strip().endswith(f"nice {niceness}"), result.stdout
