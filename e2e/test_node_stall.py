@@ -18,7 +18,8 @@ import pytest
 from kubernetes import client as k8s
 
 from pytest_smalltown.base.waits import wait_for
-from pytest_smalltown.contract import NODE_MONITOR_GRACE_SECONDS, node_address
+from pytest_smalltown.contract import node_address
+from pytest_smalltown.faults import NODE_MONITOR_GRACE_SECONDS
 from pytest_smalltown.kube import node_ready
 from pytest_smalltown.lifecycle import find_node
 

@@ -36,7 +36,8 @@ from typing import Any
 from pytest_smalltown.base.errors import SmalltownError
 from pytest_smalltown.base.paths import cache_root
 from pytest_smalltown.base.progress import stderr_progress
-from pytest_smalltown.contract import NODE_MONITOR_GRACE_SECONDS, NodePort
+from pytest_smalltown.contract import NodePort
+from pytest_smalltown.faults import NODE_MONITOR_GRACE_SECONDS
 from pytest_smalltown.images.preload import PRELOAD_SETS
 from pytest_smalltown.kept import DOWN_TIMEOUT, KeptClusterError, KeptState, serve, start_keeper, stop_kept, wait_recorded
 from pytest_smalltown.launch.accel import ACCEL_MODES

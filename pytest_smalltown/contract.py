@@ -93,11 +93,6 @@ def node_debug_guest_port(i: int) -> int:
 #: several: three survive the loss of any one.
 CONSENSUS_SIZE = 3
 
-#: Seconds without a kubelet heartbeat before the node lifecycle controller
-#: marks a Node NotReady: Kubernetes' default (v1.32 on; 40 before), which
-#: Smalltown's controller-manager keeps and the reference node too.
-NODE_MONITOR_GRACE_SECONDS = 50
-
 #: NodePort Services' ports: Kubernetes' default range (the apiserver keeps
 #: it). The switch DNATs these uplink ports to node 0, so a host forward
 #: added while a test runs reaches a NodePort (``Switch.forward_node_port``).

@@ -18,9 +18,15 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pytest_smalltown.launch.vmstate import Monitor, pause, resume
+if TYPE_CHECKING:  # QMP's client is loaded when a fault is used, not when the CLI starts
+    from pytest_smalltown.launch.vmstate import Monitor
 
+#: Seconds without a kubelet heartbeat before the node lifecycle controller
+#: marks a Node NotReady: Kubernetes' default since v1.32 (40 before), which
+#: Smalltown's controller-manager and the reference node's keep.
+NODE_MONITOR_GRACE_SECONDS = 50
 #: Faults a log remembers (a test that switches thousands on needs only the latest in its report).
 FAULT_LOG_SIZE = 100
 
@@ -84,6 +90,8 @@ def frozen(monitor: Monitor, log: FaultLog, name: str) -> Iterator[FaultRecord]:
     as NTP would on a real machine after a stall, while its monotonic clocks
     simply lost the frozen time.
     """
+    from pytest_smalltown.launch.vmstate import pause, resume
+
     pause(monitor)
     try:
         with log.on(f"{name} frozen (vCPUs stopped)") as record:

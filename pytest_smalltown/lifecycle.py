@@ -5,7 +5,7 @@ object reports a new ``bootID`` (the kubelet reads it from the kernel, so it
 changes on every boot and only on a boot) and is Ready, and the node's own
 agent says ``KubernetesReady``. Comparing boot IDs rather than watching for
 NotReady-then-Ready matters because a node can go down and come back faster
-than the node-lifecycle controller notices (``NODE_MONITOR_GRACE_SECONDS``), and then Ready never drops.
+than the node-lifecycle controller notices (``faults.NODE_MONITOR_GRACE_SECONDS``), and then Ready never drops.
 
 Graceful: the node's ``Reboot`` RPC; the agent stops its components newest
 first, flushes the disks and restarts the machine. Hard: QEMU's reset, like a
