@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pytest_smalltown.conformance.files import RESULTS_NAME
 
@@ -95,25 +95,29 @@ class ResultsFile:
     """``results.jsonl``: one JSON line per finished spec, appended and flushed to disk as it finishes.
 
     Append-only, so that whatever stops the run (Ctrl-C, SIGKILL, a host that
-    goes away) loses at most the spec that was running.
+    goes away) loses at most the spec that was running. Each line opens the
+    file by its name again: a run lasts hours in a directory that may be a
+    git checkout, and a ``git stash`` or ``checkout`` meanwhile replaces the
+    file; a descriptor held open would write on into the replaced, deleted
+    one (chunk 5 of run-2026-12 lost 59 results to the disk that way until
+    they were copied back from ``/proc``).
     """
 
     def __init__(self, report_dir: Path, chunk: int) -> None:
         self.path = report_dir / RESULTS_NAME
         self.chunk = chunk
-        self._file: IO[str] | None = None
+        self._recording = False
 
     def __enter__(self) -> ResultsFile:
-        self._file = open(self.path, "a")
+        self.path.touch()
+        self._recording = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._recording = False
 
     def append(self, result: SpecResult) -> None:
-        if self._file is None or not result.is_spec:
+        if not self._recording or not result.is_spec:
             return
         entry: dict[str, Any] = {
             "name": result.title, "state": result.verdict or result.status, "seconds": result.seconds,
@@ -121,9 +125,10 @@ class ResultsFile:
         }  # fmt: skip
         if result.detail:
             entry["reason" if result.status == "skipped" else "failure"] = result.detail
-        self._file.write(json.dumps(entry) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with open(self.path, "a") as file:
+            file.write(json.dumps(entry) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
 
 
 def read_results(report_dir: Path) -> list[tuple[int, SpecResult]]:

@@ -120,3 +120,20 @@ def test_the_summary_says_how_many_results_only_results_jsonl_holds() -> None:
     assert report.sources_text() == line
     assert report.render().splitlines()[2] == line
     assert line not in ConformanceReport((), 0, Path("/r"), 0.0, planned=("a",)).render(), "nothing to tell apart"
+
+
+def test_results_land_in_the_file_at_the_path_even_after_it_was_replaced(tmp_path: Path) -> None:
+    """A git stash or checkout replaces results.jsonl while a run goes on; the next results must land in the new one."""
+    from pytest_smalltown.conformance.files import RESULTS_NAME
+    from pytest_smalltown.conformance.results import ResultsFile, SpecResult, read_results
+
+    def spec(name: str) -> SpecResult:
+        return SpecResult(f"[It] {name}", "passed", 1.0)
+
+    with ResultsFile(tmp_path, chunk=5) as results:
+        results.append(spec("first"))
+        replaced = tmp_path / "replacement"
+        replaced.write_text((tmp_path / RESULTS_NAME).read_text())
+        replaced.replace(tmp_path / RESULTS_NAME)  # what git does: a new file under the old name
+        results.append(spec("second"))
+    assert [result.name for _, result in read_results(tmp_path)] == ["[It] first", "[It] second"]
