@@ -25,7 +25,7 @@ from pytest_smalltown import aliases
 from pytest_smalltown.features.capacity import NodeCapacity
 from pytest_smalltown.features.clusters import CLUSTERS_KEY, Clusters
 from pytest_smalltown.features.failures import NAMESPACE_KEY, FailureEvidence, item_failed
-from pytest_smalltown.features.freezing import SnapshotOnFailure
+from pytest_smalltown.features.failure_snapshots import SnapshotOnFailure
 from pytest_smalltown.features.keeping import KeepOnFailure
 from pytest_smalltown.features.session import SESSION_KEY, SmalltownSession, resolve_settings, terminal_progress
 from pytest_smalltown.features.sharding import Durations, Sharding

@@ -13,5 +13,5 @@ own hooks, so a feature can be read, and changed, on its own.
 - :mod:`.clusters`: the pool of live clusters, the death watch, the summary.
 - :mod:`.keeping`: ``--smalltown-keep-on-failure``.
 - :mod:`.failures`: a failed test's evidence and artifacts.
-- :mod:`.freezing`: ``--smalltown-snapshot-on-failure``, a failed test's cluster saved whole.
+- :mod:`.failure_snapshots`: ``--smalltown-snapshot-on-failure``, a failed test's cluster saved whole.
 """
