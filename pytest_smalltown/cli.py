@@ -9,6 +9,8 @@
     smalltown dbg logs COMPONENT [--tail N] [--follow]
     smalltown dbg kubectl ARGS...                     kubectl with debug credentials
     smalltown dbg loadimage FILE [--node N]           import an image archive into the nodes' containerd
+    smalltown reboot N [--hard]                       reboot node N and wait until it is Ready again
+    smalltown freeze N [--for SECONDS]                stall node N (vCPUs stopped), then let it run on
     smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH | --running]
                                                       the upstream conformance suite
     smalltown conformance --resume DIR [--running]    ... only the specs of DIR's run without a result
