@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-DOUBLE = r"""
+#: What every stand-in conftest starts with: a log of events the outer test reads back.
+RECORDER = r"""
 import json, os
 from pathlib import Path
 import pytest
@@ -23,6 +24,9 @@ EVENTS = Path(os.environ["SMALLTOWN_TEST_EVENTS"])
 def record(*event):
     with EVENTS.open("a") as out:
         out.write(json.dumps(list(event)) + "\n")
+"""
+
+DOUBLE = RECORDER + r"""
 
 class FakeCluster:
     def __init__(self, spec):
@@ -1037,17 +1041,8 @@ def test_xdist_runs_fresh_clusters_of_one_spec_side_by_side(pytester: pytest.Pyt
     assert sorted(events()) == [["close", 1], ["close", 1], ["launch", 1], ["launch", 1]]
 
 
-SAVING_DOUBLE = r"""
-import json, os
-from pathlib import Path
-import pytest
+SAVING_DOUBLE = RECORDER + r"""
 from pytest_smalltown.snapshots import SavedSnapshot
-
-EVENTS = Path(os.environ["SMALLTOWN_TEST_EVENTS"])
-
-def record(*event):
-    with EVENTS.open("a") as out:
-        out.write(json.dumps(list(event)) + "\n")
 
 class SavingCluster:
     def __init__(self, spec):
