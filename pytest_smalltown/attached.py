@@ -111,6 +111,16 @@ class AttachedCluster:
         finally:
             monitor.close()
 
+    @property
+    def network(self) -> Any:
+        """As :attr:`pytest_smalltown.cluster.Cluster.network`: the kept cluster's network (a :class:`~pytest_smalltown.network.Network`)."""
+        from pytest_smalltown.network import Network
+
+        if self.state.switch_qmp_socket is None:
+            raise KeptClusterError("an older smalltown started the kept cluster (no switch QMP socket recorded); "
+                                   "restart it: smalltown down && smalltown up")
+        return Network(self.state.switch_qmp_socket, self.spec.nodes, self.faults)
+
     def _qmp_socket(self, index: int) -> Path:
         sockets = self.state.qmp_sockets
         if not 0 <= index < len(sockets):

@@ -11,6 +11,8 @@
     smalltown dbg loadimage FILE [--node N]           import an image archive into the nodes' containerd
     smalltown reboot N [--hard]                       reboot node N and wait until it is Ready again
     smalltown freeze N [--for SECONDS]                stall node N (vCPUs stopped), then let it run on
+    smalltown net partition 0 1,2 | isolate N | degrade N --delay 200ms | restore N | heal | status | capture DIR
+                                                      network faults, on until healed
     smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH | --running]
                                                       the upstream conformance suite
     smalltown conformance --resume DIR [--running]    ... only the specs of DIR's run without a result
@@ -337,6 +339,85 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_net(args: argparse.Namespace) -> int:
+    """``smalltown net ...``: network faults on the kept cluster; they stay on until ``net heal`` (or ``restore``)."""
+    from pytest_smalltown.faults import FaultLog
+    from pytest_smalltown.network import (LinkProfile, Network, NetworkFaultError, parse_duration_ms, parse_groups,
+                                          parse_percent, parse_rate_kbit, request)  # fmt: skip
+
+    state = _read_state()
+    if state.switch_qmp_socket is None:
+        print("an older smalltown started the kept cluster (no switch QMP socket recorded); restart it: "
+              "smalltown down && smalltown up", file=sys.stderr)  # fmt: skip
+        return 1
+    network = Network(state.switch_qmp_socket, state.spec.nodes, FaultLog())
+    try:
+        if args.net_command == "status":
+            status = network.status()
+        elif args.net_command in ("partition", "isolate"):
+            nodes = range(state.spec.nodes)
+            groups = ([[args.node], [n for n in nodes if n != args.node]] if args.net_command == "isolate"
+                      else parse_groups(args.groups))  # fmt: skip
+            for node in (node for group in groups for node in group):
+                network.check_node(node)
+            status = request(network.control_socket, {"op": "partition", "groups": groups})
+        elif args.net_command == "degrade":
+            profile = LinkProfile(
+                delay_ms=parse_duration_ms(args.delay) if args.delay else 0.0,
+                jitter_ms=parse_duration_ms(args.jitter) if args.jitter else 0.0,
+                loss_percent=parse_percent(args.loss) if args.loss else 0.0,
+                rate_kbit=parse_rate_kbit(args.rate) if args.rate else 0,
+            )
+            network.check_node(args.node)
+            status = request(network.control_socket, {"op": "degrade", "node": args.node, "link": profile.to_switch()})
+        elif args.net_command == "restore":
+            network.check_node(args.node)
+            status = request(network.control_socket, {"op": "restore", "node": args.node})
+        elif args.net_command == "heal":
+            status = network.heal()
+        else:  # capture
+            with network.capture(args.directory) as files:
+                print(f"capturing into {', '.join(map(str, files))} for {args.seconds:g}s; Ctrl-C stops it now",
+                      flush=True)  # fmt: skip
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(args.seconds)
+            for file in files:
+                print(f"{file}: {file.stat().st_size} bytes")
+            return 0
+    except (ValueError, LookupError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    except NetworkFaultError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(status)
+    return 0
+
+
+def _add_net_commands(commands: Any) -> None:
+    net_parser = commands.add_parser("net", help="network faults on the running cluster (they stay on until healed)")
+    net = net_parser.add_subparsers(dest="net_command", required=True)
+    net.add_parser("status", help="the partition and degraded links on now")
+    partition = net.add_parser("partition", help="cut groups of nodes off from each other: net partition 0 1,2")
+    partition.add_argument("groups", nargs="+", metavar="GROUP", help="node numbers joined by commas")
+    isolate = net.add_parser("isolate", help="cut one node off from every other")
+    isolate.add_argument("node", type=int)
+    degrade = net.add_parser("degrade", help="delay, drop or pace the frames sent to a node")
+    degrade.add_argument("node", type=int)
+    degrade.add_argument("--delay", help="e.g. 200ms")
+    degrade.add_argument("--jitter", help="e.g. 20ms (around --delay)")
+    degrade.add_argument("--loss", help="e.g. 5%%")
+    degrade.add_argument("--rate", help="e.g. 1mbit, 500kbit")
+    restore = net.add_parser("restore", help="give a degraded node its ordinary link back")
+    restore.add_argument("node", type=int)
+    net.add_parser("heal", help="end the partition and every degraded link")
+    capture = net.add_parser("capture", help="write every frame on the nodes' cables into DIR/node<i>.pcap")
+    capture.add_argument("directory", type=Path)
+    capture.add_argument("--for", dest="seconds", type=float, default=60.0, metavar="SECONDS",
+                         help="how long to capture (default 60; Ctrl-C stops sooner)")
+    net_parser.set_defaults(func=cmd_net)
+
+
 # --- conformance ----------------------------------------------------------------
 
 
@@ -549,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how long it stays frozen (default 60; a node without heartbeats is NotReady after "
                         f"{NODE_MONITOR_GRACE_SECONDS})")
     freeze.set_defaults(func=cmd_freeze)
+    _add_net_commands(commands)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")
     dbg = dbg_parser.add_subparsers(dest="dbg_command", required=True)

@@ -42,6 +42,7 @@ from pytest_smalltown.launch.vm import VM, LaunchError, Process, make_workdir, r
 from pytest_smalltown.launch.vmstate import (Monitor, VMStateError, active_image, create_overlay, divert_writes,
                                              flatten_onto, pause, resume, start_save, wait_migration)
 from pytest_smalltown.lifecycle import RebootResult, reboot_node
+from pytest_smalltown.network import Network
 from pytest_smalltown.phases import CONSOLE_TAIL, Phases
 from pytest_smalltown.plan import ClusterPlan
 from pytest_smalltown.secretfile import write_private
@@ -367,6 +368,13 @@ class Cluster:
                 yield record
         finally:
             monitor.close()
+
+    @property
+    def network(self) -> Network:
+        """The cluster's network, to partition, degrade and capture (:class:`pytest_smalltown.network.Network`)."""
+        qmp_socket = self.switch.vm.config.qmp_socket
+        assert qmp_socket is not None, "a cluster's switch always has a QMP socket (Cluster.start_switch)"
+        return Network(qmp_socket, self.spec.nodes, self.faults)
 
     def _node(self, index: int) -> ClusterNode:
         if not 0 <= index < len(self.nodes):

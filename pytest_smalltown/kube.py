@@ -224,6 +224,20 @@ def namespace_events(api: k8s.ApiClient, namespace: str) -> list[str]:
     ]
 
 
+def service_endpoint_ready(api: k8s.ApiClient, namespace: str, service: str) -> bool | None:
+    """Whether the Service's one endpoint is ready (None: it has none, or several).
+
+    For tests of one pod behind a Service, whose node a fault takes away:
+    the endpoint stays in its EndpointSlice and turns not ready.
+    """
+    slices = k8s.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}", _request_timeout=30).items  # fmt: skip
+    endpoints = [endpoint for piece in slices for endpoint in piece.endpoints or ()]
+    if len(endpoints) != 1:
+        return None
+    return bool(endpoints[0].conditions is not None and endpoints[0].conditions.ready)
+
+
 def create_namespace(api: k8s.ApiClient, hint: str, timeout: float = 180) -> str:
     """Create a uniquely named namespace derived from ``hint`` (e.g. the test name); returns its name.
 

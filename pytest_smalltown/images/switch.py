@@ -43,6 +43,9 @@ MODULES = [
     "nft_nat",  # dnat of NodePorts to node 0
     "nft_ct",  # the fence: replies to the switch's own connections pass
     "nft_reject_ipv4",  # the fence: a connection from the nodes' side is reset
+    "virtio_console",  # the host's fault channel (a virtio-serial port)
+    "sch_netem",  # a degraded link (delay, jitter, loss, rate)
+    "nft_meta_bridge",  # a partition: meta iifname/oifname in the bridge family
 ]
 
 # Bump when the layout of the image changes in a way the hashed inputs miss.

@@ -111,6 +111,9 @@ class VMConfig:
     fw_cfg: tuple[tuple[str, Path], ...] = ()
     #: UNIX socket of a running swtpm; adds a TPM 2.0 device.
     tpm_socket: Path | None = None
+    #: virtio-serial ports (name in the guest, UNIX socket QEMU listens on for the host end):
+    #: a channel between one guest program and the host that no network reaches (the switch's faults).
+    virtio_ports: tuple[tuple[str, Path], ...] = ()
     rng: bool = True
     no_reboot: bool = True
     #: TSC rate handed to a microVM kernel (None: the host's rate, see below).
@@ -270,6 +273,14 @@ def qemu_argv(config: VMConfig) -> list[str]:
             "-chardev", f"socket,id=tpmsock,path={path_value(config.tpm_socket)}",
             "-tpmdev", "emulator,id=tpm0,chardev=tpmsock",
             "-device", "tpm-tis,tpmdev=tpm0",
+        ]  # fmt: skip
+
+    if config.virtio_ports:
+        argv += ["-device", f"{_virtio(config.machine, 'serial')},id=vserial0"]
+    for index, (name, path) in enumerate(config.virtio_ports):
+        argv += [
+            "-chardev", f"socket,id=vport{index},path={path_value(path)},server=on,wait=off",
+            "-device", f"virtserialport,bus=vserial0.0,chardev=vport{index},name={option_value(name)}",
         ]  # fmt: skip
 
     if config.rng:

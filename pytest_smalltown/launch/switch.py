@@ -141,6 +141,8 @@ def switch_cmdline(
         nanoswitch.lease=MAC=IP,MAC=IP
         nanoswitch.proxy=P=IP:Q,P=IP:Q      (uplink port P to port Q of a node)
         nanoswitch.dnat=LO-HI               (uplink ports LO..HI to node 0, NodePorts)
+        nanoswitch.ports=MAC,MAC            (the switch's NIC on node i's cable, node order)
+        nanoswitch.control=NAME             (the virtio-serial port of the fault channel)
 
     ``extra`` are further kernel parameters. (The TSC workaround every
     microVM needs under TCG is added by :func:`pytest_smalltown.launch.qemu.qemu_argv`.)
@@ -159,6 +161,8 @@ def switch_cmdline(
         f"nanoswitch.nodes={nodes}",
         f"nanoswitch.lease={leases}",
         f"nanoswitch.proxy={debug}",
+        f"nanoswitch.ports={','.join(switch_port_mac(i) for i in range(nodes))}",
+        f"nanoswitch.control={CONTROL_PORT_NAME}",
     ]
     params += [f"nanoswitch.target={node_address(target)}",
                f"nanoswitch.dnat={NODE_PORT_RANGE.start}-{NODE_PORT_RANGE.stop - 1}"]
@@ -169,6 +173,23 @@ def switch_cmdline(
 
 #: QEMU's id of the switch's uplink (user-mode) netdev: NIC 0 (see :func:`switch_vm_config`).
 UPLINK_NETDEV = "net0"
+#: The virtio-serial port the switch reads fault requests from (:mod:`pytest_smalltown.network`).
+CONTROL_PORT_NAME = "nanoswitch.control"
+
+
+def switch_port_mac(i: int) -> str:
+    """The MAC of the switch's own NIC on node ``i``'s cable: distinct, recognisable, and how faults find the port."""
+    return "02:72:82:00:00:%02x" % i
+
+
+def node_netdev(i: int) -> str:
+    """QEMU's id of the switch's netdev on node ``i``'s cable (NIC ``i + 1``: the uplink is first)."""
+    return f"net{i + 1}"
+
+
+def control_socket_of(qmp_socket: Path) -> Path:
+    """The host end of the fault channel of the switch whose QMP socket is ``qmp_socket`` (beside it)."""
+    return qmp_socket.with_suffix(".control")
 #: Attempts at a free host port for a NodePort forward (another process may take the one picked).
 FORWARD_ATTEMPTS = 5
 
@@ -232,13 +253,15 @@ def cabled(
 
     Every port of ``port_map`` is forwarded from the host; the per-node debug
     ports among them lead to their node, the others to node 0.
-    The switch's own NIC MACs do not matter (nodes are told apart by theirs);
-    they are made distinct and recognisable: 02:72:82:00:00:<node index>.
+    The switch's own NIC MACs tell it which port is whose (:func:`switch_port_mac`).
     ``incoming`` restores a saved switch (paused until resumed over QMP).
+    With a QMP socket comes the fault channel, beside it (:func:`control_socket_of`).
     """
     nics: list[SocketNic | UserNic] = [UserNic(UPLINK_MAC, port_map)]
-    nics += [SocketNic(fd, "02:72:82:00:00:%02x" % i) for i, fd in enumerate(switch_fds)]
-    return replace(config, nics=tuple(nics), qmp_socket=qmp_socket, incoming=incoming, paused=incoming is not None)
+    nics += [SocketNic(fd, switch_port_mac(i)) for i, fd in enumerate(switch_fds)]
+    ports = () if qmp_socket is None else ((CONTROL_PORT_NAME, control_socket_of(qmp_socket)),)
+    return replace(config, nics=tuple(nics), qmp_socket=qmp_socket, virtio_ports=ports, incoming=incoming,
+                   paused=incoming is not None)  # fmt: skip
 
 
 def switch_vm_config(

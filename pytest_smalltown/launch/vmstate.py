@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,29 @@ class Monitor:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._qmp.close()
+
+
+@contextlib.contextmanager
+def dump_frames(connect: Callable[[], Monitor], netdev: str, path: Path, object_id: str) -> Iterator[None]:
+    """Write every frame through ``netdev`` (both directions) into the pcap file ``path`` for the with block.
+
+    QEMU's filter-dump, added and removed over QMP; ``connect`` opens a
+    monitor for each of the two commands, so that the VM's QMP socket stays
+    free for other faults (it takes one client at a time) while the capture runs.
+    """
+    monitor = connect()
+    try:
+        monitor.cmd("object-add", **{"qom-type": "filter-dump", "id": object_id, "netdev": netdev, "file": str(path)})
+    finally:
+        monitor.close()
+    try:
+        yield
+    finally:
+        monitor = connect()
+        try:
+            monitor.cmd("object-del", id=object_id)
+        finally:
+            monitor.close()
 
 
 def pause(monitor: Monitor) -> None:

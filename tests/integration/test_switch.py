@@ -27,10 +27,12 @@ import pytest
 from pytest_smalltown.images.switch import SwitchImage, build_switch_image
 from pytest_smalltown.images.tinyvm import TinyImage
 from pytest_smalltown import contract
+from pytest_smalltown.faults import FaultLog
 from pytest_smalltown.launch import switch as sw
 from pytest_smalltown.launch.ports import PortMap, PortNotForwardedError
 from pytest_smalltown.launch.qemu import Accel, DirectBoot, VMConfig
 from pytest_smalltown.launch.vm import VM, listening_sockets, start_vm
+from pytest_smalltown.network import LinkProfile, Network
 
 pytestmark = pytest.mark.integration
 
@@ -293,4 +295,80 @@ def test_fatal_switch_error_is_reported_with_its_reason(switch_image: SwitchImag
             switch.wait_ready(sw.READY_TIMEOUT)
         assert time.monotonic() - started < sw.READY_TIMEOUT / 2, "fatal must end the wait early"
     finally:
+        switch.close()
+
+
+def fastest_banner_seconds(port: int, answers: int = 3) -> float:
+    """The quickest of ``answers`` round trips to a forwarded port that got its line back.
+
+    A connection that busybox nc answers with nothing (it re-arms between
+    clients) is not timed but tried again half a second later, so the figure
+    is the link's, not the retry's; the minimum is the least noisy figure of a busy host.
+    """
+    times: list[float] = []
+    for _ in range(answers * 10):
+        started = time.monotonic()
+        if read_banner(port, attempts=1):
+            times.append(time.monotonic() - started)
+            if len(times) == answers:
+                return min(times)
+        else:
+            time.sleep(0.5)
+    raise AssertionError(f"port {port} answered {len(times)} of {answers * 10} connections")
+
+
+def test_faults_slow_and_cut_the_links_between_nodes_and_leave_no_trace_after(
+    switch_image: SwitchImage, tiny_image: TinyImage, accel: Accel, tmp_path: Path
+) -> None:
+    """The switch's faults, driven through its fault channel as ``cluster.network`` drives them.
+
+    A degraded link delays what the switch sends its node (the host's
+    requests too, so the host can time it); a node cut off from the others
+    still gets its address from the switch, but neither its ping nor its TCP
+    connection reaches node 0, and the capture of its cable holds what it
+    sent; after the heal a node on that cable reaches node 0 again.
+    """
+    for name in ("0", "1", "2"):
+        (tmp_path / name).mkdir()
+    switch = sw.launch_switch(2, accel=accel, image=switch_image)
+    assert switch.vm.config.qmp_socket is not None
+    network = Network(switch.vm.config.qmp_socket, 2, FaultLog())
+    probes = (f"tiny.ping={contract.node_address(0)}", f"tiny.connect={contract.node_address(0)}:7836")
+    nodes: list[TinyNode] = []
+    try:
+        nodes.append(start_tiny(switch, tiny_image, accel, 0, tmp_path / "0", "tiny.name=node0", "tiny.ip=dhcp",
+                                "tiny.serve=7836"))  # fmt: skip
+        wait_line(nodes[0].vm, r"tinyvm: ready")
+        port = switch.ports[7836]
+        before = fastest_banner_seconds(port)
+        with network.degrade(0, delay_ms=400) as record:
+            assert network.status().degraded == {0: LinkProfile(delay_ms=400)}
+            slowed = fastest_banner_seconds(port)
+        after = fastest_banner_seconds(port)
+        print(f"\n[faults] host -> node 0: {before:.3f}s, {slowed:.3f}s with 400 ms delay, {after:.3f}s after")
+        assert slowed >= 0.4, "the connection's SYN to node 0 crosses the degraded link"
+        assert after < 0.4 and network.status().degraded == {}, "the delay outlived its with block"
+        assert record.ended is not None
+
+        with network.isolate(1), network.capture(tmp_path / "capture", nodes=[1]) as captures:
+            assert network.status().partition == ((1,), (0,))
+            nodes.append(start_tiny(switch, tiny_image, accel, 1, tmp_path / "1", "tiny.name=node1", "tiny.ip=dhcp",
+                                    *probes))  # fmt: skip
+            cut_off = nodes[-1].vm
+            assert wait_line(cut_off, r"tinyvm: ping \S+ \w+") == f"tinyvm: ping {contract.node_address(0)} fail"
+            assert wait_line(cut_off, r"tinyvm: connect \S+ \w+") == f"tinyvm: connect {contract.node_address(0)}:7836 fail"
+            cut_off.stop()
+        assert network.status().partition == ()
+        # The cable's capture: a pcap file with the cut-off node's DHCP exchange and pings in it.
+        capture = captures[0].read_bytes()
+        assert capture[:4] == b"\xd4\xc3\xb2\xa1" and len(capture) > 24 + 10 * 16, f"{len(capture)} bytes"
+
+        nodes.append(start_tiny(switch, tiny_image, accel, 1, tmp_path / "2", "tiny.name=node1", "tiny.ip=dhcp",
+                                *probes))  # fmt: skip
+        assert wait_line(nodes[-1].vm, r"tinyvm: ping \S+ \w+") == f"tinyvm: ping {contract.node_address(0)} ok"
+        assert wait_line(nodes[-1].vm, r"tinyvm: connect \S+ \w+") == f"tinyvm: connect {contract.node_address(0)}:7836 ok"
+        assert "nanoswitch: fault: partition [1] | [0] healed" in "\n".join(switch.vm.console_tail(200))
+    finally:
+        for node in nodes:
+            node.vm.stop()
         switch.close()

@@ -133,6 +133,8 @@ def test_cmdline_for_two_nodes() -> None:
         "target": "10.1.0.2",
         "proxy": "27837=10.1.0.2:7837,27838=10.1.0.3:7837",
         "dnat": "30000-32767",
+        "ports": "02:72:82:00:00:00,02:72:82:00:00:01",
+        "control": "nanoswitch.control",
     }
     assert "console=ttyS0" in cmdline.split()
 

@@ -54,6 +54,10 @@ type Config struct {
 	DNAT      *PortRange
 	Leases    map[string]net.IP // canonical lower-case MAC -> address
 	UplinkMAC net.HardwareAddr
+	// PortMACs[i] is the switch's NIC MAC on node i's cable (nanoswitch.ports).
+	PortMACs []net.HardwareAddr
+	// Control names the virtio-serial port of the fault channel ("": none).
+	Control string
 }
 
 // PortRange is an inclusive range of TCP ports.
@@ -110,6 +114,13 @@ func parseCmdline(cmdline string) (*Config, error) {
 			cfg.Proxies, err = parseProxies(value)
 		case "dnat":
 			cfg.DNAT, err = parsePortRange(value)
+		case "ports":
+			cfg.PortMACs, err = parseMACs(value)
+		case "control":
+			cfg.Control = value
+			if value == "" || strings.ContainsAny(value, "/") {
+				err = fmt.Errorf("want a virtio-serial port name")
+			}
 		default:
 			err = fmt.Errorf("unknown parameter")
 		}
@@ -136,6 +147,24 @@ func parseCmdline(cmdline string) (*Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// parseMACs reads "MAC,MAC,..." (distinct Ethernet MACs).
+func parseMACs(value string) ([]net.HardwareAddr, error) {
+	var macs []net.HardwareAddr
+	seen := map[string]bool{}
+	for _, item := range strings.Split(value, ",") {
+		hw, err := net.ParseMAC(item)
+		if err != nil || len(hw) != 6 {
+			return nil, fmt.Errorf("%q is not an Ethernet MAC", item)
+		}
+		if seen[hw.String()] {
+			return nil, fmt.Errorf("MAC %s given twice", hw)
+		}
+		seen[hw.String()] = true
+		macs = append(macs, hw)
+	}
+	return macs, nil
 }
 
 // parsePortRange reads "LO-HI" (LO <= HI, both valid ports).

@@ -57,6 +57,17 @@ func TestParseCmdlineDNAT(t *testing.T) {
 	}
 }
 
+func TestParseCmdlineFaultChannel(t *testing.T) {
+	cfg, err := parseCmdline(strings.TrimSpace(sampleCmdline) +
+		" nanoswitch.ports=02:72:82:00:00:00,02:72:82:00:00:01 nanoswitch.control=nanoswitch.control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.PortMACs) != 2 || cfg.PortMACs[1].String() != "02:72:82:00:00:01" || cfg.Control != "nanoswitch.control" {
+		t.Fatalf("ports %v, control %q", cfg.PortMACs, cfg.Control)
+	}
+}
+
 func TestParseCmdlineRejects(t *testing.T) {
 	for _, bad := range []string{
 		"nanoswitch.forward=7836", // no target
@@ -83,6 +94,10 @@ func TestParseCmdlineRejects(t *testing.T) {
 		"nanoswitch.dnat=30000 nanoswitch.target=10.1.0.2",                             // not a range
 		"nanoswitch.dnat=30000-70000 nanoswitch.target=10.1.0.2",                       // not a port
 		"nanoswitch.dnat=7000-8000 nanoswitch.target=10.1.0.2 nanoswitch.forward=7837", // overlaps a proxy
+		"nanoswitch.ports=02:72:82:00:00:00,02:72:82:00:00:00",                         // one port twice
+		"nanoswitch.ports=nonsense",
+		"nanoswitch.control=",
+		"nanoswitch.control=../vport0p1",
 	} {
 		if _, err := parseCmdline(bad); err == nil {
 			t.Errorf("%q was accepted", bad)

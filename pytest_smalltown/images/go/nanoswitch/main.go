@@ -4,6 +4,8 @@
 // the TCP ports the host forwards into the uplink on to node 0 (and one port
 // per node on to that node's debug service). Nothing on the switch itself
 // answers the nodes' side but DHCP (setupFence): what it forwards is the host's.
+// The host can cut and slow the links between nodes while a test runs
+// (faults.go), through a channel of its own (control.go).
 //
 // Everything cluster-specific (ports, target, leases, node count) comes from
 // the kernel command line (see Config), so one image serves every cluster.
@@ -121,6 +123,13 @@ func run(cfg *Config) error {
 		if err := forwardPort(uplinkIP, p); err != nil {
 			return err
 		}
+	}
+	if cfg.Control != "" {
+		faults := newFaults(cfg.PortMACs, linkNameByMAC, kernelFaults{})
+		if err := serveControl(cfg.Control, faults); err != nil {
+			return err
+		}
+		logf("faults: on %s for %d node ports", cfg.Control, len(cfg.PortMACs))
 	}
 	names := make([]string, len(nodeNICs))
 	for i, nic := range nodeNICs {
