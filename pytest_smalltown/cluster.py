@@ -374,7 +374,7 @@ class Cluster:
         """The cluster's network, to partition, degrade and capture (:class:`pytest_smalltown.network.Network`)."""
         qmp_socket = self.switch.vm.config.qmp_socket
         assert qmp_socket is not None, "a cluster's switch always has a QMP socket (Cluster.start_switch)"
-        return Network(qmp_socket, self.spec.nodes, self.faults)
+        return Network(qmp_socket, self.spec.nodes, self.faults, captures=self.workdir / "captures")
 
     def _node(self, index: int) -> ClusterNode:
         if not 0 <= index < len(self.nodes):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,11 +87,14 @@ def report_sections(
     return sections
 
 
-def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, namespace: str | None) -> Path:
+def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, namespace: str | None,
+                    window: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """Dump everything for one failed test under ``directory/<test id>/``; returns that directory.
 
     Component logs go to ``components/<node>/<component>.log``; a node that
     cannot be read (stopped, wedged) gets a ``components/<node>/unreadable.txt`` saying why.
+    The packet captures of the network faults that were on during ``window``
+    (default: any) go to ``captures/fault-<n>/node<i>.pcap``.
     """
     target = artifact_dir(directory, test_id)
     target.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,13 @@ def write_artifacts(cluster: EvidenceSource, directory: Path, test_id: str, name
             with contextlib.suppress(Exception):
                 lines = client.component_logs(component, 0, retry_for=EVIDENCE_RETRY_SECONDS)
                 (components / f"{component}.log").write_text("\n".join(lines) + "\n")
+    fault_log = getattr(cluster, "faults", None)  # stand-ins and older clusters have none
+    faults = [] if fault_log is None else fault_log.during(*window) if window else list(fault_log.records)
+    for capture in (capture for record in faults for capture in record.captures):
+        with contextlib.suppress(OSError):  # a capture the cluster's own cleanup already took
+            destination = target / "captures" / capture.parent.name / capture.name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(capture, destination)
     if namespace:
         with contextlib.suppress(Exception):
             (target / f"events-{namespace}.txt").write_text("\n".join(namespace_events(cluster.kube, namespace)) + "\n")

@@ -7,7 +7,8 @@ while it is on; a failed test's report lists the faults that were on during
 it (section ``smalltown faults``), since "node 1 was frozen at the time" is
 the first thing the reader of that failure needs to know.
 
-Today: a frozen node (:func:`frozen`). docs/faults.md says what each fault
+Here: a frozen node (:func:`frozen`); the network's faults are in
+:mod:`pytest_smalltown.network`. docs/faults.md says what each fault
 does at the vCPU and clock level, and what it does not model.
 """
 
@@ -18,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # QMP's client is loaded when a fault is used, not when the CLI starts
@@ -38,6 +40,8 @@ class FaultRecord:
     description: str
     started: float
     ended: float | None = None
+    #: Packet captures made while it was on (a network fault's), copied into a failed test's artifacts.
+    captures: tuple[Path, ...] = ()
 
     def overlaps(self, start: float, stop: float) -> bool:
         """Whether the fault was on at some instant between ``start`` and ``stop``."""

@@ -154,13 +154,27 @@ class Network:
     the same switch the same way.
     """
 
-    def __init__(self, switch_qmp_socket: Path, nodes: int, log: FaultLog) -> None:
+    def __init__(self, switch_qmp_socket: Path, nodes: int, log: FaultLog, captures: Path | None = None) -> None:
         from pytest_smalltown.launch.switch import control_socket_of
 
         self.switch_qmp_socket = switch_qmp_socket
         self.control_socket = control_socket_of(switch_qmp_socket)
         self.nodes = nodes
         self.log = log
+        #: Where each fault's packet capture goes (None: no capture): a failed test's artifacts get them.
+        self.captures = captures
+
+    @contextlib.contextmanager
+    def _on(self, description: str) -> Iterator[FaultRecord]:
+        """Log the fault for the with block, and capture every node's cable meanwhile when :attr:`captures` is set."""
+        with self.log.on(description) as record:
+            if self.captures is None:
+                yield record
+                return
+            directory = self.captures / f"fault-{len(list(self.captures.glob('fault-*'))) + 1:03d}"
+            with self.capture(directory) as files:
+                record.captures = tuple(files)
+                yield record
 
     def check_node(self, node: int) -> int:
         """``node``, if the cluster has it; LookupError otherwise."""
@@ -182,7 +196,7 @@ class Network:
         as_lists = [sorted({self.check_node(node) for node in group}) for group in groups]
         request(self.control_socket, {"op": "partition", "groups": as_lists})
         try:
-            with self.log.on("network partitioned " + " | ".join(f"[{','.join(map(str, g))}]" for g in as_lists)) as record:
+            with self._on("network partitioned " + " | ".join(f"[{','.join(map(str, g))}]" for g in as_lists)) as record:
                 yield record
         finally:
             request(self.control_socket, {"op": "heal_partition"})
@@ -203,7 +217,7 @@ class Network:
         profile = LinkProfile(delay_ms, jitter_ms, loss_percent, rate_kbit)
         request(self.control_socket, {"op": "degrade", "node": self.check_node(node), "link": profile.to_switch()})
         try:
-            with self.log.on(f"node {node}'s link degraded: {profile}") as record:
+            with self._on(f"node {node}'s link degraded: {profile}") as record:
                 yield record
         finally:
             request(self.control_socket, {"op": "restore", "node": node})

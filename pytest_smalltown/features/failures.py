@@ -45,7 +45,7 @@ class FailureEvidence:
             report.sections.append((title, text))
         directory = self.clusters.session.artifacts_dir(item.config.rootpath)
         try:
-            written = write_artifacts(cluster, directory, item.nodeid, namespace)
+            written = write_artifacts(cluster, directory, item.nodeid, namespace, window=(report.start, report.stop))
             report.sections.append(("smalltown artifacts", str(written)))
         except OSError as error:
             report.sections.append(("smalltown artifacts", f"could not write to {directory}: {error}"))

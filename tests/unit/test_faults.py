@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,3 +70,27 @@ def test_the_report_of_a_failed_phase_lists_the_faults_that_were_on_during_it(mo
     sections = dict(report_sections(FaultyCluster(log), None, window=(120.0, 200.0)))  # type: ignore[arg-type]
     assert sections["smalltown faults"].splitlines() == [str(log.records[0])]
     assert "smalltown faults" not in dict(report_sections(FaultyCluster(log), None, window=(300.0, 400.0)))  # type: ignore[arg-type]
+
+
+def test_a_failed_tests_artifacts_get_the_packet_captures_of_the_network_faults_on_during_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pytest_smalltown.evidence as evidence
+
+    monkeypatch.setattr(evidence, "_node_debug_clients", lambda cluster: [])
+    captures = tmp_path / "cluster" / "captures"
+    for fault in ("fault-001", "fault-002"):
+        (captures / fault).mkdir(parents=True)
+        (captures / fault / "node1.pcap").write_bytes(b"\xd4\xc3\xb2\xa1" + fault.encode())
+    log = FaultLog()
+    log.records.extend([
+        FaultRecord("network partitioned [0] | [1]", 100.0, 130.0, captures=(captures / "fault-001" / "node1.pcap",)),
+        FaultRecord("node 1's link degraded: delay 200ms", 300.0, 330.0, captures=(captures / "fault-002" / "node1.pcap",)),
+    ])  # fmt: skip
+    cluster = FaultyCluster(log)
+    cluster.dump = lambda directory: None  # type: ignore[attr-defined]
+    written = evidence.write_artifacts(cluster, tmp_path / "artifacts", "e2e/test_x.py::test_y", None,  # type: ignore[arg-type]
+                                       window=(120.0, 200.0))  # fmt: skip
+    copied = sorted(path.relative_to(written / "captures") for path in (written / "captures").rglob("*.pcap"))
+    assert copied == [Path("fault-001/node1.pcap")], "only the faults on while the failed phase ran"
+    assert (written / "captures" / "fault-001" / "node1.pcap").read_bytes().endswith(b"fault-001")
