@@ -421,8 +421,6 @@ class Cluster:
         """
         if any(node.stopped for node in self.nodes):
             raise VMStateError(f"{self.spec} cluster: a node was powered off (stop_node), and a cluster is saved whole")
-        if self.plan.tpm:
-            raise VMStateError(f"{self.spec} cluster: nodes with a TPM cannot be saved yet (their swtpm state is not)")
         facts = cluster_facts(self.kube)
         facts["api_certificate_not_after"] = serving_certificate_not_after(self.ports[NodePort.KUBERNETES_API])
         vms = self.vms()

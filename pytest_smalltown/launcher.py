@@ -69,7 +69,7 @@ def launch_cluster(spec: ClusterSpec, settings: Settings, progress: Progress = s
 
 def _launch_once(spec: ClusterSpec, settings: Settings, progress: Progress) -> Cluster:
     plan = ClusterPlan.resolve(spec, settings, progress)
-    store = SnapshotStore(spec, plan.snapshot_inputs()) if plan.snapshots != "off" and not plan.tpm else None
+    store = SnapshotStore(spec, plan.snapshot_inputs()) if plan.snapshots != "off" else None
     refusal = _why_not_restoring(plan, store)
     if refusal is None:
         assert store is not None
@@ -104,8 +104,6 @@ def launch_saved(directory: Path, settings: Settings, progress: Progress = stder
     """
     snapshot = open_saved(directory)
     plan = ClusterPlan.resolve(snapshot.spec, settings, progress)
-    if plan.tpm:
-        raise SnapshotRefused(f"{directory}: nodes with a TPM (--tpm) cannot be restored yet; drop --tpm")
     differs = changed_inputs(snapshot.manifest["inputs"], plan.snapshot_inputs())
     if differs:
         raise SnapshotRefused(f"{directory} does not match this machine: the saved {snapshot.spec} cluster {differs}; "
@@ -119,6 +117,4 @@ def _why_not_restoring(plan: ClusterPlan, store: SnapshotStore | None) -> str | 
         return "snapshots are off"
     if plan.snapshots == "refresh":
         return "--smalltown-snapshots=refresh"
-    if store is None:
-        return "snapshots of nodes with a TPM are not supported yet"
     return None

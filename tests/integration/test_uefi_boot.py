@@ -4,16 +4,19 @@
   (the tiny VM, made into a UEFI disk by the same code as the reference one);
 - a disk the firmware cannot boot fails a launch with OVMF's own words;
 - the reference UEFI disk's data partition opens only with the TPM that
-  sealed it: the same disk (a persistent overlay) is booted three times.
+  sealed it: the same disk (a persistent overlay) is booted three times;
+- a UEFI+TPM cluster is saved and restored with its TPM's state.
 """
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from pytest_smalltown.base.progress import stderr_progress
 from pytest_smalltown.images.tinyvm import READY_LINE, TinyImage
 from pytest_smalltown.images.uefi import build_uefi_image, efi_stub, make_uefi_disk
 from pytest_smalltown.launch.qemu import Disk, UefiBoot, VMConfig
@@ -21,6 +24,7 @@ from pytest_smalltown.launch.vm import VM, start_swtpm, start_vm
 from pytest_smalltown.launcher import launch_cluster
 from pytest_smalltown.phases import ClusterLaunchError
 from pytest_smalltown.settings import Settings, resolve
+from pytest_smalltown.snapshots import SNAPSHOT_DIR_ENV
 from pytest_smalltown.spec import ClusterSpec
 
 #: OVMF under TCG takes 10-15 s to reach the disk on this class of machine;
@@ -94,3 +98,39 @@ def test_the_data_partition_opens_only_with_the_tpm_that_sealed_it(reference_uef
     assert "unlocked with the key sealed to this TPM" in boot("sealer", r"data partition /dev/vda3 unlocked.*")
     refused = boot("stranger", r"DATA UNAVAILABLE: .*")
     assert "sealed by another TPM" in refused
+
+
+def test_a_tpm_cluster_is_restored_with_its_tpm_and_its_data_partition_opens_again_after_a_reboot(
+    reference_uefi_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UEFI+TPM cluster is saved once Ready and restored, its swtpm's state with it.
+
+    QEMU's tpm-emulator carries the TPM's state (seeds, NV, sessions) in the
+    migration stream: the restored node's fresh swtpm gets it when the saved
+    state loads. The restored node reports its data partition sealed and
+    open; rebooted, it unseals its key again, which only the TPM that sealed
+    it can: a swtpm that had not been given the saved state would make this
+    boot end in "DATA UNAVAILABLE". The snapshot lives in this test's own directory.
+    """
+    monkeypatch.setenv(SNAPSHOT_DIR_ENV, str(tmp_path / "snapshots"))
+    settings = resolve({"image": str(reference_uefi_disk), "tpm": "true", "snapshots": "refresh"}, {}, environ={})
+    booted = launch_cluster(ClusterSpec(1), settings, stderr_progress)
+    try:
+        assert booted.how.startswith("booted") and "saved" in booted.how, booted.how
+        assert booted.debug.condition("DataSealed") is True
+    finally:
+        booted.close()
+
+    restored = launch_cluster(ClusterSpec(1), replace(settings, snapshots="require"), stderr_progress)
+    try:
+        assert restored.how.startswith("restored"), restored.how
+        assert restored.debug.condition("DataSealed") is True and restored.debug.condition("DataAvailable") is True
+        restored.reboot_node(0)
+        debug = restored.node_debug(0)
+        try:
+            agent_log = "\n".join(debug.component_logs("agent"))
+        finally:
+            debug.close()
+        assert "unlocked with the key sealed to this TPM" in agent_log, agent_log[-2000:]
+    finally:
+        restored.close()
