@@ -171,6 +171,8 @@ class ClusterPool:
         self._own: dict[int, tuple[ClusterHandle, PoolRecord]] = {}
         #: Records of every cluster :meth:`launch_own` started, in launch order.
         self.own_records: list[PoolRecord] = []
+        #: The ``id`` of each own cluster :meth:`keep_own` held back.
+        self._kept_own: set[int] = set()
 
     def plan(self, specs: Iterable[ClusterSpec]) -> None:
         """Record one upcoming use per element of ``specs``."""
@@ -200,6 +202,7 @@ class ClusterPool:
     def close_own(self, cluster: ClusterHandle) -> None:
         """Close a cluster of :meth:`launch_own` (its test is over)."""
         _, record = self._own.pop(id(cluster))
+        self._kept_own.discard(id(cluster))
         self._timed_close(cluster, record)
 
     def _check_not_failed(self, spec: ClusterSpec) -> None:
@@ -252,9 +255,21 @@ class ClusterPool:
         """Do not close the cluster of ``spec`` when its tests are done (only :meth:`close_all` does)."""
         self._kept.add(spec)
 
-    def kept_clusters(self) -> dict[ClusterSpec, ClusterHandle]:
-        """The live clusters that :meth:`keep` held back, by spec."""
-        return {spec: cluster for spec, cluster in sorted(self._live.items()) if spec in self._kept}
+    def keep_own(self, cluster: ClusterHandle) -> None:
+        """Do not close a cluster of :meth:`launch_own` when its test is over (only :meth:`close_all` does)."""
+        if id(cluster) in self._own:
+            self._kept_own.add(id(cluster))
+
+    def is_kept(self, cluster: ClusterHandle) -> bool:
+        """Whether :meth:`keep_own` held back this cluster of :meth:`launch_own`."""
+        return id(cluster) in self._kept_own
+
+    def kept_clusters(self) -> list[tuple[str, ClusterHandle]]:
+        """The live clusters held back, each with a name for humans: shared ones by spec, then tests' own."""
+        kept = [(str(spec), cluster) for spec, cluster in sorted(self._live.items()) if spec in self._kept]
+        kept += [(f"{record.spec} (fresh, of {record.test})", cluster)
+                 for key, (cluster, record) in self._own.items() if key in self._kept_own]  # fmt: skip
+        return kept
 
     def live(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The running cluster of ``spec``, if any (without launching one)."""

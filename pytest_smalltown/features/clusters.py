@@ -114,7 +114,8 @@ class Clusters:
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
         """After the test's own teardown: close a fresh test's cluster, or count one use of the shared one as over.
 
-        The last use of a shared cluster closes it.
+        The last use of a shared cluster closes it. A fresh cluster that
+        ``--smalltown-keep-on-failure`` held back stays up until the session's end.
         """
         try:
             return (yield)
@@ -123,7 +124,8 @@ class Clusters:
                 own = item.stash.get(OWN_CLUSTER_KEY, None)
                 if own is not None:
                     del item.stash[OWN_CLUSTER_KEY]
-                    self.pool.close_own(own)
+                    if not self.pool.is_kept(own):
+                        self.pool.close_own(own)
             elif (spec := spec_of(item)) is not None:
                 self.pool.release(spec)
 

@@ -11,7 +11,6 @@ import pytest
 from pytest_smalltown.features.clusters import Clusters
 from pytest_smalltown.features.session import is_xdist_worker, terminal_progress
 from pytest_smalltown.features.specs import is_fresh, spec_of
-from pytest_smalltown.spec import ClusterSpec
 
 
 class KeepOnFailure:
@@ -22,15 +21,17 @@ class KeepOnFailure:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """A failed setup or call keeps its spec's shared cluster from closing after its last test.
+        """A failed setup or call keeps the cluster it ran on from closing: its own if fresh, else its spec's shared one.
 
-        A fresh test's failure keeps nothing: its cluster closes after it as
-        always, and the shared one did not fail.
+        A fresh test's failure keeps only its own cluster: the shared one did not fail.
         """
         report = yield
         spec = spec_of(item)
-        if report.failed and spec is not None and report.when != "teardown" and not is_fresh(item):
-            self.clusters.pool.keep(spec)
+        if report.failed and spec is not None and report.when != "teardown":
+            if not is_fresh(item):
+                self.clusters.pool.keep(spec)
+            elif (own := self.clusters.cluster_of(item)) is not None:
+                self.clusters.pool.keep_own(own)
         return report
 
     @pytest.hookimpl(tryfirst=True)
@@ -45,12 +46,12 @@ class KeepOnFailure:
         from pytest_smalltown.kept import KeptState, claim, wait_while_kept
 
         # Launched clusters (Cluster or a launcher's stand-in): the pool types them only as far as it needs.
-        kept: dict[ClusterSpec, Any] = dict(self.clusters.pool.kept_clusters())
+        kept: list[tuple[str, Any]] = self.clusters.pool.kept_clusters()
         if not kept or is_xdist_worker(session.config):
             return
         say = terminal_progress(session.config)
         pid = os.getpid()
-        first_spec, first = next(iter(kept.items()))
+        first_spec, first = kept[0]
         try:
             if claim() is not None:  # held until this process ends
                 KeptState.of_cluster(first, pid).write()
@@ -60,9 +61,9 @@ class KeepOnFailure:
                 say(f"kept the {first_spec} cluster after a failure, but another cluster is recorded for the "
                     f"smalltown command (smalltown status); reach this one with: KUBECONFIG={first.kubeconfig_path} "
                     "kubectl ...")
-            for spec, cluster in list(kept.items())[1:]:
-                say(f"also kept the {spec} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
+            for name, cluster in kept[1:]:
+                say(f"also kept the {name} cluster: KUBECONFIG={cluster.kubeconfig_path} kubectl ...")
             say(f"stop with: smalltown down (or Ctrl-C here, or kill {pid})")
-            wait_while_kept(kept.values(), say)
+            wait_while_kept([cluster for _, cluster in kept], say)
         finally:
             KeptState.forget(pid)  # however the wait ended: the record names a process about to close its clusters

@@ -600,7 +600,16 @@ def test_auto_workers_follow_the_node_budget_not_the_core_count() -> None:
     assert auto_workers(4, 2048, cpus=2, memory_mib=4096) == 1  # never zero
 
 
-def test_keep_on_failure_keeps_the_failed_specs_cluster_until_smalltown_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("broken", "fine", "before_down", "kept"), [
+    # A shared cluster's failure keeps it; the other spec's closes as usual.
+    ("nodes=1", "nodes=2", [["launch", 1], ["launch", 2], ["close", 2]], "the 1-node cluster"),
+    # A fresh test's failure keeps its own cluster, not the shared one of its spec.
+    ("nodes=1, fresh=True", "nodes=1", [["launch", 1], ["launch", 1], ["close", 1]],
+     "the 1-node (fresh, of test_keep.py::test_broken) cluster"),
+])  # fmt: skip
+def test_keep_on_failure_keeps_the_failed_tests_cluster_until_smalltown_down(
+    tmp_path: Path, broken: str, fine: str, before_down: list[list[object]], kept: str
+) -> None:
     import os
     import subprocess
     import sys
@@ -610,8 +619,8 @@ def test_keep_on_failure_keeps_the_failed_specs_cluster_until_smalltown_down(tmp
     (tmp_path / "conftest.py").write_text(DOUBLE)
     (tmp_path / "test_keep.py").write_text(
         "import pytest\n\n"
-        "@pytest.mark.smalltown(nodes=1)\ndef test_broken(smalltown_cluster):\n    assert False\n\n"
-        "@pytest.mark.smalltown(nodes=2)\ndef test_fine(smalltown_cluster):\n    pass\n"
+        f"@pytest.mark.smalltown({broken})\ndef test_broken(smalltown_cluster):\n    assert False\n\n"
+        f"@pytest.mark.smalltown({fine})\ndef test_fine(smalltown_cluster):\n    pass\n"
     )
     events = tmp_path / "events.jsonl"
     env = {**os.environ, "SMALLTOWN_TEST_EVENTS": str(events), "SMALLTOWN_CACHE_DIR": str(tmp_path / "cache")}
@@ -627,7 +636,7 @@ def test_keep_on_failure_keeps_the_failed_specs_cluster_until_smalltown_down(tmp
         assert state.exists(), session.communicate(timeout=10)[0] if session.poll() is not None else "no state"
         assert json.loads(state.read_text())["pid"] == session.pid and json.loads(state.read_text())["nodes"] == 1
         read = lambda: [json.loads(line) for line in events.read_text().splitlines()]  # noqa: E731
-        assert read() == [["launch", 1], ["launch", 2], ["close", 2]], "the passing spec's cluster closes as usual"
+        assert read() == before_down, "the passing test's cluster closes as usual"
         status = subprocess.run([sys.executable, "-m", "pytest_smalltown.cli", "status"], env=env,
                                 capture_output=True, text=True, timeout=30)  # fmt: skip
         assert status.returncode == 0 and '"nodes": 1' in status.stdout, status.stderr
@@ -645,7 +654,7 @@ def test_keep_on_failure_keeps_the_failed_specs_cluster_until_smalltown_down(tmp
             session.kill()
             session.wait()
     assert session.returncode == 1, output
-    assert "kept the 1-node cluster after a failure" in output and "smalltown down" in output
+    assert f"kept {kept} after a failure" in output and "smalltown down" in output
     assert read()[-1] == ["close", 1] and not state.exists()
 
 
