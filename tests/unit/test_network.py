@@ -202,3 +202,81 @@ def test_rates_percentages_and_groups_read_as_the_cli_takes_them() -> None:
             parse(bad)  # type: ignore[operator]
     with pytest.raises(ValueError, match="node numbers joined by commas"):
         net.parse_groups(["0", "one"])
+
+
+# --- smalltown net, on a kept cluster ------------------------------------------------
+
+
+def keep_cluster(switch_qmp_socket: Path | None, nodes: int = 3) -> None:
+    """Record a kept cluster of this process whose switch is the stand-in (or one kept before faults: None)."""
+    import os
+
+    from pytest_smalltown.kept import state_path
+
+    state = {"pid": os.getpid(), "nodes": nodes, "ports": {}, "kubeconfig": "/x"}
+    if switch_qmp_socket is not None:
+        state["switch_qmp_socket"] = str(switch_qmp_socket)
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    state_path().write_text(json.dumps(state))
+
+
+@pytest.fixture
+def kept(switch: StandInSwitch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInSwitch:
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+    keep_cluster(switch.path.with_suffix(".qmp"))
+    return switch
+
+
+def test_net_commands_drive_the_kept_clusters_switch_and_print_what_is_on(
+    kept: StandInSwitch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown.cli import main
+
+    assert main(["net", "partition", "0", "1,2"]) == 0
+    assert kept.requests[-1] == {"op": "partition", "groups": [[0], [1, 2]]}
+    assert "partition: [0] | [1,2]" in capsys.readouterr().out
+    assert main(["net", "heal"]) == 0 and kept.requests[-1] == {"op": "heal"}
+    assert main(["net", "isolate", "2"]) == 0 and kept.requests[-1]["groups"] == [[2], [0, 1]]
+    assert main(["net", "degrade", "1", "--delay", "200ms", "--jitter", "20ms", "--loss", "5%", "--rate", "1mbit"]) == 0
+    assert kept.requests[-1]["link"] == {"delay_us": 200000, "jitter_us": 20000, "loss_percent": 5.0,
+                                         "rate_bytes_per_s": 125000}  # fmt: skip
+    capsys.readouterr()
+    assert main(["net", "status"]) == 0
+    assert "node 1's link: delay 200ms ±20ms, loss 5%, rate 1000kbit" in capsys.readouterr().out
+    assert main(["net", "restore", "1"]) == 0 and kept.requests[-1] == {"op": "restore", "node": 1}
+
+
+@pytest.mark.parametrize(("command", "why"), [
+    (["net", "partition", "0", "5"], "node 5: the cluster has nodes 0..2"),
+    (["net", "partition", "0", "one"], "node numbers joined by commas"),
+    (["net", "degrade", "1"], "needs a delay, loss or rate"),
+    (["net", "degrade", "1", "--delay", "soon"], "is not a duration such as 200ms"),
+    (["net", "restore", "3"], "node 3"),
+])  # fmt: skip
+def test_net_refuses_bad_input_before_it_asks_the_switch(
+    kept: StandInSwitch, capsys: pytest.CaptureFixture[str], command: list[str], why: str
+) -> None:
+    from pytest_smalltown.cli import main
+
+    assert main(command) == 2
+    assert why in capsys.readouterr().err
+    assert kept.requests == []
+
+
+def test_net_on_a_switch_that_refuses_says_why(kept: StandInSwitch, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_smalltown.cli import main
+
+    kept.refuse = "node 1's link is degraded already: restore it first"
+    assert main(["net", "degrade", "1", "--delay", "10ms"]) == 1
+    assert "the switch refused degrade: node 1's link is degraded already: restore it first" in capsys.readouterr().err
+
+
+def test_net_on_a_cluster_kept_before_faults_existed_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smalltown.cli import main
+
+    monkeypatch.setenv("SMALLTOWN_CACHE_DIR", str(tmp_path / "cache"))
+    keep_cluster(None)
+    assert main(["net", "status"]) == 1
+    assert "smalltown down && smalltown up" in capsys.readouterr().err
