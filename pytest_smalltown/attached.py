@@ -111,6 +111,16 @@ class AttachedCluster:
         finally:
             monitor.close()
 
+    @contextlib.contextmanager
+    def clock_stepped(self, index: int, seconds: float) -> Iterator[faults.FaultRecord]:
+        """As :meth:`pytest_smalltown.cluster.Cluster.clock_stepped`, on the kept cluster's node ``index``."""
+        debug = self.node_debug(index)
+        try:
+            with faults.clock_stepped(debug, self.faults, f"node{index}", seconds) as record:
+                yield record
+        finally:
+            debug.close()
+
     @property
     def network(self) -> Any:
         """As :attr:`pytest_smalltown.cluster.Cluster.network`: the kept cluster's network (a :class:`~pytest_smalltown.network.Network`)."""

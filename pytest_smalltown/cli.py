@@ -11,6 +11,7 @@
     smalltown dbg loadimage FILE [--node N]           import an image archive into the nodes' containerd
     smalltown reboot N [--hard]                       reboot node N and wait until it is Ready again
     smalltown freeze N [--for SECONDS]                stall node N (vCPUs stopped), then let it run on
+    smalltown clock N --by +1h [--for SECONDS]        run node N's wall clock an hour ahead, then put it back
     smalltown net partition 0 1,2 | isolate N | degrade N --delay 200ms | restore N | heal | status | capture DIR
                                                       network faults, on until healed
     smalltown conformance [--nodes N] [--focus RE] [--smoke] [--kubeconfig PATH | --running]
@@ -339,6 +340,34 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clock(args: argparse.Namespace) -> int:
+    from pytest_smalltown.attached import attach
+    from pytest_smalltown.faults import parse_clock_offset
+
+    try:
+        offset = parse_clock_offset(args.offset)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.seconds <= 0:
+        print(f"--for must be a positive number of seconds, got {args.seconds:g}", file=sys.stderr)
+        return 2
+    cluster = attach(_read_state().spec)
+    try:
+        with cluster.clock_stepped(args.node, offset) as record:
+            print(f"node {args.node}: wall clock {offset:+g}s off the host's for {args.seconds:g}s; Ctrl-C puts it "
+                  "back now", flush=True)  # fmt: skip
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.seconds)
+    except (KeptClusterError, LookupError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        cluster.close()
+    print(f"node {args.node}: wall clock back on the host's after {record.seconds:.1f}s")
+    return 0
+
+
 def cmd_net(args: argparse.Namespace) -> int:
     """``smalltown net ...``: network faults on the kept cluster; they stay on until ``net heal`` (or ``restore``)."""
     from pytest_smalltown.faults import FaultLog
@@ -630,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how long it stays frozen (default 60; a node without heartbeats is NotReady after "
                         f"{NODE_MONITOR_GRACE_SECONDS})")
     freeze.set_defaults(func=cmd_freeze)
+    clock = commands.add_parser("clock", help="run a node's wall clock off the host's for a while")
+    clock.add_argument("node", type=int, help="node index")
+    clock.add_argument("--by", dest="offset", required=True, metavar="OFFSET",
+                       help="how far: +1h, 90s; behind: --by=-30m")
+    clock.add_argument("--for", dest="seconds", type=float, default=60.0, metavar="SECONDS",
+                       help="how long (default 60; Ctrl-C ends it sooner)")
+    clock.set_defaults(func=cmd_clock)
     _add_net_commands(commands)
 
     dbg_parser = commands.add_parser("dbg", help="talk to the nodes' debug services")

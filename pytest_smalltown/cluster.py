@@ -369,6 +369,25 @@ class Cluster:
         finally:
             monitor.close()
 
+    @contextlib.contextmanager
+    def clock_stepped(self, index: int, seconds: float) -> Iterator[faults.FaultRecord]:
+        """Node ``index``'s wall clock runs ``seconds`` off the host's for the with block (e.g. 3600: an hour ahead).
+
+        For tests of what the cluster makes of a node whose clock jumped:
+        Lease renew times and status timestamps from the future or the
+        past, certificates not yet or no longer valid to it. See
+        :func:`pytest_smalltown.faults.clock_stepped`.
+        """
+        node = self._node(index)
+        if node.stopped:
+            raise LaunchError(f"node {index} was powered off (stop_node); it has no clock to step")
+        debug = self.node_debug(index)
+        try:
+            with faults.clock_stepped(debug, self.faults, node.name, seconds) as record:
+                yield record
+        finally:
+            debug.close()
+
     @property
     def network(self) -> Network:
         """The cluster's network, to partition, degrade and capture (:class:`pytest_smalltown.network.Network`)."""

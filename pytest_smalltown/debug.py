@@ -235,6 +235,18 @@ class DebugClient:
         self.call(lambda: self.stub.Reboot(debug_pb2.RebootRequest(), timeout=30), retry_for=60,
                   retry_on={grpc.StatusCode.UNAVAILABLE})
 
+    def set_clock_offset(self, seconds: float) -> float:
+        """Keep this node's wall clock ``seconds`` off its hardware clock (0: back on it); how far it was stepped.
+
+        The reference node's extension (``SetClockOffset``); a node without
+        it answers UNIMPLEMENTED. Retried while the node cannot be reached.
+        """
+        response = self.call(
+            lambda: self.stub.SetClockOffset(debug_pb2.SetClockOffsetRequest(offset_seconds=seconds), timeout=30),
+            retry_for=60, retry_on={grpc.StatusCode.UNAVAILABLE},
+        )  # fmt: skip
+        return float(response.stepped_seconds)
+
     def load_image(self, path: Path, timeout: float | None = None, retry_for: float | None = None) -> None:
         """Import the image archive at ``path`` into this node's containerd (namespace k8s.io).
 

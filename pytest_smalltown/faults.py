@@ -7,7 +7,8 @@ while it is on; a failed test's report lists the faults that were on during
 it (section ``smalltown faults``), since "node 1 was frozen at the time" is
 the first thing the reader of that failure needs to know.
 
-Here: a frozen node (:func:`frozen`); the network's faults are in
+Here: a frozen node (:func:`frozen`), a node's clock put off
+(:func:`clock_stepped`); the network's faults are in
 :mod:`pytest_smalltown.network`. docs/faults.md says what each fault
 does at the vCPU and clock level, and what it does not model.
 """
@@ -15,6 +16,7 @@ does at the vCPU and clock level, and what it does not model.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # QMP's client is loaded when a fault is used, not when the CLI starts
+    from pytest_smalltown.debug import DebugClient
     from pytest_smalltown.launch.vmstate import Monitor
 
 #: Seconds without a kubelet heartbeat before the node lifecycle controller
@@ -78,6 +81,36 @@ class FaultLog:
     def during(self, start: float, stop: float) -> list[FaultRecord]:
         """The faults that were on at some time between ``start`` and ``stop``."""
         return [record for record in self.records if record.overlaps(start, stop)]
+
+
+_OFFSET = re.compile(r"^(?P<value>[+-]?\d+(?:\.\d+)?)(?P<unit>[smh]?)$")
+
+
+def parse_clock_offset(text: str) -> float:
+    """A clock offset as the CLI takes it (``+1h``, ``-30m``, ``90s``, ``3600``: seconds) in seconds."""
+    found = _OFFSET.match(text.strip())
+    if not found:
+        raise ValueError(f"{text!r} is not a clock offset such as +1h, -30m or 90s")
+    return float(found["value"]) * {"": 1, "s": 1, "m": 60, "h": 3600}[found["unit"]]
+
+
+@contextlib.contextmanager
+def clock_stepped(debug: DebugClient, log: FaultLog, name: str, seconds: float) -> Iterator[FaultRecord]:
+    """Keep a node's wall clock ``seconds`` off the host's for the with block; back on it after, whatever happened.
+
+    The node agent steps the wall clock (``CLOCK_REALTIME``) and holds it
+    there against its own re-sync to the hardware clock: everything on the
+    node that reads the time (the kubelet's Lease renewals and status
+    timestamps, certificates it checks, logs) sees the stepped clock, while
+    monotonic clocks, which timers and timeouts run on, do not move. See
+    ``node/clock.py``.
+    """
+    debug.set_clock_offset(seconds)
+    try:
+        with log.on(f"{name}'s wall clock {seconds:+g}s off the host's") as record:
+            yield record
+    finally:
+        debug.set_clock_offset(0)
 
 
 @contextlib.contextmanager

@@ -139,3 +139,15 @@ class RebootRequest(_message.Message):
 class RebootResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SetClockOffsetRequest(_message.Message):
+    __slots__ = ("offset_seconds",)
+    OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    offset_seconds: float
+    def __init__(self, offset_seconds: _Optional[float] = ...) -> None: ...
+
+class SetClockOffsetResponse(_message.Message):
+    __slots__ = ("stepped_seconds",)
+    STEPPED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    stepped_seconds: float
+    def __init__(self, stepped_seconds: _Optional[float] = ...) -> None: ...

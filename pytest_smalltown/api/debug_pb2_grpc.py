@@ -69,6 +69,11 @@ class NodeDebugServiceStub(object):
                 request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.SerializeToString,
                 response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.FromString,
                 _registered_method=True)
+        self.SetClockOffset = channel.unary_unary(
+                '/smalltown.core.proto.api.NodeDebugService/SetClockOffset',
+                request_serializer=pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetRequest.SerializeToString,
+                response_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetResponse.FromString,
+                _registered_method=True)
 
 
 class NodeDebugServiceServicer(object):
@@ -138,6 +143,18 @@ class NodeDebugServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetClockOffset(self, request, context):
+        """Reference-node extension: keep the node's wall clock offset_seconds away
+        from its hardware clock (which follows the host's), as a clock that
+        jumped or drifted would be; 0 puts it back on the hardware clock. The
+        agent steps the wall clock at once and holds the offset against its own
+        re-sync; monotonic clocks do not move. A node agent that does not keep
+        the machine's clock (not its init): FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeDebugServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +192,11 @@ def add_NodeDebugServiceServicer_to_server(servicer, server):
                     servicer.Reboot,
                     request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.FromString,
                     response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.SerializeToString,
+            ),
+            'SetClockOffset': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClockOffset,
+                    request_deserializer=pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetRequest.FromString,
+                    response_serializer=pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +388,33 @@ class NodeDebugService(object):
             '/smalltown.core.proto.api.NodeDebugService/Reboot',
             pytest__smalltown_dot_api_dot_debug__pb2.RebootRequest.SerializeToString,
             pytest__smalltown_dot_api_dot_debug__pb2.RebootResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClockOffset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smalltown.core.proto.api.NodeDebugService/SetClockOffset',
+            pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetRequest.SerializeToString,
+            pytest__smalltown_dot_api_dot_debug__pb2.SetClockOffsetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -104,6 +104,8 @@ class Agent:
         self.debug_port: int | None = None
         self.debug_server: object | None = None
         self._rebooting = threading.Event()
+        #: The wall clock's distance from the hardware clock (only the machine's init keeps the clock).
+        self.clock = clock.ClockOffset(self.log) if cfg.init else None
 
     # The shared objects the debug service and the tests reach through the agent (the same objects, not copies).
 
@@ -133,7 +135,8 @@ class Agent:
         self.log(f"node agent {package_version} starting (pid {os.getpid()}, init={self.cfg.init})")
         if self.cfg.init:
             self.early_system()
-            clock.follow_hardware_clock(self.log, self.node.stop)
+            assert self.clock is not None
+            clock.follow_hardware_clock(self.clock, self.node.stop)
         self.start_debug_service()
         # Boot in a thread so that a signal (host mode: Ctrl-C) stops the node
         # even while a boot step is waiting for something.
@@ -194,7 +197,7 @@ class Agent:
                              self.runtime.load_uploaded_image)
         servicer = DebugServicer(self.logs, self.conditions, self.credentials.debug_kubeconfig,
                                  self.control_plane.golden_ticket, images=images,
-                                 reboot=self.request_reboot if self.cfg.init else None)
+                                 reboot=self.request_reboot if self.cfg.init else None, clock=self.clock)
         token = read_token(self.cfg.debug_token_path)
         # Keep the server referenced: grpc stops a Server when it is garbage-collected.
         self.debug_server, self.debug_port = serve(servicer, f"{self.cfg.debug_listen}:{self.cfg.ports.debug}",

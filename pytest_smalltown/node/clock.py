@@ -13,6 +13,10 @@ So the agent steps the wall clock (``CLOCK_REALTIME``) to the RTC whenever
 they differ by more than the RTC's one-second resolution allows. Only the
 wall clock moves: monotonic clocks, which every timer, lease and timeout in
 Kubernetes measures durations with, do not jump, so nothing expires or flaps.
+
+A test can also put the wall clock off on purpose (:class:`ClockOffset`,
+the debug service's ``SetClockOffset``): the agent then keeps it that far
+from the RTC, as a node whose clock jumped would be, until told 0 again.
 """
 
 from __future__ import annotations
@@ -36,38 +40,72 @@ def hardware_clock(path: Path = RTC_SINCE_EPOCH) -> float | None:
         return None
 
 
-def step_to_hardware_clock(
-    log: Callable[[str], None],
-    read_rtc: Callable[[], float | None] = hardware_clock,
-    set_wall_clock: Callable[[float], None] = lambda t: time.clock_settime(time.CLOCK_REALTIME, t),
-) -> float:
-    """Step the wall clock to the RTC if they differ by more than :data:`TOLERANCE_SECONDS`; return the step."""
-    rtc = read_rtc()
-    if rtc is None:
-        return 0.0
-    # The RTC counts whole seconds: the middle of its current second is the best guess of now.
-    step = rtc + 0.5 - time.time()
-    if abs(step) <= TOLERANCE_SECONDS:
-        return 0.0
-    set_wall_clock(time.time() + step)
-    log(f"wall clock stepped by {step:+.1f}s to the hardware clock (the VM was paused or restored)")
-    return step
+def set_wall_clock(seconds: float) -> None:
+    """Set ``CLOCK_REALTIME`` (needs CAP_SYS_TIME: the agent is the machine's init)."""
+    time.clock_settime(time.CLOCK_REALTIME, seconds)
 
 
-def follow_hardware_clock(log: Callable[[str], None], stop: threading.Event, interval: float = 1.0) -> threading.Thread:
-    """Check the wall clock against the RTC every ``interval`` seconds until ``stop`` is set (a daemon thread)."""
+class ClockOffset:
+    """How far the wall clock is kept from the RTC: 0, unless a test put it off on purpose.
+
+    Shared by the re-sync loop and the debug service; :meth:`step` is the
+    one place the wall clock is set, under a lock, so the two never undo
+    each other's step.
+    """
+
+    def __init__(self, log: Callable[[str], None], read_rtc: Callable[[], float | None] = hardware_clock,
+                 set_clock: Callable[[float], None] = set_wall_clock,
+                 read_clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.log = log
+        self.read_rtc = read_rtc
+        self.set_clock = set_clock
+        self.read_clock = read_clock
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def step(self) -> float:
+        """Step the wall clock to the RTC plus the offset if it is off by more than :data:`TOLERANCE_SECONDS`; the step."""
+        with self._lock:
+            rtc = self.read_rtc()
+            if rtc is None:
+                return 0.0
+            # The RTC counts whole seconds: the middle of its current second is the best guess of now.
+            step = rtc + 0.5 + self.seconds - self.read_clock()
+            if abs(step) <= TOLERANCE_SECONDS:
+                return 0.0
+            self.set_clock(self.read_clock() + step)
+        why = f"{self.seconds:+.0f}s off it, as asked" if self.seconds else "the VM was paused or restored"
+        self.log(f"wall clock stepped by {step:+.1f}s to the hardware clock ({why})")
+        return step
+
+    def set(self, seconds: float) -> float:
+        """Keep the wall clock ``seconds`` from the RTC from now on, stepping it there at once; the step.
+
+        Raises :class:`RuntimeError` on a machine without a readable RTC,
+        where there is nothing to be off from.
+        """
+        if self.read_rtc() is None:
+            raise RuntimeError(f"no hardware clock at {RTC_SINCE_EPOCH}: the wall clock has nothing to be off from")
+        with self._lock:
+            self.seconds = seconds
+        return self.step()
+
+
+def follow_hardware_clock(offset: ClockOffset, stop: threading.Event, interval: float = 1.0) -> threading.Thread:
+    """Keep the wall clock on the RTC plus ``offset``, checking every ``interval`` seconds until ``stop`` is set."""
 
     def loop() -> None:
-        if hardware_clock() is None:
-            log(f"no hardware clock at {RTC_SINCE_EPOCH}: the wall clock will not follow the host's after a restore")
+        if offset.read_rtc() is None:
+            offset.log(f"no hardware clock at {RTC_SINCE_EPOCH}: the wall clock will not follow the host's "
+                       "after a restore")  # fmt: skip
             return
         # stop.wait runs on the monotonic clock, which stands still while the VM
         # does, so the first check after a restore comes within ``interval``.
         while not stop.wait(interval):
             try:
-                step_to_hardware_clock(log)
+                offset.step()
             except OSError as error:  # e.g. no CAP_SYS_TIME: say so once and give up
-                log(f"cannot set the wall clock: {error}")
+                offset.log(f"cannot set the wall clock: {error}")
                 return
 
     thread = threading.Thread(target=loop, name="clock", daemon=True)

@@ -37,6 +37,7 @@ import grpc
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2
 from pytest_smalltown.contract import DEBUG_TOKEN_METADATA_KEY
+from pytest_smalltown.node.clock import ClockOffset
 from pytest_smalltown.node.enrolment import InvalidTicketRequest
 from pytest_smalltown.node.logbuffer import Entry, LogRegistry
 
@@ -70,6 +71,8 @@ SPACE_CHECK_EVERY = 64 << 20
 #: archive's size again); the spool file goes only after the import. A check
 #: up front turns a disk that fills mid-import into a clear error instead.
 IMPORT_SPACE_FACTOR = 2
+#: SetClockOffset takes up to a year either way: further, every certificate of the cluster is out of its validity.
+MAX_CLOCK_OFFSET_SECONDS = 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         follow_poll: float = 0.5,
         images: ImageLoader | None = None,
         reboot: Callable[[], None] | None = None,
+        clock: ClockOffset | None = None,
     ) -> None:
         self.logs = logs
         self.conditions = conditions
@@ -148,6 +152,8 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
         self.images = images
         #: Starts a graceful reboot in the background (None: this node cannot reboot itself).
         self.reboot = reboot
+        #: The wall clock's offset from the hardware clock (None: this agent does not keep the clock).
+        self.clock = clock
 
     def GetDebugKubeconfig(self, request: debug_pb2.GetDebugKubeconfigRequest, context: grpc.ServicerContext) -> debug_pb2.GetDebugKubeconfigResponse:
         if not request.id:
@@ -286,6 +292,23 @@ class DebugServicer(debug_pb2_grpc.NodeDebugServiceServicer):
                           "this node agent is not the machine's init and cannot reboot it")
         self.reboot()
         return debug_pb2.RebootResponse()
+
+    def SetClockOffset(
+        self, request: debug_pb2.SetClockOffsetRequest, context: grpc.ServicerContext
+    ) -> debug_pb2.SetClockOffsetResponse:
+        if self.clock is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this node agent is not the machine's init and does not keep its clock")
+            return None  # abort raises; this tells type checkers so
+        offset = request.offset_seconds
+        if not -MAX_CLOCK_OFFSET_SECONDS <= offset <= MAX_CLOCK_OFFSET_SECONDS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"offset {offset:g}s is beyond a year; certificates would make no sense of it")
+        try:
+            stepped = self.clock.set(offset)
+        except (RuntimeError, OSError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return debug_pb2.SetClockOffsetResponse(stepped_seconds=stepped)
 
 
 def _mib(n: int) -> str:
