@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -240,10 +241,11 @@ class Network:
         directory.mkdir(parents=True, exist_ok=True)
         chosen = list(range(self.nodes)) if nodes is None else [self.check_node(node) for node in nodes]
         files = [directory / f"node{node}.pcap" for node in chosen]
+        capture_id = secrets.token_hex(4)  # QEMU object ids are unique per VM: captures may overlap
         with contextlib.ExitStack() as stack:
             for node, path in zip(chosen, files):
                 stack.enter_context(dump_frames(lambda: Monitor.at(self.switch_qmp_socket, "nanoswitch"),
-                                                node_netdev(node), path, f"capture-node{node}"))  # fmt: skip
+                                                node_netdev(node), path, f"capture-{capture_id}-node{node}"))  # fmt: skip
             yield files
 
 
