@@ -8,6 +8,8 @@ it prints what it measured so that figures can be compared run to run.
     python benchmarks/bench.py --nodes 1       # only the 1-node cluster
     python benchmarks/bench.py --e2e           # also time `pytest e2e/`, cold and restored
     python benchmarks/bench.py --uefi          # direct boot vs the UEFI disk with a TPM, side by side
+    python benchmarks/bench.py --snapshot-tools   # fresh vs shared clusters, a failed cluster's save,
+                                                  # a TPM cluster restored vs booted
 
 Each cluster size is booted cold (and saved as a snapshot), then restored
 from that snapshot, in one run, so the ratio between the two is measured
@@ -123,18 +125,18 @@ def launch_to_ready(cluster: Cluster, total: float) -> float:
     return total - cluster.phase_seconds.get("images", 0.0) - cluster.phase_seconds.get("snapshot-save", 0.0)
 
 
-def bench_cluster(nodes: int, tiny: float | None) -> None:
+def bench_cluster(nodes: int, tiny: float | None, options: dict[str, str] | None = None, label: str = "") -> None:
     """Boot cold (saving a snapshot), then restore that snapshot: both to Ready, side by side."""
     figures = {}
     for mode in ("refresh", "auto"):
         started = time.monotonic()
-        cluster = launch_cluster(ClusterSpec(nodes), resolve({"snapshots": mode}, {}), quiet)
+        cluster = launch_cluster(ClusterSpec(nodes), resolve({**(options or {}), "snapshots": mode}, {}), quiet)
         total = time.monotonic() - started
         try:
             figures[mode] = launch_to_ready(cluster, total)
             phases = ", ".join(f"{name} {secs:.1f}s" for name, secs in cluster.phase_seconds.items())
             what = "cold boot" if mode == "refresh" else "restore"
-            print(f"{nodes}-node cluster, {what}: launch -> all Ready {figures[mode]:.1f}s without image lookup "
+            print(f"{nodes}-node{label} cluster, {what}: launch -> all Ready {figures[mode]:.1f}s without image lookup "
                   f"and save ({cluster.how}); {phases} ({load()})")  # fmt: skip
             if mode == "refresh":
                 if cluster.snapshot is None and "saved as a snapshot" not in cluster.how:
@@ -148,11 +150,58 @@ def bench_cluster(nodes: int, tiny: float | None) -> None:
                           f"(target: closer to 10x)")  # fmt: skip
             for node in cluster.nodes:
                 print(f"  {node.name} QEMU RSS {rss_mib(node.vm.pid):.0f} MiB (target <= 2560)")
-            if mode == "auto":
+            if mode == "auto" and not options:
                 bench_workload(cluster)
         finally:
             cluster.close()
     print(f"  restore / cold boot = 1/{figures['refresh'] / figures['auto']:.1f} (target <= 1/10)")
+
+
+#: N tests that each make a namespace, on a shared cluster or (fresh) each on a restored one of its own.
+FRESH_MODULE = """
+import pytest
+from kubernetes import client as k8s
+
+pytestmark = pytest.mark.smalltown(nodes={nodes}, fresh={fresh})
+
+
+@pytest.mark.parametrize("i", range({tests}))
+def test_makes_a_namespace(smalltown_kube, i):
+    k8s.CoreV1Api(smalltown_kube).create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=f"bench-{{i}}")))
+"""
+
+
+def bench_snapshot_tools(nodes: int, tests: int = 4) -> None:
+    """Snapshots as a tool (issue 26), side by side: fresh vs shared, a failed cluster's save, TPM restore vs boot."""
+    from pytest_smalltown.images.uefi import build_uefi_image
+
+    # The spec's snapshot first (booted and saved), so that both runs below restore.
+    launch_cluster(ClusterSpec(nodes), resolve({"snapshots": "auto"}, {}), quiet).close()
+    walls = {}
+    with tempfile.TemporaryDirectory(prefix="st-bench-fresh-") as directory:
+        for fresh in (False, True):
+            (Path(directory) / "test_bench_fresh.py").write_text(FRESH_MODULE.format(nodes=nodes, fresh=fresh,
+                                                                                    tests=tests))  # fmt: skip
+            started = time.monotonic()
+            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                                     "no:randomly", "test_bench_fresh.py"], cwd=directory, capture_output=True,
+                                    text=True)  # fmt: skip
+            walls[fresh] = time.monotonic() - started
+            last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+            print(f"{tests} tests on {'a fresh' if fresh else 'one shared'} {nodes}-node cluster"
+                  f"{' each' if fresh else ''}: {walls[fresh]:.1f}s wall, exit {result.returncode}: {last}")
+    print(f"  a fresh cluster costs {(walls[True] - walls[False]) / tests:.1f}s per test over a shared one "
+          f"(restore and close, minus the tests' share of one launch)")
+
+    cluster = launch_cluster(ClusterSpec(nodes), resolve({"snapshots": "auto"}, {}), quiet)
+    try:
+        with tempfile.TemporaryDirectory(prefix="st-bench-saved-", dir=Path.home()) as directory:
+            saved = cluster.save_snapshot(Path(directory) / "snapshot")
+            print(f"{nodes}-node cluster saved as a failed test's would be: {saved.seconds:.1f}s, "
+                  f"{saved.size_bytes / 2**20:.0f} MiB ({cluster.how})")
+    finally:
+        cluster.close()
+    bench_cluster(nodes, None, {"image": str(build_uefi_image(quiet)), "tpm": "true"}, label=" UEFI + TPM")
 
 
 def bench_uefi(nodes: int, tiny: float | None) -> None:
@@ -197,6 +246,8 @@ def main() -> int:
     parser.add_argument("--e2e", action="store_true", help="also time a whole pytest e2e/ run")
     parser.add_argument("--uefi", action="store_true", help="instead of cold vs restored: direct boot vs the "
                         "UEFI disk with a TPM, per cluster size")
+    parser.add_argument("--snapshot-tools", action="store_true", help="instead of cold vs restored: fresh vs shared "
+                        "clusters, a failed cluster's save, a TPM cluster restored vs booted, per cluster size")
     args = parser.parse_args()
     accel = resolve_accel(os.environ.get("SMALLTOWN_ACCEL", "auto")).accel
     print(f"host: {os.cpu_count()} CPUs, accelerator {accel}, {load()}")
@@ -211,6 +262,8 @@ def main() -> int:
         for nodes in args.nodes or [1, 2]:
             if args.uefi:
                 bench_uefi(nodes, tiny)
+            elif args.snapshot_tools:
+                bench_snapshot_tools(nodes)
             else:
                 bench_cluster(nodes, tiny)
         if args.e2e:
