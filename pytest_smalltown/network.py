@@ -18,9 +18,9 @@ Each fault is a context manager that undoes itself on exit, also when the
 test fails inside it, and is written into the cluster's
 :class:`~pytest_smalltown.faults.FaultLog` while on::
 
-    with cluster.network.partition([0], [1]):
-        wait_node_ready(kube, node1, False)
-    with cluster.network.degrade(1, delay_ms=200):
+    with cluster.network.isolate(1):      # or .partition([0], [1, 2])
+        wait_for("node 1 NotReady", lambda: not node_ready(core.read_node(name)), 200)
+    with cluster.network.degrade(1, delay_ms=200, loss_percent=5):
         ...
 
 docs/faults.md says what each does at the packet level and what it does not model.
