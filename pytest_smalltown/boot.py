@@ -123,6 +123,7 @@ def _save(cluster: Cluster, phases: Phases, writer: SnapshotWriter) -> str:
     try:
         with phases.phase("snapshot-save"):
             snapshot = writer.commit(cluster.save(writer.layout, SAVE_TIMEOUT))
+            cluster.disks_moved(snapshot.layout)  # the commit renamed the directory the nodes' overlays are backed by
     except ClusterLaunchError as error:
         writer.abort()
         message = f"{cluster.spec} cluster: not saved as a snapshot: {error.__cause__}"

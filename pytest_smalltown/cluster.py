@@ -40,7 +40,8 @@ from pytest_smalltown.launch.qemu import Disk
 from pytest_smalltown.launch.switch import Switch, start_switch
 from pytest_smalltown.launch.vm import VM, LaunchError, Process, make_workdir, remove_workdir, start_swtpm, start_vm
 from pytest_smalltown.launch.vmstate import (Monitor, VMStateError, active_image, create_overlay, divert_writes,
-                                             flatten_onto, pause, resume, start_save, wait_migration)
+                                             flatten_onto, pause, rename_backing, resume, start_save,
+                                             wait_migration)
 from pytest_smalltown.lifecycle import RebootResult, reboot_node
 from pytest_smalltown.network import Network
 from pytest_smalltown.phases import CONSOLE_TAIL, Phases
@@ -474,6 +475,20 @@ class Cluster:
                 for monitor in monitors:
                     monitor.close()
         return facts
+
+    def disks_moved(self, layout: SnapshotLayout) -> None:
+        """The disks a save stilled were moved into ``layout`` (the snapshot's directory renamed into place).
+
+        Each node's writes go to an overlay whose header names its backing
+        file; this gives it the new name, so that a later save (a failed
+        test's) finds the whole chain on disk.
+        """
+        for node in self.nodes:
+            monitor = Monitor(node.vm)
+            try:
+                rename_backing(monitor, "disk0", layout.disk(node.index))
+            finally:
+                monitor.close()
 
     def _new_overlay(self, index: int) -> Path:
         """A name in the work directory for node ``index``'s next disk overlay (each save adds one)."""

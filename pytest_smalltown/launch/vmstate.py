@@ -184,12 +184,41 @@ def divert_writes(monitor: Monitor, device: str, overlay: Path) -> None:
     )
 
 
+def rename_backing(monitor: Monitor, device: str, backing: Path) -> None:
+    """Write into ``device``'s top image (and QEMU's view of it) that its backing file is now called ``backing``.
+
+    For a backing file that was renamed while the VM ran (a snapshot's work
+    directory moved into place): QEMU keeps reading it through its open
+    file, but the name in the top image's header would lead ``qemu-img``
+    (a later save's rebase) to a file that is gone.
+    """
+    for block in monitor.cmd("query-block"):
+        if block.get("device") == device and "inserted" in block:
+            monitor.cmd("change-backing-file", device=device, **{
+                "image-node-name": block["inserted"]["node-name"], "backing-file": str(backing)})  # fmt: skip
+            return
+    raise VMStateError(f"VM {monitor.name!r} has no disk {device!r}")
+
+
 def active_image(monitor: Monitor, device: str) -> Path:
     """The file ``device`` writes to now: the top of its chain (a save freezes it by :func:`divert_writes`)."""
     for block in monitor.cmd("query-block"):
         if block.get("device") == device and "inserted" in block:
-            return Path(block["inserted"]["file"])
+            return _own_file(block["inserted"]["file"])
     raise VMStateError(f"VM {monitor.name!r} has no disk {device!r}")
+
+
+def _own_file(name: str) -> Path:
+    """The file of an image as QEMU names it: a path, or ``json:{...}`` when its options say more than a path.
+
+    After :func:`rename_backing` QEMU's open backing node no longer matches
+    the name in the image's header, so it describes the image in its
+    ``json:`` form; the image's own file is its ``file.filename``.
+    """
+    if not name.startswith("json:"):
+        return Path(name)
+    options = json.loads(name[len("json:"):])
+    return Path(options["file"]["filename"])
 
 
 def start_save(monitor: Monitor, state_file: Path) -> None:

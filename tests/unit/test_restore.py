@@ -194,3 +194,25 @@ def test_a_saved_cluster_of_other_inputs_is_refused_naming_what_differs(
                        r"1-node cluster was made from other inputs \(nodes.0.memory_mib changed\)"):  # fmt: skip
         launcher.launch_saved(kept_elsewhere, settings(node_memory="4096"), lambda message: None)
     assert (kept_elsewhere / "node0.state.zst").exists(), "the user's directory is never deleted"
+
+
+def test_the_active_image_is_the_top_file_also_when_qemu_describes_it_in_json_form() -> None:
+    """After a renamed backing file (rename_backing), QEMU names the top image ``json:{...}``; its own file is inside."""
+    from pytest_smalltown.launch import vmstate
+
+    class Blocks:
+        name = "node0"
+
+        def __init__(self, file: str) -> None:
+            self.file = file
+
+        def cmd(self, command: str, **arguments: Any) -> Any:
+            assert command == "query-block"
+            return [{"device": "disk0", "inserted": {"file": self.file, "node-name": "#block123"}}]
+
+    plain = Blocks("/tmp/st-c-x/node0.qcow2")
+    assert vmstate.active_image(plain, "disk0") == Path("/tmp/st-c-x/node0.qcow2")  # type: ignore[arg-type]
+    described = Blocks('json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": '
+                       '"/cache/snapshots/.snapshot-1-node-x.tmp/node0.qcow2"}}, "driver": "qcow2", '
+                       '"file": {"driver": "file", "filename": "/tmp/st-c-x/node0.qcow2"}}')  # fmt: skip
+    assert vmstate.active_image(described, "disk0") == Path("/tmp/st-c-x/node0.qcow2")  # type: ignore[arg-type]
