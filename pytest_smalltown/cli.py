@@ -266,7 +266,7 @@ def cmd_dbg_loadimage(args: argparse.Namespace) -> int:
 
 
 def cmd_dbg_logs(args: argparse.Namespace) -> int:
-    import grpc
+    from pytest_smalltown.base.rpc import grpc
 
     debug = _debug_client(args)
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
+from pytest_smalltown.base.rpc import grpc  # before anything imports grpc: it sets its environment
 from kubernetes import client as k8s
 
 from pytest_smalltown.api import debug_pb2

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import grpc
+from pytest_smalltown.base.rpc import grpc  # before anything imports grpc: it sets its environment
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from pytest_smalltown.api import debug_pb2, debug_pb2_grpc, enrolment_pb2

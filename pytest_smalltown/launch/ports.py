@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 
-import grpc
+from pytest_smalltown.base.rpc import grpc  # before anything imports grpc: it sets its environment
 
 from pytest_smalltown.base.errors import SmalltownError
 
