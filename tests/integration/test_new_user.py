@@ -32,6 +32,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PRIVILEGE_FREE_STAGES = ("go-", "kernel-", "oci-images-", "deb-", "nanoswitch-", "tinyvm-")
 #: What the user builds: only these hold trees whose owners depend on who builds them.
 OWN_STAGES = ("node-rootfs", "node-image")
+#: Seconds the throwaway user's processes get to stop after SIGTERM (a cluster closes in about one).
+USER_STOP_GRACE = 30
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,27 @@ def new_user(tmp_path: Path) -> Iterator[User]:
     try:
         yield User(name, entry.pw_uid, Path(entry.pw_dir), python)
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
+        _remove_user(name, entry.pw_uid)
+
+
+def _remove_user(name: str, uid: int) -> None:
+    """Stop the user's processes as a user's Ctrl-C would, then remove the user and whatever it left in /tmp.
+
+    SIGTERM first: the user's own session must get to close its clusters,
+    and its watchdog to remove their work directories once that session is
+    gone; a SIGKILL to all of them at once (an interrupted run of this test
+    did that) left a work directory behind. What still runs after the grace
+    period is killed, and what the user still owns in /tmp is removed.
+    """
+    subprocess.run(["pkill", "-TERM", "-u", name], capture_output=True)
+    deadline = time.monotonic() + USER_STOP_GRACE
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-u", name], capture_output=True).returncode == 0:
+        time.sleep(0.5)
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    for leftover in Path(tempfile.gettempdir()).glob("st-*"):
+        if leftover.is_dir() and leftover.stat().st_uid == uid:
+            shutil.rmtree(leftover, ignore_errors=True)
+    subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 def test_a_new_user_builds_the_node_image_and_boots_a_node(new_user: User) -> None:
