@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pytest_smalltown.base.errors import SmalltownError
@@ -319,29 +320,39 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_freeze(args: argparse.Namespace) -> int:
+def _hold_fault(seconds: float, fault: Callable[[Any], Any], on: str, off: str) -> int:
+    """Attach to the kept cluster and hold ``fault(cluster)`` for ``seconds`` (Ctrl-C ends it sooner); the exit status.
+
+    ``on`` is printed once the fault is on; ``off`` after it is undone,
+    with ``{seconds}`` the time it lasted. The one loop behind ``freeze`` and ``clock``.
+    """
     from pytest_smalltown.attached import attach
 
-    if args.seconds <= 0:
-        print(f"--for must be a positive number of seconds, got {args.seconds:g}", file=sys.stderr)
+    if seconds <= 0:
+        print(f"--for must be a positive number of seconds, got {seconds:g}", file=sys.stderr)
         return 2
     cluster = attach(_read_state().spec)
     try:
-        with cluster.frozen(args.node) as record:
-            print(f"node {args.node}: frozen (vCPUs stopped) for {args.seconds:g}s; Ctrl-C thaws it now", flush=True)
+        with fault(cluster) as record:
+            print(on, flush=True)
             with contextlib.suppress(KeyboardInterrupt):
-                time.sleep(args.seconds)
+                time.sleep(seconds)
     except (KeptClusterError, LookupError) as error:
         print(error, file=sys.stderr)
         return 1
     finally:
         cluster.close()
-    print(f"node {args.node}: running again after {record.seconds:.1f}s frozen")
+    print(off.format(seconds=f"{record.seconds:.1f}"))
     return 0
 
 
+def cmd_freeze(args: argparse.Namespace) -> int:
+    return _hold_fault(args.seconds, lambda cluster: cluster.frozen(args.node),
+                       f"node {args.node}: frozen (vCPUs stopped) for {args.seconds:g}s; Ctrl-C thaws it now",
+                       f"node {args.node}: running again after {{seconds}}s frozen")  # fmt: skip
+
+
 def cmd_clock(args: argparse.Namespace) -> int:
-    from pytest_smalltown.attached import attach
     from pytest_smalltown.faults import parse_clock_offset
 
     try:
@@ -349,23 +360,10 @@ def cmd_clock(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
-    if args.seconds <= 0:
-        print(f"--for must be a positive number of seconds, got {args.seconds:g}", file=sys.stderr)
-        return 2
-    cluster = attach(_read_state().spec)
-    try:
-        with cluster.clock_stepped(args.node, offset) as record:
-            print(f"node {args.node}: wall clock {offset:+g}s off the host's for {args.seconds:g}s; Ctrl-C puts it "
-                  "back now", flush=True)  # fmt: skip
-            with contextlib.suppress(KeyboardInterrupt):
-                time.sleep(args.seconds)
-    except (KeptClusterError, LookupError) as error:
-        print(error, file=sys.stderr)
-        return 1
-    finally:
-        cluster.close()
-    print(f"node {args.node}: wall clock back on the host's after {record.seconds:.1f}s")
-    return 0
+    return _hold_fault(args.seconds, lambda cluster: cluster.clock_stepped(args.node, offset),
+                       f"node {args.node}: wall clock {offset:+g}s off the host's for {args.seconds:g}s; "
+                       "Ctrl-C puts it back now",
+                       f"node {args.node}: wall clock back on the host's after {{seconds}}s")  # fmt: skip
 
 
 def cmd_net(args: argparse.Namespace) -> int:
